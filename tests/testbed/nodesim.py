@@ -1,0 +1,317 @@
+"""The kubelet and storage provisioner the test control plane lacks (the KWOK idea).
+
+One thread that:
+- registers a Ready Node with capacity and renews its Lease (else the node lifecycle
+  controller marks it NotReady and taints it);
+- marks pods scheduled to it Running/Ready through pods/status, with a pod IP (pods owned by
+  a Job run to completion: Succeeded, exit code 0) and finishes the deletion of Terminating pods;
+- binds PVCs by creating a matching hostPath PersistentVolume with a claimRef.
+Pod IPs come from the bed's own network namespaces: by default addresses where nothing listens
+(a connection is refused locally), or, through `route()`, the address of a test's live server.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import threading
+from collections.abc import Mapping
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+NODE = "testbed-node"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _raw(response) -> dict:
+    return json.loads(response.data)
+
+
+class NodeSimulator:
+    def __init__(self, api_client: client.ApiClient, node_ip: str, pod_ips: list[str], interval: float = 0.2):
+        self.core = client.CoreV1Api(api_client)
+        self.coordination = client.CoordinationV1Api(api_client)
+        self.node_ip = node_ip
+        self._pool = itertools.cycle(pod_ips)
+        self._routes: list[tuple[str, dict[str, str], str]] = []
+        self._failing: list[tuple[str, dict[str, str], str]] = []
+        self._assigned: dict[str, str] = {}
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="testbed-node-simulator", daemon=True)
+        self.errors: list[str] = []
+
+    # -- what tests steer ------------------------------------------------------------------
+    def route(self, namespace: str, labels: Mapping[str, str], ip: str) -> None:
+        """Pods in `namespace` whose labels include `labels` get `ip` (a test server's address)."""
+        self._routes.append((namespace, dict(labels), ip))
+
+    def fail(self, namespace: str, labels: Mapping[str, str], message: str = "simulated crash") -> None:
+        """Pods matching never become ready: their container waits in CrashLoopBackOff."""
+        self._failing.append((namespace, dict(labels), message))
+
+    def clear(self) -> None:
+        self._routes.clear()
+        self._failing.clear()
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._register_node()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _register_node(self) -> None:
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": NODE,
+                "labels": {
+                    "kubernetes.io/hostname": NODE,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "node-role.kubernetes.io/control-plane": "true",
+                },
+            },
+        }
+        try:
+            self.core.create_node(node, _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        self._heartbeat(initial=True)
+
+    def _heartbeat(self, initial: bool = False) -> None:
+        now = _now()
+        conditions = [
+            {
+                "type": t,
+                "status": "False",
+                "reason": f"KubeletHas{r}",
+                "message": "simulated",
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }
+            for t, r in (
+                ("MemoryPressure", "SufficientMemory"),
+                ("DiskPressure", "NoDiskPressure"),
+                ("PIDPressure", "SufficientPID"),
+            )
+        ] + [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "KubeletReady",
+                "message": "simulated kubelet",
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }
+        ]
+        capacity = {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"}
+        status = {
+            "status": {
+                "capacity": capacity,
+                "allocatable": capacity,
+                "conditions": conditions,
+                "addresses": [{"type": "InternalIP", "address": self.node_ip}, {"type": "Hostname", "address": NODE}],
+                "nodeInfo": {
+                    "kubeletVersion": "v1.20.2",
+                    "kubeProxyVersion": "v1.20.2",
+                    "operatingSystem": "linux",
+                    "architecture": "amd64",
+                    "containerRuntimeVersion": "containerd://simulated",
+                    "osImage": "k3stack test bed",
+                    "kernelVersion": "",
+                    "machineID": "",
+                    "systemUUID": "",
+                    "bootID": "",
+                },
+            }
+        }
+        if initial:
+            self.core.patch_node_status(NODE, status, _preload_content=False)
+        lease = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": NODE, "namespace": "kube-node-lease"},
+            "spec": {
+                "holderIdentity": NODE,
+                "leaseDurationSeconds": 40,
+                "renewTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            },
+        }
+        try:
+            self.coordination.patch_namespaced_lease(
+                NODE, "kube-node-lease", {"spec": lease["spec"]}, _preload_content=False
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self.coordination.create_namespaced_lease("kube-node-lease", lease, _preload_content=False)
+
+    def _loop(self) -> None:
+        beats = 0
+        while not self._stop.wait(self._interval):
+            try:
+                beats += 1
+                if beats % 25 == 0:
+                    self._heartbeat()
+                self._sync_pods()
+                self._bind_claims()
+            except Exception as exc:  # noqa: BLE001 - keep simulating; tests read .errors when something looks off
+                self.errors.append(f"{type(exc).__name__}: {getattr(exc, 'body', None) or exc}")
+                del self.errors[:-20]
+
+    # -- pods -------------------------------------------------------------------------------
+    @staticmethod
+    def _matches(pod: dict, rules: list[tuple[str, dict[str, str], str]]) -> str | None:
+        labels = pod["metadata"].get("labels") or {}
+        for namespace, wanted, value in rules:
+            if pod["metadata"]["namespace"] == namespace and all(labels.get(k) == v for k, v in wanted.items()):
+                return value
+        return None
+
+    def _sync_pods(self) -> None:
+        pods = _raw(
+            self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={NODE}", _preload_content=False)
+        )["items"]
+        for pod in pods:
+            meta = pod["metadata"]
+            if meta.get("deletionTimestamp"):
+                self._finish_deletion(pod)
+                continue
+            desired = self._desired_status(pod)
+            if desired is not None:
+                try:
+                    self.core.patch_namespaced_pod_status(
+                        meta["name"], meta["namespace"], {"status": desired}, _preload_content=False
+                    )
+                except ApiException as exc:
+                    if exc.status not in (404, 409):
+                        raise
+
+    def _finish_deletion(self, pod: dict) -> None:
+        meta = pod["metadata"]
+        try:
+            self.core.delete_namespaced_pod(
+                meta["name"],
+                meta["namespace"],
+                grace_period_seconds=0,
+                body={"preconditions": {"uid": meta["uid"]}},
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+        self._assigned.pop(meta["uid"], None)
+
+    def _desired_status(self, pod: dict) -> dict | None:
+        meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
+        is_job = any(o.get("kind") == "Job" for o in meta.get("ownerReferences") or [])
+        failing = self._matches(pod, self._failing)
+        if status.get("phase") in ("Succeeded", "Failed"):
+            return None
+        if status.get("phase") == "Running" and not failing and not is_job:
+            ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
+            if ready and ready["status"] == "True":
+                return None
+        if (
+            failing
+            and status.get("containerStatuses")
+            and all(c.get("state", {}).get("waiting") for c in status["containerStatuses"])
+        ):
+            return None
+        now = _now()
+        ip = self._assigned.setdefault(meta["uid"], self._matches(pod, self._routes) or next(self._pool))
+        started = status.get("startTime") or now
+
+        def container(c: dict, *, init: bool) -> dict:
+            base = {
+                "name": c["name"],
+                "image": c["image"],
+                "imageID": f"simulated://{c['image']}",
+                "containerID": f"containerd://{meta['uid']}-{c['name']}",
+                "restartCount": 0,
+            }
+            if init or is_job:
+                return {
+                    **base,
+                    "ready": False,
+                    "started": False,
+                    "state": {
+                        "terminated": {"exitCode": 0, "reason": "Completed", "startedAt": started, "finishedAt": now}
+                    },
+                }
+            if failing:
+                return {
+                    **base,
+                    "ready": False,
+                    "started": False,
+                    "restartCount": 3,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": failing}},
+                }
+            return {**base, "ready": True, "started": True, "state": {"running": {"startedAt": started}}}
+
+        ready = "False" if (failing or is_job) else "True"
+        conditions = [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": started},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": started},
+            {"type": "ContainersReady", "status": ready, "lastTransitionTime": now},
+            {"type": "Ready", "status": ready, "lastTransitionTime": now},
+        ]
+        return {
+            "phase": "Succeeded" if is_job else "Running",
+            "conditions": conditions,
+            "hostIP": self.node_ip,
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "startTime": started,
+            "initContainerStatuses": [container(c, init=True) for c in spec.get("initContainers") or []],
+            "containerStatuses": [container(c, init=False) for c in spec["containers"]],
+        }
+
+    # -- storage ----------------------------------------------------------------------------
+    def _bind_claims(self) -> None:
+        claims = _raw(self.core.list_persistent_volume_claim_for_all_namespaces(_preload_content=False))["items"]
+        for claim in claims:
+            meta, spec = claim["metadata"], claim["spec"]
+            if claim.get("status", {}).get("phase") != "Pending" or spec.get("volumeName"):
+                continue
+            annotations = meta.get("annotations") or {}
+            # Like K3s's local-path (WaitForFirstConsumer): provision once a pod is scheduled.
+            if "volume.kubernetes.io/selected-node" not in annotations and spec.get("storageClassName") == "local-path":
+                continue
+            name = f"pvc-{meta['uid']}"
+            volume = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": name, "labels": {"testbed.k3stack.dev/simulated": "true"}},
+                "spec": {
+                    "capacity": {"storage": spec["resources"]["requests"]["storage"]},
+                    "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": spec.get("storageClassName") or "",
+                    "volumeMode": spec.get("volumeMode") or "Filesystem",
+                    "hostPath": {"path": f"/var/lib/testbed/{name}", "type": "DirectoryOrCreate"},
+                    "claimRef": {
+                        "apiVersion": "v1",
+                        "kind": "PersistentVolumeClaim",
+                        "namespace": meta["namespace"],
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                    },
+                },
+            }
+            try:
+                self.core.create_persistent_volume(volume, _preload_content=False)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise

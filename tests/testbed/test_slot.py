@@ -1,0 +1,49 @@
+"""A bed killed without teardown is swept by the next one; a released slot leaves nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from .local import run
+from .slot import Slot
+
+
+def test_a_killed_bed_is_swept_on_the_next_start(bed_slot):
+    # A separate process claims a slot, makes a namespace and a process, and dies by SIGKILL.
+    script = textwrap.dedent("""
+        import os, signal, subprocess
+        from tests.testbed.slot import Slot
+        slot = Slot.claim()
+        netns = slot.add_netns("stale", [slot.allocate_ip()])
+        child = subprocess.Popen(["sleep", "300"], start_new_session=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        slot.record_process(child.pid)
+        print(slot.path, netns, slot.name, child.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True)
+    assert done.returncode == -9, done.stderr
+    path, netns, bridge, pid = done.stdout.split()
+    assert netns in run(["ip", "netns", "list"])
+    assert Path(path).exists()
+
+    Slot.sweep_stale()
+
+    assert netns not in run(["ip", "netns", "list"])
+    assert not Path(f"/sys/class/net/{bridge}").exists()
+    assert not Path(path).exists()
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert Path(bed_slot.path).exists()  # a live bed's slot is left alone
+
+
+def test_release_removes_bridge_namespaces_and_state():
+    slot = Slot.claim()
+    netns = slot.add_netns("tmp", [slot.allocate_ip()])
+    slot.release()
+    assert netns not in run(["ip", "netns", "list"])
+    assert not Path(f"/sys/class/net/{slot.name}").exists()
+    assert not slot.path.exists()
