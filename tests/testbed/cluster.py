@@ -49,7 +49,7 @@ def apply_addons(api: client.ApiClient, timeout: float = 30) -> None:
             crd = json.loads(extensions.read_custom_resource_definition(name, _preload_content=False).data)
             if any(
                 c["type"] == "Established" and c["status"] == "True"
-                for c in crd.get("status", {}).get("conditions", [])
+                for c in (crd.get("status") or {}).get("conditions") or []
             ):
                 pending.discard(name)
         time.sleep(0.1)

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from kubernetes import client
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import ConflictError, UnprocessableEntityError
+from kubernetes.dynamic.exceptions import ConflictError, UnprocessibleEntityError
 
 from .kube import cached_binaries
 
@@ -214,7 +214,7 @@ def test_helmchart_crd_validates_its_schema(kube, namespace):
     assert created.spec.failurePolicy == "abort"
     chart["metadata"]["name"] = "broken"
     chart["spec"]["failurePolicy"] = "sometimes"
-    with pytest.raises(UnprocessableEntityError, match="failurePolicy"):
+    with pytest.raises(UnprocessibleEntityError, match="failurePolicy"):
         charts.create(body=chart, namespace=namespace)
 
 
