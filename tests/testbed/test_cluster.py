@@ -18,7 +18,12 @@ from .kube import cached_binaries
 def wait_for(predicate, timeout: float = 60, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except client.ApiException as exc:
+            if exc.status != 404:  # not created yet by its controller: keep waiting
+                raise
+            value = None
         if value:
             return value
         time.sleep(interval)
