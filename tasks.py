@@ -1,10 +1,238 @@
-"""k3stack's tasks. `inv --list` is the menu; each task's docstring says what it does for you."""
+"""k3stack's tasks. `inv --list` is the menu; each task's docstring says what it does for you.
+
+Thin on purpose: parse flags, load settings, call k3stack, print. Heavy imports (kubernetes)
+happen inside the tasks that need them, so `inv --list` and `inv lint` start fast.
+"""
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
+from contextlib import contextmanager
 
-from invoke import task
+from invoke import Exit, task
+
+CLUSTER_HELP = {
+    "env": "settings file env/NAME.env (default: $K3STACK_ENV, else 'default')",
+    "kubeconfig": "kubeconfig path (default: $KUBECONFIG, else ~/.kube/config)",
+    "context": "kubeconfig context (default: KUBE_CONTEXT setting, else the current context)",
+}
+
+
+@contextmanager
+def _reported(console):
+    """Known failures become one clear message and exit status 1; no traceback."""
+    from k3stack.apply import ApplyError
+    from k3stack.kube import KubeError
+    from k3stack.manifests import RenderError
+    from k3stack.rollout import RolloutError
+    from k3stack.secrets import SecretsError
+    from k3stack.settings import SettingsError
+
+    try:
+        yield
+    except (SettingsError, RenderError, SecretsError, ApplyError, KubeError, RolloutError) as exc:
+        console.error(str(exc))
+        raise Exit(code=1) from None
+
+
+def _console():
+    from k3stack.console import Console
+
+    return Console()
+
+
+def _cluster(console, env, kubeconfig, context):
+    """Settings, a connection and the plan (secrets resolved, manifests rendered): all checks
+    that need no write happen here, before anything is applied."""
+    from k3stack import deploy, settings
+    from k3stack.kube import Kube
+
+    loaded = settings.load(env)
+    kube = Kube(kubeconfig, context or loaded["KUBE_CONTEXT"] or None)
+    plan = deploy.make_plan(loaded, deploy.read_secret_from(kube))
+    console.add_secrets(plan.secrets.values.values())
+    return loaded, kube, plan
+
+
+@task(
+    help={
+        **CLUSTER_HELP,
+        "dry_run": "ask the API server what would happen (server dry run); change nothing",
+        "force": "take over fields another field manager owns (server-side apply --force-conflicts)",
+        "prune": "delete this stack's objects no longer in k8s/ (never PVCs or Secrets; default on)",
+        "wait": "wait for every workload to be ready, like kubectl rollout status (default on)",
+        "timeout": "seconds to wait for rollouts",
+        "json": "print a JSON summary at the end (for CI)",
+    }
+)
+def deploy(
+    c,
+    env=None,
+    kubeconfig=None,
+    context=None,
+    dry_run=False,
+    force=False,
+    prune=True,
+    wait=True,
+    timeout=600,
+    json=False,
+):
+    """Apply the stack in k8s/ to the cluster (server-side apply) and wait until it is ready."""
+    from k3stack import deploy as stack
+
+    console = _console()
+    with _reported(console):
+        loaded, kube, plan = _cluster(console, env, kubeconfig, context)
+        console.step(f"deploying {len(plan.manifests)} objects to {kube.server} (settings: {loaded.source})")
+        report = stack.deploy(
+            kube, plan, console, force=force, dry_run=dry_run, prune=prune, wait=wait, timeout=float(timeout)
+        )
+        counts = ", ".join(f"{n} {action}" for action, n in sorted(report.counts().items()))
+        verdict = "no changes" if not report.changed else "changed"
+        console.step(f"{verdict}: {counts} in {report.seconds:.1f}s ({sum(kube.requests.values())} API requests)")
+        if json:
+            console.json(
+                {
+                    "changed": report.changed,
+                    "counts": report.counts(),
+                    "seconds": round(report.seconds, 2),
+                    "objects": [
+                        {"object": r.describe, "namespace": r.namespace, "action": r.action}
+                        for r in [*report.results, *report.pruned]
+                    ],
+                    "rollouts": {t.describe(): s.message for t, s in report.rollouts.items()},
+                }
+            )
+
+
+@task(help=CLUSTER_HELP)
+def diff(c, env=None, kubeconfig=None, context=None):
+    """Show what `inv deploy` would change, as a unified diff (secrets redacted); exit 1 if anything would."""
+    from k3stack import deploy as stack
+
+    console = _console()
+    with _reported(console):
+        _, kube, plan = _cluster(console, env, kubeconfig, context)
+        changed = stack.show_diff(kube, plan, console)
+    console.step(f"{changed} object(s) would change" if changed else "no changes")
+    if changed:
+        raise Exit(code=1)
+
+
+@task(
+    help={
+        "env": CLUSTER_HELP["env"],
+        "out": "write one YAML file per target into this directory (default: print to stdout)",
+        "show_secrets": "include Secret data (generated values differ from the cluster's!)",
+        "validate": "also validate every object strictly against K8S_VERSION (needs requirements-dev)",
+    }
+)
+def render(c, env=None, out=None, show_secrets=False, validate=False):
+    """Render k8s/ with your settings, without a cluster: print or write the objects deploy would apply."""
+    from pathlib import Path
+
+    from k3stack import deploy as stack
+    from k3stack import manifests as mf
+    from k3stack import settings
+
+    console = _console()
+    with _reported(console):
+        loaded = settings.load(env)
+        plan = stack.make_plan(loaded, lambda namespace, name: None)
+        objects = plan.manifests
+        if not show_secrets:
+            objects = [
+                mf.Manifest({**m.obj, "data": {k: "PHJlZGFjdGVkPg==" for k in m.obj.get("data", {})}}, m.source)
+                if m.kind == "Secret"
+                else m
+                for m in objects
+            ]
+        if validate:
+            problems = mf.validate(objects, loaded["K8S_VERSION"])
+            if problems:
+                raise mf.RenderError(problems)
+        if out:
+            directory = Path(out)
+            directory.mkdir(parents=True, exist_ok=True)
+            for target in [*mf.TARGETS, "k3stack"]:
+                chosen = [m for m in objects if m.source.split("/")[0] == target]
+                if chosen:
+                    path = directory / f"{target}.yaml"
+                    path.write_text(mf.to_yaml(chosen))
+                    if show_secrets:
+                        path.chmod(0o600)
+            console.step(f"wrote {len(objects)} objects to {directory}/")
+        else:
+            sys.stdout.write(mf.to_yaml(objects))
+
+
+@task(help=CLUSTER_HELP)
+def status(c, env=None, kubeconfig=None, context=None):
+    """Show each component: ready/desired, image tag, volumes (bound + size) and URL."""
+    from k3stack import deploy as stack
+
+    console = _console()
+    with _reported(console):
+        _, kube, plan = _cluster(console, env, kubeconfig, context)
+        rows = stack.status_rows(kube, plan)
+    console.table(
+        f"k3stack on {kube.server}", ["namespace", "workload", "ready", "state", "image", "volumes", "url"], rows
+    )
+
+
+@task(
+    help={
+        **CLUSTER_HELP,
+        "yes": "really delete (required)",
+        "purge": "also delete PVCs (all data!), Secrets and the namespaces",
+    }
+)
+def destroy(c, env=None, kubeconfig=None, context=None, yes=False, purge=False):
+    """Remove the stack from the cluster; volumes and secrets stay unless --purge."""
+    from k3stack import deploy as stack
+
+    console = _console()
+    if not yes:
+        console.error(
+            "destroy deletes the stack's workloads"
+            + (" and ALL DATA" if purge else "")
+            + "; run again with --yes to confirm"
+        )
+        raise Exit(code=1)
+    with _reported(console):
+        _, kube, plan = _cluster(console, env, kubeconfig, context)
+        results = stack.destroy(kube, plan, console, purge=purge)
+    kept = "" if purge else " (PVCs and Secrets kept: `inv deploy` brings the stack back with its data)"
+    console.step(f"deleted {len(results)} object(s){kept}")
+
+
+@task(help=CLUSTER_HELP)
+def credentials(c, env=None, kubeconfig=None, context=None):
+    """Show the Open WebUI admin URL and login, and the Netdata login (refused under CI)."""
+    from k3stack.console import Console
+
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        Console().error("credentials are not printed when CI=true (they would end up in the job log)")
+        raise Exit(code=1)
+    plain = Console()
+    with _reported(plain):
+        loaded, _kube, plan = _cluster(Console(), env, kubeconfig, context)
+    values = plan.secrets.values
+    plain.table(
+        "credentials",
+        ["service", "url", "user", "password"],
+        [
+            [
+                "Open WebUI (admin)",
+                f"https://{loaded['CHAT_HOST']}",
+                loaded["WEBUI_ADMIN_EMAIL"],
+                values["WEBUI_ADMIN_PASSWORD"],
+            ],
+            ["Netdata", f"https://{loaded['MONITOR_HOST']}", loaded["NETDATA_USER"], values["NETDATA_PASSWORD"]],
+        ],
+    )
 
 
 @task(
@@ -18,10 +246,8 @@ from invoke import task
 def run_tests(c, k=None, path="tests", require_testbed=False):
     """Run the test suite: unit tests, then a real Kubernetes API and real SSH hosts (needs root)."""
     env = {"K3STACK_REQUIRE_TESTBED": "1"} if require_testbed else {}
-    args = [sys.executable, "-m", "pytest", path]
-    if k:
-        args += ["-k", k]
-    c.run(" ".join(_quote(a) for a in args), env=env, pty=False)
+    args = [sys.executable, "-m", "pytest", path] + (["-k", k] if k else [])
+    c.run(shlex.join(args), env=env, pty=False)
 
 
 @task
@@ -29,9 +255,3 @@ def lint(c):
     """Check style and common bugs with ruff (lint + format check)."""
     c.run(f"{sys.executable} -m ruff check .", pty=False)
     c.run(f"{sys.executable} -m ruff format --check .", pty=False)
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)

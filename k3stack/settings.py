@@ -208,6 +208,7 @@ def load(env_name: str | None = None, *, env_dir: Path = ENV_DIR, environ: Mappi
     """Load env/<name>.env (name from the argument, K3STACK_ENV, else `default`); the process
     environment overrides the file. Raises SettingsError listing every problem."""
     environ = os.environ if environ is None else environ
+    env_dir = env_dir or Path(environ.get("K3STACK_ENV_DIR") or ENV_DIR)
     env_name = env_name or environ.get("K3STACK_ENV") or DEFAULT_ENV
     path = env_file(env_name, env_dir)
     problems: list[str] = []
@@ -240,19 +241,15 @@ def load(env_name: str | None = None, *, env_dir: Path = ENV_DIR, environ: Mappi
         raw[setting.name] = (value or "").strip() if value is not None else ""
     expanded = {name: _expand(name, value, raw, problems) for name, value in raw.items()}
 
+    failed: set[str] = set()
     for setting in SETTINGS:
         value = expanded[setting.name]
-        if not value:
-            if setting.default is None and not setting.secret:
-                problems.append(
-                    f"{setting.name}: not set — {setting.doc}; expected {setting.check('') or 'a value'}"
-                    if setting.check
-                    else f"{setting.name}: not set"
-                )
-            continue
-        expected = setting.check(value) if setting.check else None
-        if expected:
-            problems.append(f"{setting.name}={redact(setting, value)}: expected {expected}")
+        if any(ref in failed for ref in REF.findall(raw[setting.name])):
+            continue  # e.g. CHAT_HOST=chat.${DOMAIN}: the problem is DOMAIN's, reported once
+        before = len(problems)
+        _check(setting, value, problems)
+        if len(problems) > before:
+            failed.add(setting.name)
     if problems:
         raise SettingsError(problems, str(path) + ("" if path.exists() else " (absent) + environment"))
     return Settings(
@@ -261,6 +258,17 @@ def load(env_name: str | None = None, *, env_dir: Path = ENV_DIR, environ: Mappi
         values=MappingProxyType({n: v for n, v in expanded.items() if n not in SECRET_NAMES}),
         secrets=MappingProxyType({n: v for n, v in expanded.items() if n in SECRET_NAMES and v}),
     )
+
+
+def _check(setting: Setting, value: str, problems: list[str]) -> None:
+    if not value:
+        if setting.default is None and not setting.secret:
+            expected = setting.check("") if setting.check else "a value"
+            problems.append(f"{setting.name}: not set — {setting.doc}; expected {expected}")
+        return
+    expected = setting.check(value) if setting.check else None
+    if expected:
+        problems.append(f"{setting.name}={redact(setting, value)}: expected {expected}")
 
 
 def _expand(name: str, value: str, raw: Mapping[str, str], problems: list[str]) -> str:
@@ -272,3 +280,18 @@ def _expand(name: str, value: str, raw: Mapping[str, str], problems: list[str]) 
         return REF.sub(lambda m: raw.get(m.group(1), ""), raw[ref])
 
     return REF.sub(sub, value)
+
+
+def example_env() -> str:
+    """The text of env/example.env: every setting, its meaning and default."""
+    lines = [
+        "# k3stack settings. Copy to env/<name>.env (e.g. env/prod.env, chmod 600) and use",
+        "# `inv deploy --env <name>`; the process environment overrides this file (CI secrets).",
+        "# ${NAME} refers to another setting. Secrets left empty are generated once and kept",
+        "# in the cluster; set them only to choose your own.",
+        "",
+    ]
+    for setting in SETTINGS:
+        lines.append(f"# {setting.doc}" + (" (required)" if setting.default is None and not setting.secret else ""))
+        lines.append(f"{'' if setting.default is not None else '# '}{setting.name}={setting.default or ''}")
+    return "\n".join(lines) + "\n"

@@ -107,6 +107,17 @@ class KubeBed:
         self.sim.route(namespace, labels, ip)
         return sock
 
+    def kubeconfig_for(self, user: str) -> Path:
+        """A kubeconfig for `user`, who has no RBAC rights at all (for testing 403 handling)."""
+        if self._plane is None:
+            raise BedError("kubeconfig_for needs the built-in test bed (unset K3STACK_TEST_KUBECONFIG)")
+        from .kube import write_kubeconfig
+
+        cert, key = self._plane.pki.issue(f"user-{user}", user)
+        return write_kubeconfig(
+            self._plane.directory / f"{user}.kubeconfig", self._plane.server, self._plane.pki.ca_cert, cert, key
+        )
+
     def stop(self) -> None:
         if self.sim is not None:
             self.sim.stop()

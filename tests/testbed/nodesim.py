@@ -166,6 +166,7 @@ class NodeSimulator:
                     self._heartbeat()
                 self._sync_pods()
                 self._bind_claims()
+                self._sync_helm_charts()
             except Exception as exc:  # noqa: BLE001 - keep simulating; tests read .errors when something looks off
                 self.errors.append(f"{type(exc).__name__}: {getattr(exc, 'body', None) or exc}")
                 del self.errors[:-20]
@@ -277,6 +278,86 @@ class NodeSimulator:
             "initContainerStatuses": [container(c, init=True) for c in spec.get("initContainers") or []],
             "containerStatuses": [container(c, init=False) for c in spec["containers"]],
         }
+
+    # -- helm-controller ------------------------------------------------------------------------
+    def _sync_helm_charts(self) -> None:
+        """What K3s's helm-controller does, minus helm: for each HelmChart (new or changed) run an
+        install Job `helm-install-<name>` in its namespace and point status.jobName at it."""
+        api = self.core.api_client
+        try:
+            charts = _raw(
+                api.call_api(
+                    *api.param_serialize("GET", "/apis/helm.cattle.io/v1/helmcharts", auth_settings=["BearerToken"])
+                )
+            )["items"]
+        except ApiException:
+            return
+        batch = client.BatchV1Api(api)
+        for chart in charts:
+            meta = chart["metadata"]
+            job_name = f"helm-install-{meta['name']}"
+            generation = str(meta.get("generation", 1))
+            try:
+                job = _raw(batch.read_namespaced_job(job_name, meta["namespace"], _preload_content=False))
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                job = None
+            if (
+                job is not None
+                and job["metadata"].get("annotations", {}).get("helmcharts.helm.cattle.io/generation") == generation
+            ):
+                continue
+            if job is not None:
+                batch.delete_namespaced_job(
+                    job_name, meta["namespace"], propagation_policy="Background", _preload_content=False
+                )
+                continue  # recreated on a later pass, once the old one is gone
+            batch.create_namespaced_job(
+                meta["namespace"],
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "metadata": {
+                        "name": job_name,
+                        "annotations": {"helmcharts.helm.cattle.io/generation": generation},
+                        "ownerReferences": [
+                            {
+                                "apiVersion": "helm.cattle.io/v1",
+                                "kind": "HelmChart",
+                                "name": meta["name"],
+                                "uid": meta["uid"],
+                            }
+                        ],
+                    },
+                    "spec": {
+                        "backoffLimit": 1000,
+                        "template": {
+                            "spec": {
+                                "restartPolicy": "OnFailure",
+                                "containers": [
+                                    {
+                                        "name": "helm",
+                                        "image": "rancher/klipper-helm:v0.9.8-build20250709",
+                                        "args": ["install"],
+                                    }
+                                ],
+                            }
+                        },
+                    },
+                },
+                _preload_content=False,
+            )
+            status_path = f"/apis/helm.cattle.io/v1/namespaces/{meta['namespace']}/helmcharts/{meta['name']}/status"
+            api.call_api(
+                *api.param_serialize(
+                    "PATCH",
+                    status_path,
+                    header_params={"Content-Type": "application/merge-patch+json"},
+                    body={"status": {"jobName": job_name}},
+                    auth_settings=["BearerToken"],
+                )
+            ).read()
 
     # -- storage ----------------------------------------------------------------------------
     def _bind_claims(self) -> None:

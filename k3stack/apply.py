@@ -1,0 +1,260 @@
+"""kubectl-equivalent apply: server-side apply in dependency order, per-object results
+(created / configured / unchanged), conflicts and immutable fields explained, prune, diff."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import yaml
+
+from .kube import ApiError, Kube, KubeError
+from .manifests import MANAGED_BY, MANAGER, Manifest, phases
+
+FIELD_MANAGER = MANAGER
+INSTANCE_LABEL = "k3stack.dev/instance"
+# Never pruned or deleted by deploy: data (PVC), credentials a volume depends on (Secret), and
+# namespaces (deleting one deletes every PVC in it).
+KEPT_KINDS = frozenset({"PersistentVolumeClaim", "Secret", "Namespace"})
+# Kinds looked at for pruning, kubectl's allowlist idea: what k3stack may have created.
+PRUNABLE: tuple[tuple[str, str], ...] = (
+    ("v1", "ConfigMap"),
+    ("v1", "Service"),
+    ("v1", "ServiceAccount"),
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
+    ("apps/v1", "DaemonSet"),
+    ("batch/v1", "Job"),
+    ("networking.k8s.io/v1", "Ingress"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("traefik.io/v1alpha1", "Middleware"),
+    ("helm.cattle.io/v1", "HelmChart"),
+)
+PARALLEL = 8
+
+
+class ApplyError(KubeError):
+    """Applying stopped; `results` holds what was done before."""
+
+    def __init__(self, message: str, results: list[Result]):
+        self.results = results
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Result:
+    describe: str  # deployment.apps/ollama
+    namespace: str
+    action: str  # created | configured | unchanged | pruned | failed
+    source: str = ""
+    detail: str = ""
+    obj: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+def instance_selector(instance: str) -> str:
+    return f"{MANAGED_BY}={MANAGER},{INSTANCE_LABEL}={instance}"
+
+
+def stamp_instance(manifests: Iterable[Manifest], instance: str) -> list[Manifest]:
+    """Mark objects as this stack's (prune only ever looks at objects carrying this label)."""
+    stamped = []
+    for m in manifests:
+        obj = copy.deepcopy(m.obj)
+        obj["metadata"].setdefault("labels", {})[INSTANCE_LABEL] = instance
+        stamped.append(Manifest(obj, m.source))
+    return stamped
+
+
+def _key(obj: dict) -> tuple[str, str, str, str]:
+    api_version = obj["apiVersion"]
+    return (
+        api_version.split("/")[0] if "/" in api_version else "",
+        obj["kind"],
+        obj["metadata"].get("namespace") or "",
+        obj["metadata"]["name"],
+    )
+
+
+def _describe(obj: dict) -> str:
+    group = obj["apiVersion"].split("/")[0] if "/" in obj["apiVersion"] else ""
+    return f"{obj['kind'].lower()}{'.' + group if group else ''}/{obj['metadata']['name']}"
+
+
+class Applier:
+    def __init__(self, kube: Kube, *, instance: str, force: bool = False, dry_run: bool = False):
+        self.kube = kube
+        self.instance = instance
+        self.force = force
+        self.dry_run = dry_run
+
+    # -- what is there ----------------------------------------------------------------------
+    def current(self, manifests: Iterable[Manifest]) -> dict[tuple, dict]:
+        """Objects of this stack in the cluster, one LIST per kind (cluster-wide, so the count
+        does not grow with namespaces), keyed like Manifest.key."""
+        kinds = {(m.obj["apiVersion"], m.kind) for m in manifests} | set(PRUNABLE)
+        selector = instance_selector(self.instance)
+        found: dict[tuple, dict] = {}
+
+        def list_kind(kind: tuple[str, str]) -> list[dict]:
+            try:
+                return self.kube.list(*kind, label_selector=selector)
+            except KubeError as exc:
+                if "does not serve" in str(exc) or "has no kind" in str(exc):
+                    return []  # e.g. no Traefik CRDs yet: nothing of that kind can be ours
+                raise
+
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            for items in pool.map(list_kind, sorted(kinds)):
+                for obj in items:
+                    found[_key(obj)] = obj
+        return found
+
+    # -- apply --------------------------------------------------------------------------------
+    def apply(
+        self,
+        manifests: list[Manifest],
+        current: dict[tuple, dict],
+        on_result: Callable[[Result], None] = lambda r: None,
+    ) -> list[Result]:
+        results: list[Result] = []
+        created_namespaces = {m.name for m in manifests if m.kind == "Namespace" and m.key not in current}
+        for group in phases(manifests):
+            with ThreadPoolExecutor(PARALLEL) as pool:
+                phase_results = list(pool.map(lambda m: self._apply_one(m, current, created_namespaces), group))
+            for result in phase_results:
+                on_result(result)
+            results.extend(phase_results)
+            failed = [r for r in phase_results if r.action == "failed"]
+            if failed:
+                detail = "\n".join(f"  {r.describe} ({r.source}): {r.detail}" for r in failed)
+                raise ApplyError(
+                    f"{len(failed)} object(s) could not be applied; later phases were not applied:\n{detail}", results
+                )
+        return results
+
+    def _apply_one(self, m: Manifest, current: dict[tuple, dict], created_namespaces: set[str]) -> Result:
+        before = current.get(m.key)
+        try:
+            after = self.kube.apply(m.obj, field_manager=FIELD_MANAGER, force=self.force, dry_run=self.dry_run)
+        except ApiError as exc:
+            if self.dry_run and exc.status == 404 and m.namespace in created_namespaces:
+                # Server dry-run cannot place an object in a namespace that does not exist yet.
+                return Result(m.describe(), m.namespace or "", "created", m.source, "(namespace created first)", m.obj)
+            return Result(m.describe(), m.namespace or "", "failed", m.source, explain(m, exc))
+        if before is None:
+            action = "created"
+        elif before["metadata"].get("resourceVersion") == after["metadata"].get("resourceVersion"):
+            action = "unchanged"
+        else:
+            action = "configured"
+        if self.dry_run and before is not None:
+            action = "configured" if _normalized(before) != _normalized(after) else "unchanged"
+        return Result(m.describe(), m.namespace or "", action, m.source, obj=after)
+
+    # -- prune --------------------------------------------------------------------------------
+    def prune(
+        self,
+        manifests: list[Manifest],
+        current: dict[tuple, dict],
+        on_result: Callable[[Result], None] = lambda r: None,
+    ) -> list[Result]:
+        """Delete this stack's objects that are no longer in k8s/ (never PVCs, Secrets, Namespaces)."""
+        wanted = {m.key for m in manifests}
+        results = []
+        for key, obj in sorted(current.items()):
+            if key in wanted or obj["kind"] in KEPT_KINDS:
+                continue
+            if (obj["metadata"].get("labels") or {}).get(MANAGED_BY) != MANAGER:
+                continue
+            meta = obj["metadata"]
+            self.kube.delete(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"), dry_run=self.dry_run)
+            result = Result(
+                _describe(obj),
+                meta.get("namespace", ""),
+                "pruned",
+                (meta.get("annotations") or {}).get("k3stack.dev/source", ""),
+            )
+            on_result(result)
+            results.append(result)
+        return results
+
+
+# -- errors explained ---------------------------------------------------------------------------
+FIXES = {
+    "PersistentVolumeClaim": (
+        "a claim's spec cannot change after creation except to grow its storage request, "
+        "and K3s's local-path cannot grow volumes: set the size back, or back up the data, "
+        "delete the PVC yourself (k3stack never deletes volumes) and deploy again"
+    ),
+    "StatefulSet": (
+        "volumeClaimTemplates and selector of a StatefulSet are fixed: delete it with "
+        "`kubectl delete statefulset NAME -n NS --cascade=orphan` (pods and PVCs stay) and deploy again"
+    ),
+    "Deployment": (
+        "a Deployment's selector is fixed: delete the Deployment (`kubectl delete deployment NAME -n NS`; "
+        "its PVC stays) and deploy again"
+    ),
+}
+
+
+def explain(m: Manifest, exc: ApiError) -> str:
+    causes = (exc.body.get("details") or {}).get("causes") or []
+    message = exc.body.get("message", "")
+    if exc.status == 409 and exc.reason == "Conflict" and causes:
+        # "conflict with \"kubectl-edit\" using apps/v1: .spec.replicas"
+        owners = "; ".join(c.get("message", "") + (f" ({c['field']})" if c.get("field") else "") for c in causes)
+        return (
+            f"conflict: another field manager owns fields k3stack sets — {owners}. Fix: deploy with --force to "
+            f"take them over, or remove the other tool's change"
+        )
+    immutable = [
+        c
+        for c in causes
+        if "immutable" in c.get("message", "")
+        or "Forbidden" in c.get("reason", "")
+        or c.get("reason") == "FieldValueForbidden"
+    ]
+    if exc.status == 422 and (immutable or "immutable" in message):
+        fields = ", ".join(sorted({c.get("field", "?") for c in immutable})) or "spec"
+        fix = FIXES.get(m.kind, "delete the object yourself and deploy again").replace("NAME", m.name)
+        fix = fix.replace("NS", m.namespace or "")
+        return f"{fields} cannot be changed on an existing {m.kind} — fix: {fix}"
+    if exc.status == 422:
+        fields = "; ".join(f"{c.get('field', '')}: {c.get('message', '')}" for c in causes) or message
+        return f"rejected as invalid (422): {fields} — fix the manifest in k8s/{m.source}"
+    if exc.status == 404:
+        return f"not found (404): {message} — is its namespace or CRD missing?"
+    return f"{exc.status} {exc.reason}: {message}"
+
+
+# -- diff -----------------------------------------------------------------------------------
+VOLATILE_METADATA = ("managedFields", "resourceVersion", "generation", "creationTimestamp", "uid", "selfLink")
+
+
+def _normalized(obj: dict) -> dict:
+    obj = copy.deepcopy(obj)
+    obj.pop("status", None)
+    meta = obj.get("metadata", {})
+    for key in VOLATILE_METADATA:
+        meta.pop(key, None)
+    (meta.get("annotations") or {}).pop("deployment.kubernetes.io/revision", None)
+    if obj.get("kind") == "Secret":
+        # Show that a value changed without showing the value.
+        import hashlib
+
+        obj["data"] = {
+            k: f"<redacted sha256:{hashlib.sha256(v.encode()).hexdigest()[:8]}>"
+            for k, v in (obj.get("data") or {}).items()
+        }
+    return obj
+
+
+def diff(before: dict | None, after: dict, label: str) -> str:
+    old = yaml.safe_dump(_normalized(before), sort_keys=True).splitlines(keepends=True) if before else []
+    new = yaml.safe_dump(_normalized(after), sort_keys=True).splitlines(keepends=True)
+    return "".join(difflib.unified_diff(old, new, f"live/{label}", f"k8s/{label}"))

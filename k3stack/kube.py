@@ -1,0 +1,253 @@
+"""The connection to the Kubernetes API: one raw-JSON request path with retries, clear errors,
+and a request count (benchmarks read it). Typed client models are not used: k3stack works on
+plain dicts, exactly what it applies and what the server returns."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import urllib3
+from kubernetes import config
+from kubernetes.config.config_exception import ConfigException
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class KubeError(RuntimeError):
+    """A problem talking to the cluster, explained for a person (what, where, the fix)."""
+
+
+class ApiError(KubeError):
+    """The API server answered with an error status; `body` is its Status object."""
+
+    def __init__(self, status: int, body: dict, method: str, path: str):
+        self.status = status
+        self.body = body
+        self.reason = body.get("reason", "")
+        super().__init__(f"{method} {path}: {status} {body.get('message') or body}")
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Where a kind lives in the REST API."""
+
+    prefix: str  # /api/v1 or /apis/<group>/<version>
+    plural: str
+    namespaced: bool
+
+    def path(self, namespace: str | None = None, name: str | None = None) -> str:
+        parts = [self.prefix]
+        if self.namespaced and namespace:
+            parts.append(f"namespaces/{quote(namespace)}")
+        parts.append(self.plural)
+        if name:
+            parts.append(quote(name))
+        return "/".join(parts)
+
+
+# The kinds k3stack ships, so applying them needs no discovery round trips.
+KNOWN: dict[tuple[str, str], Resource] = {
+    ("v1", "Namespace"): Resource("/api/v1", "namespaces", False),
+    ("v1", "Secret"): Resource("/api/v1", "secrets", True),
+    ("v1", "ConfigMap"): Resource("/api/v1", "configmaps", True),
+    ("v1", "Service"): Resource("/api/v1", "services", True),
+    ("v1", "ServiceAccount"): Resource("/api/v1", "serviceaccounts", True),
+    ("v1", "PersistentVolumeClaim"): Resource("/api/v1", "persistentvolumeclaims", True),
+    ("apps/v1", "Deployment"): Resource("/apis/apps/v1", "deployments", True),
+    ("apps/v1", "StatefulSet"): Resource("/apis/apps/v1", "statefulsets", True),
+    ("apps/v1", "DaemonSet"): Resource("/apis/apps/v1", "daemonsets", True),
+    ("batch/v1", "Job"): Resource("/apis/batch/v1", "jobs", True),
+    ("networking.k8s.io/v1", "Ingress"): Resource("/apis/networking.k8s.io/v1", "ingresses", True),
+    ("networking.k8s.io/v1", "NetworkPolicy"): Resource("/apis/networking.k8s.io/v1", "networkpolicies", True),
+    ("rbac.authorization.k8s.io/v1", "Role"): Resource("/apis/rbac.authorization.k8s.io/v1", "roles", True),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): Resource(
+        "/apis/rbac.authorization.k8s.io/v1", "rolebindings", True
+    ),
+    ("traefik.io/v1alpha1", "Middleware"): Resource("/apis/traefik.io/v1alpha1", "middlewares", True),
+    ("helm.cattle.io/v1", "HelmChart"): Resource("/apis/helm.cattle.io/v1", "helmcharts", True),
+    ("helm.cattle.io/v1", "HelmChartConfig"): Resource("/apis/helm.cattle.io/v1", "helmchartconfigs", True),
+}
+
+
+class Kube:
+    """A cluster reached through a kubeconfig (path or default) and optional context."""
+
+    def __init__(self, kubeconfig: str | None = None, context: str | None = None, *, retries: int = 5):
+        try:
+            self.api = config.new_client_from_config(config_file=kubeconfig or None, context=context or None)
+        except (ConfigException, OSError, TypeError) as exc:
+            where = kubeconfig or "~/.kube/config (or $KUBECONFIG)"
+            raise KubeError(
+                f"kubeconfig {where}: {exc} — fix: `inv kubeconfig` fetches one from the server, "
+                f"or pass --kubeconfig PATH / set KUBE_CONTEXT"
+            ) from None
+        self.server = self.api.configuration.host
+        self.retries = retries
+        self.requests: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._discovered: dict[tuple[str, str], Resource] = {}
+
+    # -- raw requests -----------------------------------------------------------------------
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Iterable[tuple[str, str]] = (),
+        body=None,
+        content_type: str = "application/json",
+        timeout: float = 30,
+    ) -> dict:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        payload = json.dumps(body) if body is not None else None
+        delay = 0.2
+        for attempt in range(self.retries + 1):
+            params = self.api.param_serialize(
+                method,
+                path,
+                query_params=list(query),
+                header_params=dict(headers),
+                body=payload,
+                auth_settings=["BearerToken"],
+            )
+            with self._lock:
+                self.requests[method] += 1
+            try:
+                response = self.api.call_api(*params, _request_timeout=(5, timeout))
+                response.read()
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                if attempt < self.retries:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5)
+                    continue
+                raise KubeError(
+                    f"cannot reach the Kubernetes API at {self.server} ({_root_cause(exc)}) — is the "
+                    f"cluster up and this the right kubeconfig/context? `inv kubeconfig` fetches a "
+                    f"fresh one"
+                ) from None
+            status = response.status
+            data = json.loads(response.data) if response.data else {}
+            if 200 <= status < 300:
+                return data
+            if status in RETRY_STATUSES and attempt < self.retries:
+                retry_after = (response.getheader("Retry-After") or "").strip()
+                time.sleep(float(retry_after) if retry_after.isdigit() else delay)
+                delay = min(delay * 2, 5)
+                continue
+            if status == 401:
+                raise KubeError(
+                    f"the API server at {self.server} did not accept our credentials (401) — the "
+                    f"kubeconfig's certificate or token is wrong or expired; fetch a new one with "
+                    f"`inv kubeconfig`"
+                )
+            if status == 403:
+                raise KubeError(
+                    f"forbidden (403): {data.get('message', '')} — the kubeconfig's user lacks RBAC "
+                    f"rights for this; use the cluster's admin kubeconfig (`inv kubeconfig`) or the "
+                    f"right --context"
+                )
+            raise ApiError(status, data if isinstance(data, dict) else {"message": str(data)}, method, path)
+        raise AssertionError("unreachable")
+
+    # -- resources --------------------------------------------------------------------------
+    def resource(self, api_version: str, kind: str) -> Resource:
+        key = (api_version, kind)
+        if key in KNOWN:
+            return KNOWN[key]
+        if key not in self._discovered:
+            prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+            try:
+                listing = self.request("GET", prefix)
+            except ApiError as exc:
+                raise KubeError(
+                    f"the cluster does not serve {api_version} (needed for {kind}): is its CRD "
+                    f"installed? ({exc.status})"
+                ) from None
+            for item in listing.get("resources", []):
+                if item["kind"] == kind and "/" not in item["name"]:
+                    self._discovered[key] = Resource(prefix, item["name"], item["namespaced"])
+                    break
+            else:
+                raise KubeError(f"the cluster serves {api_version} but has no kind {kind}")
+        return self._discovered[key]
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict | None:
+        try:
+            return self.request("GET", self.resource(api_version, kind).path(namespace, name))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None = None,
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+    ) -> list[dict]:
+        query = [(k, v) for k, v in (("labelSelector", label_selector), ("fieldSelector", field_selector)) if v]
+        try:
+            items = self.request("GET", self.resource(api_version, kind).path(namespace), query=query)["items"]
+        except ApiError as exc:
+            if exc.status == 404:
+                return []
+            raise
+        for item in items:  # lists omit apiVersion/kind on items
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return items
+
+    def delete(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None, *, dry_run: bool = False
+    ) -> bool:
+        query = [("propagationPolicy", "Background")] + ([("dryRun", "All")] if dry_run else [])
+        try:
+            self.request("DELETE", self.resource(api_version, kind).path(namespace, name), query=query)
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def apply(self, obj: dict, *, field_manager: str, force: bool = False, dry_run: bool = False) -> dict:
+        """Server-side apply (PATCH application/apply-patch+yaml), like `kubectl apply --server-side`."""
+        meta = obj["metadata"]
+        path = self.resource(obj["apiVersion"], obj["kind"]).path(meta.get("namespace"), meta["name"])
+        query = [("fieldManager", field_manager), ("force", "true" if force else "false")]
+        if dry_run:
+            query.append(("dryRun", "All"))
+        return self.request("PATCH", path, query=query, body=obj, content_type="application/apply-patch+yaml")
+
+    def log_tail(self, namespace: str, pod: str, container: str, lines: int = 20) -> str:
+        path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/log"
+        params = self.api.param_serialize(
+            "GET",
+            path,
+            query_params=[("container", container), ("tailLines", str(lines))],
+            header_params={"Accept": "text/plain"},
+            auth_settings=["BearerToken"],
+        )
+        with self._lock:
+            self.requests["GET"] += 1
+        try:
+            response = self.api.call_api(*params, _request_timeout=(5, 10))
+            response.read()
+        except (urllib3.exceptions.HTTPError, OSError):
+            return ""
+        return response.data.decode(errors="replace") if response.status == 200 else ""
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__context__ is not None and exc.__context__ is not exc:
+        exc = exc.__context__
+    text = str(exc)
+    return text.split("] ")[-1] if "] " in text else text or type(exc).__name__

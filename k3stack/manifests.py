@@ -1,0 +1,228 @@
+"""Load k8s/<target>/*.yaml, render ${VARS} strictly, stamp k3stack's labels, order for apply.
+
+Rendering works on the parsed YAML (each scalar), not on the text: a value can never change
+the structure of a manifest, and an undefined ${VAR} is reported with its file and line.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+REPO = Path(__file__).resolve().parent.parent
+K8S_DIR = REPO / "k8s"
+TARGETS = ("llm-stack", "monitoring")  # k8s/k3s/ is placed on servers by bootstrap, not applied
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "k3stack"
+SOURCE_ANNOTATION = "k3stack.dev/source"
+VAR = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
+
+# Apply order (kubectl users know it from `kubectl apply` of a sorted directory): what others
+# refer to goes first. Objects of one phase do not depend on each other.
+PHASES: dict[str, int] = {
+    "Namespace": 0,
+    "CustomResourceDefinition": 1,
+    "ServiceAccount": 2,
+    "Secret": 2,
+    "ConfigMap": 2,
+    "PersistentVolumeClaim": 2,
+    "Role": 2,
+    "RoleBinding": 2,
+    "ClusterRole": 2,
+    "ClusterRoleBinding": 2,
+    "Service": 3,
+    "Deployment": 4,
+    "StatefulSet": 4,
+    "DaemonSet": 4,
+    "Job": 4,
+    "Ingress": 5,
+    "Middleware": 5,
+    "HelmChart": 5,
+    "NetworkPolicy": 5,
+}
+LAST_PHASE = max(PHASES.values())
+
+
+class RenderError(ValueError):
+    """Manifests could not be rendered; str() lists every problem with file:line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(
+            "\n".join(problems)
+            if len(problems) == 1
+            else f"{len(problems)} problems in k8s/:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One rendered object and where it came from."""
+
+    obj: dict
+    source: str  # "llm-stack/postgres.yaml"
+
+    @property
+    def kind(self) -> str:
+        return self.obj["kind"]
+
+    @property
+    def name(self) -> str:
+        return self.obj["metadata"]["name"]
+
+    @property
+    def namespace(self) -> str | None:
+        return self.obj["metadata"].get("namespace")
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (
+            self.obj["apiVersion"].split("/")[0] if "/" in self.obj["apiVersion"] else "",
+            self.kind,
+            self.namespace or "",
+            self.name,
+        )
+
+    @property
+    def phase(self) -> int:
+        return PHASES.get(self.kind, LAST_PHASE)
+
+    def describe(self) -> str:
+        """kubectl's spelling: deployment.apps/ollama."""
+        group = self.obj["apiVersion"].split("/")[0] if "/" in self.obj["apiVersion"] else ""
+        return f"{self.kind.lower()}{'.' + group if group else ''}/{self.name}"
+
+
+def manifest_files(k8s_dir: Path = K8S_DIR, targets: Iterable[str] = TARGETS) -> list[Path]:
+    return [p for t in targets for p in sorted((k8s_dir / t).glob("*.yaml"))]
+
+
+def render(
+    variables: Mapping[str, str], *, k8s_dir: Path = K8S_DIR, targets: Iterable[str] = TARGETS, gpu: bool = False
+) -> list[Manifest]:
+    """Render every manifest of `targets`; raises RenderError naming every undefined variable,
+    YAML error or malformed object (file and line)."""
+    problems: list[str] = []
+    manifests: list[Manifest] = []
+    for path in manifest_files(k8s_dir, targets):
+        source = str(path.relative_to(k8s_dir))
+        for obj in _load(path, source, variables, problems):
+            if (
+                not isinstance(obj, dict)
+                or not all(k in obj for k in ("apiVersion", "kind", "metadata"))
+                or not obj["metadata"].get("name")
+            ):
+                problems.append(f"k8s/{source}: a document lacks apiVersion, kind or metadata.name")
+                continue
+            manifests.append(Manifest(_stamp(obj, source), source))
+    seen: dict[tuple, str] = {}
+    for m in manifests:
+        if m.key in seen:
+            problems.append(f"k8s/{m.source}: {m.describe()} is also defined in k8s/{seen[m.key]}")
+        seen[m.key] = m.source
+    if problems:
+        raise RenderError(problems)
+    if gpu:
+        manifests = [_with_gpu(m) for m in manifests]
+    return sorted(manifests, key=lambda m: m.phase)
+
+
+def _load(path: Path, source: str, variables: Mapping[str, str], problems: list[str]) -> list:
+    loader = yaml.SafeLoader(path.read_text())
+    documents = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            _substitute(node, loader, source, variables, problems)
+            documents.append(loader.construct_document(node))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problems.append(f"k8s/{source}{where}: not valid YAML ({getattr(exc, 'problem', exc)})")
+    finally:
+        loader.dispose()
+    return [d for d in documents if d is not None]
+
+
+def _substitute(node, loader, source: str, variables: Mapping[str, str], problems: list[str]) -> None:
+    if isinstance(node, MappingNode):
+        for key, value in node.value:
+            _substitute(key, loader, source, variables, problems)
+            _substitute(value, loader, source, variables, problems)
+    elif isinstance(node, SequenceNode):
+        for item in node.value:
+            _substitute(item, loader, source, variables, problems)
+    elif isinstance(node, ScalarNode) and "${" in node.value:
+        original = node.value
+
+        def value_of(match: re.Match) -> str:
+            name = match.group(1)
+            if name in variables:
+                return variables[name]
+            block = 1 if node.style in ("|", ">") else 0
+            line = node.start_mark.line + 1 + block + original[: match.start()].count("\n")
+            problems.append(
+                f"k8s/{source}:{line}: ${{{name}}} is not defined "
+                f"(a setting of env/example.env, or a value k3stack computes)"
+            )
+            return ""
+
+        node.value = VAR.sub(value_of, original)
+        # `replicas: ${N}` stays typed like the YAML it stands for; quoted scalars stay strings.
+        if node.style is None and VAR.fullmatch(original):
+            node.tag = loader.resolve(ScalarNode, node.value, (True, False))
+
+
+def _stamp(obj: dict, source: str) -> dict:
+    metadata = obj["metadata"]
+    metadata["labels"] = {**(metadata.get("labels") or {}), MANAGED_BY: MANAGER}
+    metadata["annotations"] = {**(metadata.get("annotations") or {}), SOURCE_ANNOTATION: source}
+    return obj
+
+
+def _with_gpu(manifest: Manifest) -> Manifest:
+    if manifest.kind != "Deployment" or manifest.name != "ollama":
+        return manifest
+    obj = copy.deepcopy(manifest.obj)
+    pod = obj["spec"]["template"]["spec"]
+    pod["runtimeClassName"] = "nvidia"
+    for container in pod["containers"]:
+        container.setdefault("resources", {}).setdefault("limits", {})["nvidia.com/gpu"] = 1
+    return Manifest(obj, manifest.source)
+
+
+def phases(manifests: Iterable[Manifest]) -> list[list[Manifest]]:
+    """Manifests grouped by apply phase, in order."""
+    grouped: dict[int, list[Manifest]] = {}
+    for m in manifests:
+        grouped.setdefault(m.phase, []).append(m)
+    return [grouped[p] for p in sorted(grouped)]
+
+
+def validate(manifests: Iterable[Manifest], k8s_version: str) -> list[str]:
+    """Strict schema validation (kubernetes-validate) for the Kubernetes minor users run.
+    Returns problems; custom resources (no bundled schema) are skipped."""
+    import kubernetes_validate  # a dev/CI dependency: imported only when validating
+
+    problems = []
+    for m in manifests:
+        try:
+            kubernetes_validate.validate(m.obj, k8s_version, strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            continue
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(str(p) for p in exc.path)
+            problems.append(f"k8s/{m.source}: {m.describe()}: {path}: {exc.message}")
+    return problems
+
+
+def to_yaml(manifests: Iterable[Manifest]) -> str:
+    return "".join("---\n" + yaml.safe_dump(m.obj, sort_keys=False) for m in manifests)

@@ -1,0 +1,144 @@
+"""The stack's Secret objects. Each secret value comes from the settings when given, else from
+the Secret already in the cluster, else it is generated once (and then found in the cluster on
+every later run). A password a volume already depends on is never changed behind its back."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets as random
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import bcrypt
+
+from .manifests import MANAGED_BY, MANAGER, SOURCE_ANNOTATION, Manifest
+from .settings import Settings
+
+# setting -> (namespace setting, Secret name, key) where the value is kept in the cluster
+LOCATIONS: dict[str, tuple[str, str, str]] = {
+    "POSTGRES_PASSWORD": ("STACK_NAMESPACE", "postgres", "POSTGRES_PASSWORD"),
+    "REDIS_PASSWORD": ("STACK_NAMESPACE", "redis", "REDIS_PASSWORD"),
+    "WEBUI_SECRET_KEY": ("STACK_NAMESPACE", "open-webui", "WEBUI_SECRET_KEY"),
+    "WEBUI_ADMIN_PASSWORD": ("STACK_NAMESPACE", "open-webui", "WEBUI_ADMIN_PASSWORD"),
+    "NETDATA_PASSWORD": ("MONITORING_NAMESPACE", "netdata-basic-auth", "password"),
+}
+# Changing these would break what a volume already holds (PostgreSQL applies the password
+# only when it initialises an empty data directory).
+PINNED_BY_VOLUME = {"POSTGRES_PASSWORD": "postgres-data"}
+
+ReadSecret = Callable[[str, str], dict[str, str] | None]  # (namespace, name) -> decoded data or None
+
+
+class SecretsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class StackSecrets:
+    objects: list[Manifest]
+    values: dict[str, str]  # every secret value (for redaction and `inv credentials`)
+    origins: dict[str, str]  # setting -> "settings" | "cluster" | "generated"
+    checksums: dict[str, str]  # render variables that roll pods when a Secret changes
+
+
+def decode(secret: dict) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+
+def _checksum(data: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(data):
+        digest.update(f"{key}\0{data[key]}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+def resolve(settings: Settings, read: ReadSecret) -> StackSecrets:
+    """Build the Secret objects. `read` returns a Secret's decoded data from the cluster (or None)."""
+    cache: dict[tuple[str, str], dict[str, str] | None] = {}
+
+    def existing(setting: str) -> str | None:
+        ns_setting, name, key = LOCATIONS[setting]
+        where = (settings[ns_setting], name)
+        if where not in cache:
+            cache[where] = read(*where)
+        return (cache[where] or {}).get(key)
+
+    values: dict[str, str] = {}
+    origins: dict[str, str] = {}
+    for setting in LOCATIONS:
+        given, current = settings.secrets.get(setting), existing(setting)
+        if given is not None:
+            if current is not None and given != current and setting in PINNED_BY_VOLUME:
+                ns_setting, name, _ = LOCATIONS[setting]
+                raise SecretsError(
+                    f"{setting}: differs from the password the existing database was initialised with "
+                    f"(Secret {settings[ns_setting]}/{name}); PostgreSQL applies it only to an empty volume "
+                    f"({PINNED_BY_VOLUME[setting]}). Fix: unset {setting} to keep the current one, or change it "
+                    f"inside PostgreSQL first (ALTER USER ... PASSWORD) and then set it here"
+                )
+            values[setting], origins[setting] = given, "settings"
+        elif current is not None:
+            values[setting], origins[setting] = current, "cluster"
+        else:
+            values[setting], origins[setting] = random.token_urlsafe(32), "generated"
+
+    stack, monitoring = settings["STACK_NAMESPACE"], settings["MONITORING_NAMESPACE"]
+    pg_user, pg_db = settings["POSTGRES_USER"], settings["POSTGRES_DB"]
+    redis_url = f"redis://:{quote(values['REDIS_PASSWORD'], safe='')}@redis.{stack}.svc:6379/0"
+    webui = {
+        "DATABASE_URL": f"postgresql://{pg_user}:{quote(values['POSTGRES_PASSWORD'], safe='')}"
+        f"@postgres.{stack}.svc:5432/{pg_db}",
+        "REDIS_URL": redis_url,
+        "WEBUI_SECRET_KEY": values["WEBUI_SECRET_KEY"],
+        "WEBUI_ADMIN_EMAIL": settings["WEBUI_ADMIN_EMAIL"],
+        "WEBUI_ADMIN_PASSWORD": values["WEBUI_ADMIN_PASSWORD"],
+    }
+    user = settings["NETDATA_USER"]
+    netdata = {
+        "users": _htpasswd(
+            user, values["NETDATA_PASSWORD"], (cache.get((monitoring, "netdata-basic-auth")) or {}).get("users")
+        ),
+        "password": values["NETDATA_PASSWORD"],
+    }
+    datas = {
+        (stack, "postgres"): {"POSTGRES_PASSWORD": values["POSTGRES_PASSWORD"]},
+        (stack, "redis"): {"REDIS_PASSWORD": values["REDIS_PASSWORD"]},
+        (stack, "open-webui"): webui,
+        (monitoring, "netdata-basic-auth"): netdata,
+    }
+    objects = [_secret(ns, name, data) for (ns, name), data in datas.items()]
+    values = {**values, "DATABASE_URL": webui["DATABASE_URL"], "REDIS_URL": redis_url}
+    return StackSecrets(
+        objects=objects,
+        values=values,
+        origins=origins,
+        checksums={
+            "OPEN_WEBUI_SECRET_CHECKSUM": _checksum(webui),
+            "REDIS_SECRET_CHECKSUM": _checksum(datas[(stack, "redis")]),
+        },
+    )
+
+
+def _htpasswd(user: str, password: str, current: str | None) -> str:
+    """Traefik basicAuth `users` line. bcrypt salts every hash: keep the current line while it
+    still matches, so an unchanged password does not rewrite the Secret on every deploy."""
+    if current and current.count(":") == 1:
+        current_user, current_hash = current.strip().split(":")
+        if current_user == user and bcrypt.checkpw(password.encode(), current_hash.encode()):
+            return current.strip()
+    return f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()}"
+
+
+def _secret(namespace: str, name: str, data: dict[str, str]) -> Manifest:
+    annotations = {SOURCE_ANNOTATION: "k3stack/secrets.py"}
+    obj = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace, "labels": {MANAGED_BY: MANAGER}, "annotations": annotations},
+        "type": "Opaque",
+        # `data` (base64), not stringData: an unchanged re-apply is then a true no-op.
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in sorted(data.items())},
+    }
+    return Manifest(obj, "k3stack/secrets.py")
