@@ -204,7 +204,9 @@ def env_file(env_name: str, env_dir: Path = ENV_DIR) -> Path:
     return env_dir / f"{env_name}.env"
 
 
-def load(env_name: str | None = None, *, env_dir: Path = ENV_DIR, environ: Mapping[str, str] | None = None) -> Settings:
+def load(
+    env_name: str | None = None, *, env_dir: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
     """Load env/<name>.env (name from the argument, K3STACK_ENV, else `default`); the process
     environment overrides the file. Raises SettingsError listing every problem."""
     environ = os.environ if environ is None else environ

@@ -206,7 +206,7 @@ class NodeSimulator:
                 meta["name"],
                 meta["namespace"],
                 grace_period_seconds=0,
-                body={"preconditions": {"uid": meta["uid"]}},
+                body={"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}},
                 _preload_content=False,
             )
         except ApiException as exc:
@@ -284,14 +284,13 @@ class NodeSimulator:
         """What K3s's helm-controller does, minus helm: for each HelmChart (new or changed) run an
         install Job `helm-install-<name>` in its namespace and point status.jobName at it."""
         api = self.core.api_client
-        try:
-            charts = _raw(
-                api.call_api(
-                    *api.param_serialize("GET", "/apis/helm.cattle.io/v1/helmcharts", auth_settings=["BearerToken"])
-                )
-            )["items"]
-        except ApiException:
+        response = api.call_api(
+            *api.param_serialize("GET", "/apis/helm.cattle.io/v1/helmcharts", auth_settings=["BearerToken"])
+        )
+        if response.status != 200:
             return
+        response.read()
+        charts = _raw(response)["items"]
         batch = client.BatchV1Api(api)
         for chart in charts:
             meta = chart["metadata"]

@@ -1,0 +1,259 @@
+"""inv deploy's library against the test bed's real API server (node simulator for pods/PVCs)."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from pathlib import Path
+
+import pytest
+
+from k3stack import deploy as stack
+from k3stack import settings
+from k3stack.apply import ApplyError
+from k3stack.console import Console
+from k3stack.kube import Kube, KubeError
+from k3stack.rollout import RolloutError
+from k3stack.secrets import SecretsError
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def stack_env(kube):
+    """Settings for a stack of its own (unique namespaces), plus a Kube and an output buffer."""
+    suffix = uuid.uuid4().hex[:6]
+    environ = {
+        "DOMAIN": "203.0.113.10.sslip.io",
+        "ACME_EMAIL": "ops@example.com",
+        "STACK_NAMESPACE": f"llm-{suffix}",
+        "MONITORING_NAMESPACE": f"mon-{suffix}",
+    }
+    out = io.StringIO()
+
+    class Env:
+        kube_client = Kube(str(kube.kubeconfig))
+        console = Console(stream=out, interactive=False)
+        output = out
+
+        def settings(self, **overrides):
+            return settings.load(env_dir=Path("/nonexistent"), environ={**environ, **overrides})
+
+        def plan(self, **overrides):
+            return stack.make_plan(self.settings(**overrides), stack.read_secret_from(self.kube_client))
+
+        def deploy(self, plan=None, **kwargs):
+            kwargs.setdefault("timeout", 60)
+            return stack.deploy(self.kube_client, plan or self.plan(), self.console, **kwargs)
+
+    yield Env()
+    if kube.sim is not None:
+        kube.sim.clear()
+    for ns in (environ["STACK_NAMESPACE"], environ["MONITORING_NAMESPACE"]):
+        Env.kube_client.delete("v1", "Namespace", ns)
+
+
+def resource_versions(kube: Kube, plan) -> dict:
+    return {
+        m.key: kube.get(m.obj["apiVersion"], m.kind, m.name, m.namespace)["metadata"]["resourceVersion"]
+        for m in plan.manifests
+    }
+
+
+def test_first_deploy_creates_everything_and_second_changes_nothing(stack_env):
+    plan = stack_env.plan()
+    first = stack_env.deploy(plan)
+    assert {r.action for r in first.results} == {"created"}
+    assert len(first.results) == len(plan.manifests)
+    assert all(s.done for s in first.rollouts.values())
+    assert {t.name for t in first.rollouts} == {"postgres", "redis", "ollama", "open-webui", "netdata"}
+    kube = stack_env.kube_client
+    claims = kube.list("v1", "PersistentVolumeClaim", plan.settings["STACK_NAMESPACE"])
+    assert {c["metadata"]["name"]: c["status"]["phase"] for c in claims} == {
+        "postgres-data": "Bound",
+        "redis-data": "Bound",
+        "ollama-data": "Bound",
+        "open-webui-data": "Bound",
+    }
+
+    before = resource_versions(kube, plan)
+    writes_before = kube.requests["PATCH"] + kube.requests["POST"] + kube.requests["DELETE"]
+    again = stack_env.deploy(stack_env.plan())
+    assert {r.action for r in again.results} == {"unchanged"}
+    assert not again.changed
+    assert resource_versions(kube, plan) == before
+    writes = kube.requests["PATCH"] + kube.requests["POST"] + kube.requests["DELETE"] - writes_before
+    assert writes <= len(plan.manifests)  # at most one write per object
+    assert "deployment.apps/ollama unchanged" in stack_env.output.getvalue()
+
+
+def test_removed_manifest_is_pruned_but_volumes_and_secrets_are_not(stack_env):
+    plan = stack_env.plan()
+    stack_env.deploy(plan, wait=False)
+    kept = [
+        m
+        for m in plan.manifests
+        if not (m.kind == "Ingress" and m.name == "open-webui-http")
+        and m.kind not in ("PersistentVolumeClaim", "Secret")
+    ]
+    smaller = stack.Plan(plan.settings, kept, plan.secrets)
+    report = stack_env.deploy(smaller, wait=False)
+    assert [r.describe for r in report.pruned] == ["ingress.networking.k8s.io/open-webui-http"]
+    ns = plan.settings["STACK_NAMESPACE"]
+    kube = stack_env.kube_client
+    assert kube.get("networking.k8s.io/v1", "Ingress", "open-webui-http", ns) is None
+    assert kube.get("v1", "PersistentVolumeClaim", "ollama-data", ns) is not None
+    assert kube.get("v1", "Secret", "postgres", ns) is not None
+
+
+def test_passwords_and_volumes_survive_redeploy_destroy_and_redeploy(stack_env):
+    stack_env.deploy(wait=False)
+    plan = stack_env.plan()
+    assert plan.secrets.origins["POSTGRES_PASSWORD"] == "cluster"
+    password = plan.secrets.values["POSTGRES_PASSWORD"]
+    ns = plan.settings["STACK_NAMESPACE"]
+    kube = stack_env.kube_client
+    claim_uid = kube.get("v1", "PersistentVolumeClaim", "postgres-data", ns)["metadata"]["uid"]
+
+    stack.destroy(kube, plan, stack_env.console)
+    assert kube.get("apps/v1", "Deployment", "postgres", ns) is None
+    assert kube.get("v1", "PersistentVolumeClaim", "postgres-data", ns)["metadata"]["uid"] == claim_uid
+
+    again = stack_env.plan()
+    assert again.secrets.values["POSTGRES_PASSWORD"] == password
+    stack_env.deploy(again)
+    assert kube.get("v1", "PersistentVolumeClaim", "postgres-data", ns)["metadata"]["uid"] == claim_uid
+    assert password not in stack_env.output.getvalue()
+
+
+def test_a_different_postgres_password_for_an_existing_volume_is_refused(stack_env):
+    stack_env.deploy(wait=False)
+    with pytest.raises(SecretsError, match=r"POSTGRES_PASSWORD: differs from the password the existing database"):
+        stack_env.plan(POSTGRES_PASSWORD="another-password-entirely")
+
+
+def test_a_changed_secret_rolls_open_webui(stack_env):
+    plan = stack_env.plan(REDIS_PASSWORD="first-redis-password")
+    stack_env.deploy(plan)
+    kube = stack_env.kube_client
+    ns = plan.settings["STACK_NAMESPACE"]
+    template = kube.get("apps/v1", "Deployment", "open-webui", ns)["spec"]["template"]
+    report = stack_env.deploy(stack_env.plan(REDIS_PASSWORD="second-redis-password"))
+    actions = {r.describe: r.action for r in report.results if r.namespace == ns}
+    assert actions["secret/open-webui"] == "configured"
+    assert actions["deployment.apps/open-webui"] == "configured"
+    new_template = kube.get("apps/v1", "Deployment", "open-webui", ns)["spec"]["template"]
+    assert (
+        new_template["metadata"]["annotations"]["k3stack.dev/secret-checksum"]
+        != template["metadata"]["annotations"]["k3stack.dev/secret-checksum"]
+    )
+    assert "second-redis-password" not in stack_env.output.getvalue()
+
+
+def test_conflict_with_another_field_manager_is_explained_and_force_takes_over(stack_env):
+    plan = stack_env.plan()
+    stack_env.deploy(plan, wait=False)
+    ns = plan.settings["STACK_NAMESPACE"]
+    kube = stack_env.kube_client
+    kube.apply(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "ollama", "namespace": ns},
+            "spec": {"replicas": 3},
+        },
+        field_manager="kubectl-scale",
+        force=True,
+    )
+    with pytest.raises(ApplyError) as error:
+        stack_env.deploy(stack_env.plan(), wait=False)
+    message = str(error.value)
+    assert "deployment.apps/ollama (llm-stack/ollama.yaml): conflict" in message
+    assert 'conflict with "kubectl-scale"' in message
+    assert ".spec.replicas" in message
+    assert "--force" in message
+    report = stack_env.deploy(stack_env.plan(), wait=False, force=True)
+    assert {r.describe: r.action for r in report.results}["deployment.apps/ollama"] == "configured"
+    assert kube.get("apps/v1", "Deployment", "ollama", ns)["spec"]["replicas"] == 1
+
+
+def test_shrinking_a_volume_gets_a_clear_error(stack_env):
+    stack_env.deploy(wait=False)
+    with pytest.raises(ApplyError) as error:
+        stack_env.deploy(stack_env.plan(OLLAMA_STORAGE="1Gi"), wait=False)
+    message = str(error.value)
+    assert "persistentvolumeclaim/ollama-data (llm-stack/ollama.yaml)" in message
+    assert "cannot be changed on an existing PersistentVolumeClaim" in message
+    assert "k3stack never deletes volumes" in message
+    assert "HTTP response body" not in message
+
+
+def test_dry_run_changes_nothing(stack_env):
+    plan = stack_env.plan()
+    report = stack_env.deploy(plan, dry_run=True)
+    assert {r.action for r in report.results} == {"created"}
+    assert stack_env.kube_client.get("v1", "Namespace", plan.settings["STACK_NAMESPACE"]) is None
+    assert "(server dry run)" in stack_env.output.getvalue()
+
+
+def test_diff_shows_changes_with_secrets_redacted(stack_env):
+    stack_env.deploy(stack_env.plan(REDIS_PASSWORD="first-redis-password"), wait=False)
+    plan = stack_env.plan(REDIS_PASSWORD="second-redis-password", OLLAMA_MEMORY_LIMIT="12Gi")
+    stack_env.console.add_secrets(plan.secrets.values.values())
+    changed = stack.show_diff(stack_env.kube_client, plan, stack_env.console)
+    text = stack_env.output.getvalue()
+    assert changed == 5  # redis + open-webui Secrets; redis, open-webui (checksums) and ollama Deployments
+    assert "-            memory: 16Gi" in text
+    assert "+            memory: 12Gi" in text
+    assert "<redacted sha256:" in text
+    assert "second-redis-password" not in text
+    assert "first-redis-password" not in text
+
+
+def test_a_pod_that_never_becomes_ready_times_out_with_the_reason(stack_env, kube):
+    if kube.sim is None:
+        pytest.skip("needs the built-in bed's node simulator")
+    plan = stack_env.plan()
+    kube.sim.fail(plan.settings["STACK_NAMESPACE"], {"app.kubernetes.io/name": "ollama"}, "model dir not writable")
+    with pytest.raises(RolloutError) as error:
+        stack_env.deploy(plan, timeout=5)
+    message = str(error.value)
+    assert message.startswith("timed out after 5s waiting for deployment.apps/ollama")
+    assert "0 of 1 updated replicas are available" in message
+    assert "CrashLoopBackOff model dir not writable" in message
+
+
+def test_status_rows_show_readiness_images_volumes_and_urls(stack_env):
+    plan = stack_env.plan()
+    stack_env.deploy(plan)
+    rows = {row[1]: row for row in stack.status_rows(stack_env.kube_client, plan)}
+    ollama = rows["deployment.apps/ollama"]
+    assert ollama[2:5] == ["1/1", "ready", "0.32.15"]
+    assert ollama[5].startswith("ollama-data Bound")
+    assert rows["deployment.apps/open-webui"][6] == "https://chat.203.0.113.10.sslip.io"
+    assert rows["helmchart.helm.cattle.io/netdata"][3] == "ready"
+
+
+def test_forbidden_user_gets_an_explained_error(kube):
+    if kube.sim is None:
+        pytest.skip("needs the built-in bed's PKI")
+    nobody = Kube(str(kube.kubeconfig_for("nobody")))
+    with pytest.raises(KubeError, match=r"forbidden \(403\).*use the cluster's admin kubeconfig"):
+        nobody.list("apps/v1", "Deployment", "default")
+
+
+def test_unreachable_api_server_is_explained(tmp_path):
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:9\n"
+        "users:\n- name: u\n  user:\n    token: abc\ncontexts:\n- name: x\n  context:\n    cluster: c\n"
+        "    user: u\ncurrent-context: x\n"
+    )
+    unreachable = Kube(str(config), retries=1)
+    with pytest.raises(KubeError, match=r"cannot reach the Kubernetes API at https://127.0.0.1:9 .*`inv kubeconfig`"):
+        unreachable.list("v1", "Namespace")
+
+
+def test_missing_kubeconfig_is_explained(tmp_path):
+    with pytest.raises(KubeError, match=r"kubeconfig .*missing.* fix: `inv kubeconfig`"):
+        Kube(str(tmp_path / "missing"))

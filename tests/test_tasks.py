@@ -1,0 +1,89 @@
+"""The tasks as a person or CI runs them: `inv ...` in a subprocess, exit codes and output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+INV = [sys.executable, "-m", "invoke"]
+
+
+def inv(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("K3STACK_", "KUBECONFIG"))}
+    return subprocess.run(
+        [*INV, *args],
+        cwd=REPO,
+        env={**environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def env_dir(tmp_path):
+    suffix = uuid.uuid4().hex[:6]
+    path = tmp_path / "test.env"
+    path.write_text(
+        f"DOMAIN=203.0.113.10.sslip.io\nACME_EMAIL=ops@example.com\nSTACK_NAMESPACE=cli-{suffix}\n"
+        f"MONITORING_NAMESPACE=clim-{suffix}\n"
+    )
+    path.chmod(0o600)
+    return tmp_path
+
+
+def test_menu_lists_only_real_tasks():
+    listing = inv("--list").stdout
+    for name in ("deploy", "diff", "render", "status", "destroy", "credentials", "test", "lint"):
+        assert f"  {name} " in listing
+
+
+def test_bad_settings_exit_1_with_the_problem_and_no_traceback(tmp_path):
+    (tmp_path / "bad.env").write_text("DOMAIN=not a domain\nACME_EMAIL=ops@example.com\n")
+    done = inv("render", "--env", "bad", env={"K3STACK_ENV_DIR": str(tmp_path)})
+    assert done.returncode == 1
+    assert "DOMAIN='not a domain': expected a DNS name" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_render_redacts_secret_data_unless_asked(env_dir):
+    done = inv("render", "--env", "test", env={"K3STACK_ENV_DIR": str(env_dir)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "kind: Secret" in done.stdout
+    assert "POSTGRES_PASSWORD: PHJlZGFjdGVkPg==" in done.stdout  # base64 of <redacted>
+
+
+def test_destroy_needs_yes():
+    done = inv("destroy")
+    assert done.returncode == 1
+    assert "run again with --yes" in done.stdout
+
+
+def test_credentials_are_refused_in_ci():
+    done = inv("credentials", env={"CI": "true"})
+    assert done.returncode == 1
+    assert "not printed when CI=true" in done.stdout
+
+
+def test_deploy_then_redeploy_reports_no_changes(kube, env_dir):
+    env = {"K3STACK_ENV_DIR": str(env_dir), "KUBECONFIG": str(kube.kubeconfig), "CI": "true"}
+    first = inv("deploy", "--env", "test", "--timeout", "90", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "deployment.apps/ollama created" in first.stdout
+    assert "deployment.apps/ollama (cli-" in first.stdout  # rollout progress lines
+    second = inv("deploy", "--env", "test", "--json", env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "==> no changes:" in second.stdout
+    assert '"changed": false' in second.stdout
+    status = inv("status", "--env", "test", env=env)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "deployment.apps/open-webui" in status.stdout
+    gone = inv("destroy", "--env", "test", "--yes", "--purge", env=env)
+    assert gone.returncode == 0, gone.stdout + gone.stderr
