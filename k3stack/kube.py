@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import urllib3
-from kubernetes import config
+from kubernetes import client, config
 from kubernetes.config.config_exception import ConfigException
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -80,7 +80,14 @@ class Kube:
 
     def __init__(self, kubeconfig: str | None = None, context: str | None = None, *, retries: int = 5):
         try:
-            self.api = config.new_client_from_config(config_file=kubeconfig or None, context=context or None)
+            configuration = client.Configuration()
+            config.load_kube_config(
+                config_file=kubeconfig or None, context=context or None, client_configuration=configuration
+            )
+            # urllib3 would otherwise retry 429/503 by itself, unbounded by our backoff and
+            # invisible to the request count: this class does the retrying.
+            configuration.retries = False
+            self.api = client.ApiClient(configuration)
         except (ConfigException, OSError, TypeError) as exc:
             where = kubeconfig or "~/.kube/config (or $KUBECONFIG)"
             raise KubeError(

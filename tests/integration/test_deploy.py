@@ -257,3 +257,22 @@ def test_unreachable_api_server_is_explained(tmp_path):
 def test_missing_kubeconfig_is_explained(tmp_path):
     with pytest.raises(KubeError, match=r"kubeconfig .*missing.* fix: `inv kubeconfig`"):
         Kube(str(tmp_path / "missing"))
+
+
+def test_an_object_the_server_rejects_stops_before_later_phases(stack_env):
+    plan = stack_env.plan()
+    broken = []
+    for m in plan.manifests:
+        if m.kind == "Service" and m.name == "redis":
+            obj = {**m.obj, "spec": {**m.obj["spec"], "ports": [{"name": "redis", "port": 70000, "protocol": "TCP"}]}}
+            m = type(m)(obj, m.source)
+        broken.append(m)
+    with pytest.raises(ApplyError) as error:
+        stack_env.deploy(stack.Plan(plan.settings, broken, plan.secrets), wait=False)
+    message = str(error.value)
+    assert "service/redis (llm-stack/redis.yaml): rejected as invalid (422): spec.ports[0].port" in message
+    assert "fix the manifest in k8s/llm-stack/redis.yaml" in message
+    applied = {r.describe for r in error.value.results}
+    assert "service/ollama" in applied  # its own phase went through
+    ns = plan.settings["STACK_NAMESPACE"]
+    assert stack_env.kube_client.get("apps/v1", "Deployment", "ollama", ns) is None  # later phases did not

@@ -1,0 +1,78 @@
+"""Kube's retry and error handling against a small HTTP server on loopback that answers like an
+API server under load (429/503 with Retry-After, then success)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from k3stack.kube import ApiError, Kube
+
+
+@pytest.fixture
+def api_server(tmp_path):
+    answers: list[tuple[int, dict]] = []
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            status, body = answers.pop(0) if answers else (200, {"items": []})
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            if status in (429, 503):
+                self.send_header("Retry-After", "0")
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        f"apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n"
+        f"    server: http://127.0.0.1:{server.server_address[1]}\nusers:\n- name: u\n  user:\n"
+        f"    token: test-token\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\n"
+        f"current-context: x\n"
+    )
+    yield Kube(str(config), retries=3), answers, seen
+    server.shutdown()
+
+
+def test_429_and_503_are_retried_then_succeed(api_server):
+    kube, answers, seen = api_server
+    answers += [(429, {"message": "too many requests"}), (503, {"message": "unavailable"})]
+    assert kube.list("v1", "Namespace") == []
+    assert len(seen) == 3
+    assert kube.requests["GET"] == 3
+
+
+def test_retries_are_bounded(api_server):
+    kube, answers, seen = api_server
+    answers += [(503, {"message": "etcd leader changed"})] * 5
+    with pytest.raises(ApiError, match="503 etcd leader changed"):
+        kube.list("v1", "Namespace")
+    assert len(seen) == 4  # the first try and three retries
+
+
+def test_a_client_error_is_not_retried(api_server):
+    kube, answers, seen = api_server
+    answers += [(422, {"kind": "Status", "message": "invalid", "reason": "Invalid"})]
+    with pytest.raises(ApiError) as error:
+        kube.list("v1", "Namespace")
+    assert error.value.status == 422
+    assert len(seen) == 1
+
+
+def test_401_is_explained(api_server):
+    kube, answers, _ = api_server
+    answers += [(401, {"message": "Unauthorized"})]
+    with pytest.raises(Exception, match=r"did not accept our credentials \(401\).*`inv kubeconfig`"):
+        kube.list("v1", "Namespace")
