@@ -197,7 +197,8 @@ def test_dry_run_changes_nothing(stack_env):
 
 
 def test_diff_shows_changes_with_secrets_redacted(stack_env):
-    stack_env.deploy(stack_env.plan(REDIS_PASSWORD="first-redis-password"), wait=False)
+    # At rest first (rollouts done, claims bound): controllers no longer change what diff compares.
+    stack_env.deploy(stack_env.plan(REDIS_PASSWORD="first-redis-password"))
     plan = stack_env.plan(REDIS_PASSWORD="second-redis-password", OLLAMA_MEMORY_LIMIT="12Gi")
     stack_env.console.add_secrets(plan.secrets.values.values())
     changed = stack.show_diff(stack_env.kube_client, plan, stack_env.console)
