@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -245,8 +246,6 @@ def _normalized(obj: dict) -> dict:
     (meta.get("annotations") or {}).pop("deployment.kubernetes.io/revision", None)
     if obj.get("kind") == "Secret":
         # Show that a value changed without showing the value.
-        import hashlib
-
         obj["data"] = {
             k: f"<redacted sha256:{hashlib.sha256(v.encode()).hexdigest()[:8]}>"
             for k, v in (obj.get("data") or {}).items()
