@@ -113,21 +113,11 @@ class Kube:
     ) -> dict:
         headers = {"Accept": "application/json", "Content-Type": content_type}
         payload = json.dumps(body) if body is not None else None
+        query = list(query)  # sent again on every retry
         delay = 0.2
         for attempt in range(self.retries + 1):
-            params = self.api.param_serialize(
-                method,
-                path,
-                query_params=list(query),
-                header_params=dict(headers),
-                body=payload,
-                auth_settings=["BearerToken"],
-            )
-            with self._lock:
-                self.requests[method] += 1
             try:
-                response = self.api.call_api(*params, _request_timeout=(5, timeout))
-                response.read()
+                response = self._send(method, path, query, headers, payload, timeout)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 if attempt < self.retries:
                     time.sleep(delay)
@@ -236,21 +226,31 @@ class Kube:
 
     def log_tail(self, namespace: str, pod: str, container: str, lines: int = 20) -> str:
         path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/log"
+        query = [("container", container), ("tailLines", str(lines))]
+        try:
+            response = self._send("GET", path, query, {"Accept": "text/plain"}, None, 10)
+        except (urllib3.exceptions.HTTPError, OSError):
+            return ""  # logs are a hint in an error report, never a reason to fail it
+        return response.data.decode(errors="replace") if response.status == 200 else ""
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]],
+        headers: dict[str, str],
+        payload: str | None,
+        timeout: float,
+    ):
+        """One counted HTTP request with the kubeconfig's credentials; the response is read."""
         params = self.api.param_serialize(
-            "GET",
-            path,
-            query_params=[("container", container), ("tailLines", str(lines))],
-            header_params={"Accept": "text/plain"},
-            auth_settings=["BearerToken"],
+            method, path, query_params=query, header_params=dict(headers), body=payload, auth_settings=["BearerToken"]
         )
         with self._lock:
-            self.requests["GET"] += 1
-        try:
-            response = self.api.call_api(*params, _request_timeout=(5, 10))
-            response.read()
-        except (urllib3.exceptions.HTTPError, OSError):
-            return ""
-        return response.data.decode(errors="replace") if response.status == 200 else ""
+            self.requests[method] += 1
+        response = self.api.call_api(*params, _request_timeout=(5, timeout))
+        response.read()
+        return response
 
 
 def _root_cause(exc: BaseException) -> str:
