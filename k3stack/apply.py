@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from .kube import ApiError, Kube, KubeError
-from .manifests import MANAGED_BY, MANAGER, Manifest, phases
+from .manifests import MANAGED_BY, MANAGER, Manifest, describe, object_key, phases
 
 FIELD_MANAGER = MANAGER
 INSTANCE_LABEL = "k3stack.dev/instance"
@@ -71,21 +71,6 @@ def stamp_instance(manifests: Iterable[Manifest], instance: str) -> list[Manifes
     return stamped
 
 
-def _key(obj: dict) -> tuple[str, str, str, str]:
-    api_version = obj["apiVersion"]
-    return (
-        api_version.split("/")[0] if "/" in api_version else "",
-        obj["kind"],
-        obj["metadata"].get("namespace") or "",
-        obj["metadata"]["name"],
-    )
-
-
-def _describe(obj: dict) -> str:
-    group = obj["apiVersion"].split("/")[0] if "/" in obj["apiVersion"] else ""
-    return f"{obj['kind'].lower()}{'.' + group if group else ''}/{obj['metadata']['name']}"
-
-
 class Applier:
     def __init__(self, kube: Kube, *, instance: str, force: bool = False, dry_run: bool = False):
         self.kube = kube
@@ -112,7 +97,7 @@ class Applier:
         with ThreadPoolExecutor(PARALLEL) as pool:
             for items in pool.map(list_kind, sorted(kinds)):
                 for obj in items:
-                    found[_key(obj)] = obj
+                    found[object_key(obj)] = obj
         return found
 
     # -- apply --------------------------------------------------------------------------------
@@ -175,7 +160,7 @@ class Applier:
             meta = obj["metadata"]
             self.kube.delete(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"), dry_run=self.dry_run)
             result = Result(
-                _describe(obj),
+                describe(obj["apiVersion"], obj["kind"], meta["name"]),
                 meta.get("namespace", ""),
                 "pruned",
                 (meta.get("annotations") or {}).get("k3stack.dev/source", ""),

@@ -120,15 +120,9 @@ def show_diff(kube: Kube, plan: Plan, console: Console) -> int:
         if result.action == "unchanged":
             continue
         changed += 1
-        key = next(
-            m.key for m in plan.manifests if m.describe() == result.describe and (m.namespace or "") == result.namespace
-        )
-        text = diff(
-            current.get(key),
-            result.obj or next(m.obj for m in plan.manifests if m.key == key),
-            f"{result.namespace}/{result.describe}",
-        )
-        console.line(text)
+        # A non-failed result always carries the object (the dry run's answer, or the manifest).
+        before = current.get(mf.object_key(result.obj))
+        console.line(diff(before, result.obj, f"{result.namespace}/{result.describe}"))
     wanted = {m.key for m in plan.manifests}
     for key, obj in sorted(current.items()):
         if key not in wanted and obj["kind"] not in KEPT_KINDS:
@@ -153,7 +147,7 @@ def destroy(
         for obj in kube.list(api_version, kind, label_selector=selector):
             meta = obj["metadata"]
             kube.delete(api_version, kind, meta["name"], meta.get("namespace"))
-            result = Result(f"{kind.lower()}/{meta['name']}", meta.get("namespace", ""), "deleted")
+            result = Result(mf.describe(api_version, kind, meta["name"]), meta.get("namespace", ""), "deleted")
             console.result(result.describe, "deleted", f"({result.namespace})")
             results.append(result)
     if purge:

@@ -61,6 +61,23 @@ class RenderError(ValueError):
         )
 
 
+def group_of(api_version: str) -> str:
+    """apps/v1 -> apps; v1 (the core group) -> ''."""
+    return api_version.split("/")[0] if "/" in api_version else ""
+
+
+def describe(api_version: str, kind: str, name: str) -> str:
+    """kubectl's spelling of an object: deployment.apps/ollama, service/ollama."""
+    group = group_of(api_version)
+    return f"{kind.lower()}{'.' + group if group else ''}/{name}"
+
+
+def object_key(obj: dict) -> tuple[str, str, str, str]:
+    """(group, kind, namespace, name): what identifies an object across API versions."""
+    meta = obj["metadata"]
+    return (group_of(obj["apiVersion"]), obj["kind"], meta.get("namespace") or "", meta["name"])
+
+
 @dataclass(frozen=True)
 class Manifest:
     """One rendered object and where it came from."""
@@ -82,21 +99,14 @@ class Manifest:
 
     @property
     def key(self) -> tuple[str, str, str, str]:
-        return (
-            self.obj["apiVersion"].split("/")[0] if "/" in self.obj["apiVersion"] else "",
-            self.kind,
-            self.namespace or "",
-            self.name,
-        )
+        return object_key(self.obj)
 
     @property
     def phase(self) -> int:
         return PHASES.get(self.kind, LAST_PHASE)
 
     def describe(self) -> str:
-        """kubectl's spelling: deployment.apps/ollama."""
-        group = self.obj["apiVersion"].split("/")[0] if "/" in self.obj["apiVersion"] else ""
-        return f"{self.kind.lower()}{'.' + group if group else ''}/{self.name}"
+        return describe(self.obj["apiVersion"], self.kind, self.name)
 
 
 def manifest_files(k8s_dir: Path = K8S_DIR, targets: Iterable[str] = TARGETS) -> list[Path]:

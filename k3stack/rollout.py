@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .kube import Kube
-from .manifests import Manifest
+from .manifests import Manifest, describe
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "HelmChart")
 
@@ -22,8 +22,7 @@ class Target:
     name: str
 
     def describe(self) -> str:
-        group = self.api_version.split("/")[0] if "/" in self.api_version else ""
-        return f"{self.kind.lower()}{'.' + group if group else ''}/{self.name}"
+        return describe(self.api_version, self.kind, self.name)
 
 
 @dataclass(frozen=True)
