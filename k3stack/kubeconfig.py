@@ -1,0 +1,320 @@
+"""Kubeconfig: turn K3s's k3s.yaml into one that works from the user's machine, and save it safely.
+
+K3s writes /etc/rancher/k3s/k3s.yaml for use on the server itself: server https://127.0.0.1:6443,
+cluster, user and context all named "default". `rewrite` points it at the public address and
+gives every piece the cluster's own name; `check_sans` proves, before anything is written, that
+the API server's certificate is valid for that address (no peer checks this: users find out from
+kubectl's x509 error); `merge` puts it into ~/.kube/config with the new entries winning (k3sup's
+--merge keeps the old ones, so a reinstalled cluster gets stale certificates); `write` saves it
+atomically, 0600 from the first byte, with a backup, and not at all when nothing changed.
+
+Everything works on the parsed YAML, never on the text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import ipaddress
+import os
+import secrets
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+from cryptography import x509
+
+K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
+SECTIONS = (("clusters", "cluster"), ("users", "user"), ("contexts", "context"))
+# What to do when the serving certificate lacks the address. K3s keeps its serving certificate
+# (server/tls/dynamic-cert.json, mirrored in the kube-system/k3s-serving secret) across restarts,
+# and users report a new tls-san not showing up after one (k3s-io/k3s#3369, #4149).
+# `k3s certificate rotate` is the supported way: it leaves a dynamic-cert-regenerate marker
+# because, as its source says, the dynamic listener's cache file cannot simply be deleted.
+SAN_FIX = (
+    "add it to K3S_TLS_SAN (or set the API endpoint to a name the certificate carries) and re-run"
+    " `inv bootstrap`; if the certificate still lacks it, K3s kept its old one: run"
+    " `systemctl stop k3s && k3s certificate rotate && systemctl start k3s` on each server"
+)
+
+
+class KubeconfigError(ValueError):
+    """A kubeconfig (or the API server behind it) is not usable; str() names the file, problem and fix."""
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What `write` did: `changed` False means the file already said exactly this."""
+
+    path: Path
+    changed: bool
+    backup: Path | None  # the previous content, when there was one and it changed
+
+
+def rewrite(text: str, *, server: str, name: str, source: str) -> dict:
+    """K3s's kubeconfig pointed at `server`, with cluster, user and context renamed to `name`.
+
+    Credentials (certificate-authority-data, client certificate/key, token) are kept as they are.
+    Raises KubeconfigError (naming `source`) unless `text` is a kubeconfig with exactly one
+    cluster, user and context that refer to each other, as K3s writes it.
+    """
+    _check_server(server, source="the API endpoint")
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise KubeconfigError(
+            f"{source}: context name {name!r} is empty or has spaces; fix: set a name like my-cluster"
+        )
+    config = _parse(text, source)
+    if config is None:
+        raise KubeconfigError(f"{source}: file is empty; fix: check that K3s is running and wrote {K3S_KUBECONFIG}")
+    entries = {}
+    for section, key in SECTIONS:
+        items = config.get(section)
+        if not isinstance(items, list) or len(items) != 1:
+            count = len(items) if isinstance(items, list) else 0
+            raise KubeconfigError(
+                f"{source}: expected exactly one entry in {section}, found {count}; "
+                f"fix: fetch the kubeconfig K3s writes ({K3S_KUBECONFIG}), not a merged one"
+            )
+        item = items[0]
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not isinstance(item.get(key), dict):
+            raise KubeconfigError(
+                f"{source}: the entry in {section} needs a name and a {key} mapping; "
+                f"fix: fetch {K3S_KUBECONFIG} again (the file is damaged)"
+            )
+        entries[key] = item
+    context = entries["context"]["context"]
+    for ref in ("cluster", "user"):
+        if context.get(ref) != entries[ref]["name"]:
+            raise KubeconfigError(
+                f"{source}: context {entries['context']['name']!r} refers to {ref} {context.get(ref)!r}, "
+                f"but the file's {ref} is {entries[ref]['name']!r}; fix: fetch {K3S_KUBECONFIG} again"
+            )
+    if not isinstance(entries["cluster"]["cluster"].get("certificate-authority-data"), str):
+        raise KubeconfigError(
+            f"{source}: the cluster has no certificate-authority-data, so the API server cannot be verified; "
+            f"fix: fetch {K3S_KUBECONFIG} from the server (K3s always embeds its CA)"
+        )
+
+    out = {k: copy.deepcopy(v) for k, v in config.items() if k not in ("clusters", "users", "contexts")}
+    out["clusters"] = [{"name": name, "cluster": {**copy.deepcopy(entries["cluster"]["cluster"]), "server": server}}]
+    out["users"] = [{"name": name, "user": copy.deepcopy(entries["user"]["user"])}]
+    out["contexts"] = [{"name": name, "context": {**copy.deepcopy(context), "cluster": name, "user": name}}]
+    out["current-context"] = name
+    return out
+
+
+def ca_pem(config: dict, *, source: str) -> bytes:
+    """The PEM CA certificate(s) of a rewritten kubeconfig's (only) cluster, to verify the API server."""
+    try:
+        data = config["clusters"][0]["cluster"]["certificate-authority-data"]
+        pem = base64.b64decode(data, validate=True)
+    except (KeyError, IndexError, TypeError, binascii.Error) as e:
+        raise KubeconfigError(
+            f"{source}: certificate-authority-data is missing or not base64 ({e}); fix: fetch {K3S_KUBECONFIG} again"
+        ) from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise KubeconfigError(
+            f"{source}: certificate-authority-data holds no PEM certificate; fix: fetch {K3S_KUBECONFIG} again"
+        )
+    return pem
+
+
+def server_certificate(url: str, ca_pem: bytes, timeout: float = 10.0, *, source: str) -> x509.Certificate:
+    """The certificate the API server at `url` serves, after checking it is signed by `ca_pem`.
+
+    The host name is deliberately not checked here: `check_sans` does that, with a better message.
+    Raises KubeconfigError when the server cannot be reached or its chain does not verify.
+    """
+    host, port = _check_server(url, source=source)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verify_mode CERT_REQUIRED
+    context.check_hostname = False
+    try:
+        context.load_verify_locations(cadata=ca_pem.decode("ascii", errors="replace"))
+    except ssl.SSLError as e:
+        raise KubeconfigError(
+            f"{source}: certificate-authority-data is not a usable CA certificate ({e.reason or e}); "
+            f"fix: fetch {K3S_KUBECONFIG} again"
+        ) from None
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as sock,
+            context.wrap_socket(sock, server_hostname=host) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+    except ssl.SSLCertVerificationError as e:
+        raise KubeconfigError(
+            f"{source}: the API server at {url} presents a certificate not signed by this kubeconfig's CA "
+            f"({e.verify_message}); fix: check that {host} is the server the kubeconfig came from "
+            "(a reinstalled K3s has a new CA: fetch the kubeconfig again)"
+        ) from None
+    except (OSError, ssl.SSLError) as e:  # refused, unreachable, timeout, TLS failure
+        raise KubeconfigError(
+            f"{source}: cannot reach the API server at {url} ({e}); "
+            f"fix: check that K3s runs there and port {port} is open to this machine"
+        ) from None
+    return x509.load_der_x509_certificate(der)
+
+
+def check_sans(cert: x509.Certificate, address: str, *, source: str) -> None:
+    """Raise KubeconfigError unless `cert` is valid for `address` (an IPv4/IPv6 address or DNS name).
+
+    An IP is matched against IP SANs only and a name against DNS SANs only, as kubectl does.
+    """
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        sans = x509.SubjectAlternativeName([])
+    ips = sans.get_values_for_type(x509.IPAddress)
+    names = [n.lower().rstrip(".") for n in sans.get_values_for_type(x509.DNSName)]
+    ip = _ip(address)
+    if ip is not None:
+        if ip in ips:
+            return
+    else:
+        wanted = address.lower().rstrip(".")
+        if any(_dns_match(pattern, wanted) for pattern in names):
+            return
+    valid_for = ", ".join([*names, *(str(i) for i in ips)]) or "no names at all"
+    raise KubeconfigError(
+        f"{source}: the API server certificate is not valid for {address} (it is valid for {valid_for}); fix: {SAN_FIX}"
+    )
+
+
+def merge(existing: dict | None, new: dict) -> dict:
+    """`new` merged into `existing` (a ~/.kube/config): entries of the same name are replaced by
+    the new ones in place, other entries kept in order, current-context set to the new context.
+
+    A missing file (None) or `clusters: null` counts as empty. Neither argument is modified.
+    """
+    if existing is None:
+        existing = {}
+    if not isinstance(existing, dict):
+        raise KubeconfigError("existing kubeconfig is not a mapping; fix: move it aside and run again")
+    merged = copy.deepcopy(existing)
+    merged.setdefault("apiVersion", "v1")
+    merged.setdefault("kind", "Config")
+    for section, _ in SECTIONS:
+        old = merged.get(section) or []
+        if not isinstance(old, list):
+            raise KubeconfigError(f"existing kubeconfig: {section} is not a list; fix: repair or move the file aside")
+        incoming = {e["name"]: copy.deepcopy(e) for e in new.get(section) or []}
+        result = []
+        for entry in old:
+            name = entry.get("name") if isinstance(entry, dict) else None
+            if name in incoming:
+                result.append(incoming.pop(name))  # new wins: a reinstalled cluster has a new CA and client cert
+            else:
+                result.append(entry)
+        result.extend(incoming.values())
+        merged[section] = result
+    if new.get("current-context"):
+        merged["current-context"] = new["current-context"]
+    return merged
+
+
+def write(path: Path, config: dict, *, merge_into_existing: bool) -> WriteResult:
+    """Save `config` at `path` (merged into what is there when `merge_into_existing`).
+
+    Atomic (temporary file in the same directory, fsync, rename), mode 0600 from creation, parent
+    directory created 0700. Unchanged content is not rewritten; changed content keeps the old file
+    as `<path>.bak` (0600). An existing file that is not a kubeconfig is refused, never clobbered.
+    """
+    path = Path(path).expanduser()
+    if path.is_symlink():  # a ~/.kube/config symlinked elsewhere: update the target, keep the link
+        path = path.resolve()
+    old_bytes = path.read_bytes() if path.exists() else None
+    existing = None
+    if old_bytes is not None:
+        existing = _parse(old_bytes.decode("utf-8", errors="replace"), str(path), existing_file=True)
+    final = merge(existing, config) if merge_into_existing else config
+    if existing == final:
+        return WriteResult(path=path, changed=False, backup=None)
+
+    parent = path.parent
+    if not parent.exists():
+        parent.mkdir(parents=True, mode=0o700)
+        os.chmod(parent, 0o700)  # mkdir's mode is filtered by the umask
+    backup = None
+    if old_bytes is not None:
+        backup = path.with_name(path.name + ".bak")
+        _atomic_write(backup, old_bytes)
+    _atomic_write(path, yaml.safe_dump(final, sort_keys=False, default_flow_style=False).encode())
+    return WriteResult(path=path, changed=True, backup=backup)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _parse(text: str, source: str, *, existing_file: bool = False) -> dict | None:
+    """The kubeconfig in `text`, None when empty; KubeconfigError when it is not one."""
+    fix = "move it aside (k3stack does not overwrite it) and run again" if existing_file else "fetch it again"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise KubeconfigError(f"{source}: not valid YAML{where}; fix: {fix}") from None
+    if data is None:
+        return None
+    if not isinstance(data, dict) or data.get("kind", "Config") != "Config":
+        raise KubeconfigError(f"{source}: not a kubeconfig (expected kind: Config); fix: {fix}")
+    for section, _ in SECTIONS:
+        if data.get(section) is not None and not isinstance(data[section], list):
+            raise KubeconfigError(f"{source}: {section} is not a list; fix: {fix}")
+    return data
+
+
+def _check_server(url: str, *, source: str) -> tuple[str, int]:
+    """(host, port) of an https:// API server URL; KubeconfigError otherwise."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 443
+    except ValueError:
+        parts, port = None, 0
+    if parts is None or parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
+        raise KubeconfigError(
+            f"{source}: API server URL {url!r} is not https://<host>[:port]; fix: use e.g. https://203.0.113.10:6443"
+        )
+    return parts.hostname, port
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address as an IP ("[::1]" and "::1" alike), or None for a DNS name."""
+    try:
+        return ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return None
+
+
+def _dns_match(pattern: str, name: str) -> bool:
+    """RFC 6125 matching: exact, or a left-most "*" label standing for exactly one label."""
+    if pattern == name:
+        return True
+    if pattern.startswith("*."):
+        head, _, rest = name.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return False
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: readable by the owner only at every moment, never half-written."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    # Created 0600 by open() itself (no chmod after the fact, so no moment with wider access).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)  # the umask can only remove bits: make it exactly 0600
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,510 @@
+"""kubeconfig: structural rewrite, SAN check against real certificates and a real TLS server, merge, safe write."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import os
+import socket
+import ssl
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from k3stack import kubeconfig
+from k3stack.kubeconfig import KubeconfigError
+
+SERVER = "https://203.0.113.10:6443"
+
+
+# -- certificates -----------------------------------------------------------------------------
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _builder(subject: str, issuer: x509.Name, public_key) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+
+
+def make_ca(cn: str = "k3s-server-ca") -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        _builder(cn, _name(cn), key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),  # keyCertSign, cRLSign
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def make_leaf(ca: x509.Certificate, ca_key, sans: list[x509.GeneralName] | None):
+    """A serving certificate signed by `ca`; `sans` None leaves out the SAN extension altogether."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        _builder("k3s", ca.subject, key.public_key())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    )
+    if sans is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def k3s_yaml(ca: x509.Certificate | None = None) -> str:
+    """A kubeconfig as K3s writes it to /etc/rancher/k3s/k3s.yaml."""
+    ca_data = base64.b64encode(pem(ca) if ca else b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    return f"""apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: {ca_data.decode()}
+    server: https://127.0.0.1:6443
+  name: default
+contexts:
+- context:
+    cluster: default
+    user: default
+  name: default
+current-context: default
+kind: Config
+preferences: {{}}
+users:
+- name: default
+  user:
+    client-certificate-data: Q0xJRU5UQ0VSVA==
+    client-key-data: Q0xJRU5US0VZ
+"""
+
+
+# -- rewrite ----------------------------------------------------------------------------------
+def test_rewrite_points_at_the_server_and_renames_everything():
+    out = kubeconfig.rewrite(k3s_yaml(), server=SERVER, name="prod", source="k3s.yaml")
+    assert out["clusters"] == [
+        {
+            "name": "prod",
+            "cluster": {
+                "certificate-authority-data": yaml.safe_load(k3s_yaml())["clusters"][0]["cluster"][
+                    "certificate-authority-data"
+                ],
+                "server": SERVER,
+            },
+        }
+    ]
+    assert out["users"] == [
+        {"name": "prod", "user": {"client-certificate-data": "Q0xJRU5UQ0VSVA==", "client-key-data": "Q0xJRU5US0VZ"}}
+    ]
+    assert out["contexts"] == [{"name": "prod", "context": {"cluster": "prod", "user": "prod"}}]
+    assert out["current-context"] == "prod"
+    assert out["preferences"] == {}
+    assert "default" not in yaml.safe_dump(out)
+
+
+def test_rewrite_keeps_a_token_user_and_ipv6_server():
+    text = k3s_yaml().replace(
+        "    client-certificate-data: Q0xJRU5UQ0VSVA==\n    client-key-data: Q0xJRU5US0VZ\n",
+        "    token: K10abc::server:x\n",
+    )
+    out = kubeconfig.rewrite(text, server="https://[2001:db8::1]:6443", name="v6", source="k3s.yaml")
+    assert out["users"][0]["user"] == {"token": "K10abc::server:x"}
+    assert out["clusters"][0]["cluster"]["server"] == "https://[2001:db8::1]:6443"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("clusters: [\n", "not valid YAML at line"),
+        ("", "file is empty"),
+        ("- a\n- b\n", "not a kubeconfig"),
+        ("kind: Pod\n", "not a kubeconfig"),
+        (k3s_yaml().replace("kind: Config", "kind: Config\nclusters: {}"), "clusters is not a list"),
+        (
+            k3s_yaml().replace("users:\n- name: default", "users:\n- name: other\n  user: {}\n- name: default"),
+            "exactly one entry in users, found 2",
+        ),
+        (k3s_yaml().replace("    cluster: default\n", "    cluster: elsewhere\n"), "refers to cluster 'elsewhere'"),
+        (k3s_yaml().replace("  name: default\ncontexts", "  nom: default\ncontexts"), "needs a name"),
+        (
+            k3s_yaml().replace("    certificate-authority-data:", "    insecure: true\n    x:"),
+            "no certificate-authority-data",
+        ),
+    ],
+)
+def test_rewrite_refuses_what_k3s_does_not_write(text, expected):
+    with pytest.raises(KubeconfigError) as err:
+        kubeconfig.rewrite(text, server=SERVER, name="prod", source="web-1:/etc/rancher/k3s/k3s.yaml")
+    message = str(err.value)
+    assert message.startswith("web-1:/etc/rancher/k3s/k3s.yaml: ")
+    assert expected in message
+    assert "fix:" in message
+    assert "\n" not in message
+
+
+def test_rewrite_error_for_two_clusters_says_how_many():
+    doc = yaml.safe_load(k3s_yaml())
+    doc["clusters"].append({"name": "b", "cluster": {"server": "https://x:6443"}})
+    with pytest.raises(KubeconfigError, match=r"exactly one entry in clusters, found 2"):
+        kubeconfig.rewrite(yaml.safe_dump(doc), server=SERVER, name="prod", source="k3s.yaml")
+
+
+@pytest.mark.parametrize("server", ["http://203.0.113.10:6443", "203.0.113.10:6443", "https://", "https://h:99999"])
+def test_rewrite_refuses_a_bad_server_url(server):
+    with pytest.raises(KubeconfigError, match=r"API endpoint: .*not https://<host>\[:port\]; fix: use e.g."):
+        kubeconfig.rewrite(k3s_yaml(), server=server, name="prod", source="k3s.yaml")
+
+
+def test_rewrite_refuses_an_empty_name():
+    with pytest.raises(KubeconfigError, match="context name '' is empty"):
+        kubeconfig.rewrite(k3s_yaml(), server=SERVER, name="", source="k3s.yaml")
+
+
+def test_ca_pem_decodes_the_embedded_ca():
+    ca, _ = make_ca()
+    out = kubeconfig.rewrite(k3s_yaml(ca), server=SERVER, name="prod", source="k3s.yaml")
+    assert kubeconfig.ca_pem(out, source="k3s.yaml") == pem(ca)
+    out["clusters"][0]["cluster"]["certificate-authority-data"] = "%%%"
+    with pytest.raises(KubeconfigError, match=r"k3s\.yaml: certificate-authority-data is missing or not base64"):
+        kubeconfig.ca_pem(out, source="k3s.yaml")
+
+
+# -- SAN check --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ca():
+    return make_ca()
+
+
+@pytest.fixture(scope="module")
+def api_cert(ca):
+    cert, _ = make_leaf(
+        *ca,
+        [
+            x509.DNSName("kubernetes.default.svc"),
+            x509.DNSName("api.example.com"),
+            x509.DNSName("*.k3s.example.org"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("203.0.113.10")),
+            x509.IPAddress(ipaddress.ip_address("2001:db8::10")),
+        ],
+    )
+    return cert
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "203.0.113.10",
+        "api.example.com",
+        "API.Example.com.",
+        "2001:db8::10",
+        "2001:0db8:0000:0000:0000:0000:0000:0010",  # same IPv6 address, other spelling
+        "[2001:db8::10]",
+        "node1.k3s.example.org",
+    ],
+)
+def test_check_sans_accepts_addresses_in_the_certificate(api_cert, address):
+    kubeconfig.check_sans(api_cert, address, source="web-1")
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "203.0.113.11",
+        "other.example.com",
+        "2001:db8::11",
+        "a.b.k3s.example.org",  # a wildcard stands for one label only
+        "k3s.example.org",
+        "::ffff:203.0.113.10",  # IPv4-mapped IPv6 is another address
+    ],
+)
+def test_check_sans_refuses_addresses_not_in_the_certificate(api_cert, address):
+    with pytest.raises(KubeconfigError) as err:
+        kubeconfig.check_sans(api_cert, address, source="web-1:6443")
+    message = str(err.value)
+    assert message.startswith(f"web-1:6443: the API server certificate is not valid for {address} ")
+    assert "api.example.com" in message
+    assert "203.0.113.10" in message
+    assert "K3S_TLS_SAN" in message
+    assert "k3s certificate rotate" in message
+    assert "\n" not in message
+
+
+def test_check_sans_does_not_match_an_ip_against_dns_names(ca):
+    cert, _ = make_leaf(*ca, [x509.DNSName("203.0.113.10")])
+    with pytest.raises(KubeconfigError, match=r"not valid for 203\.0\.113\.10 "):
+        kubeconfig.check_sans(cert, "203.0.113.10", source="web-1")
+
+
+def test_check_sans_with_no_san_extension(ca):
+    cert, _ = make_leaf(*ca, None)
+    with pytest.raises(KubeconfigError, match=r"it is valid for no names at all\); fix: add it to K3S_TLS_SAN"):
+        kubeconfig.check_sans(cert, "203.0.113.10", source="web-1")
+
+
+# -- server_certificate against a real TLS server ---------------------------------------------
+@pytest.fixture
+def tls_server(tmp_path, ca):
+    """A TLS server on 127.0.0.1 serving a certificate signed by `ca`; yields (url, served cert)."""
+    cert, key = make_leaf(*ca, [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert_file, key_file = tmp_path / "server.crt", tmp_path / "server.key"
+    cert_file.write_bytes(pem(cert))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                try:
+                    with context.wrap_socket(conn, server_side=True) as tls:
+                        tls.recv(1)  # until the client closes
+                except (ssl.SSLError, OSError):
+                    pass  # a client refusing our certificate aborts the handshake
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{listener.getsockname()[1]}", cert
+    stop.set()
+    thread.join(timeout=5)
+    listener.close()
+
+
+def test_server_certificate_verifies_the_chain_and_returns_the_served_cert(tls_server, ca):
+    url, served = tls_server
+    cert = kubeconfig.server_certificate(url, pem(ca[0]), 5, source="web-1")
+    assert cert == served
+    kubeconfig.check_sans(cert, "127.0.0.1", source="web-1")
+
+
+def test_server_certificate_refuses_a_server_signed_by_another_ca(tls_server):
+    url, _ = tls_server
+    other_ca, _ = make_ca("someone-else")
+    with pytest.raises(KubeconfigError) as err:
+        kubeconfig.server_certificate(url, pem(other_ca), 5, source="web-1:/etc/rancher/k3s/k3s.yaml")
+    message = str(err.value)
+    assert message.startswith(f"web-1:/etc/rancher/k3s/k3s.yaml: the API server at {url} presents a certificate")
+    assert "not signed by this kubeconfig's CA" in message
+    assert "fetch the kubeconfig again" in message
+
+
+def test_server_certificate_reports_an_unreachable_server(ca):
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]
+    # nothing listens on `port` any more
+    with pytest.raises(KubeconfigError, match=rf"web-1: cannot reach the API server .*port {port} is open"):
+        kubeconfig.server_certificate(f"https://127.0.0.1:{port}", pem(ca[0]), 2, source="web-1")
+
+
+def test_server_certificate_refuses_a_ca_that_is_not_a_certificate():
+    with pytest.raises(KubeconfigError, match="web-1: certificate-authority-data is not a usable CA certificate"):
+        kubeconfig.server_certificate("https://127.0.0.1:1", b"garbage", 1, source="web-1")
+
+
+# -- merge ------------------------------------------------------------------------------------
+def _config(name: str, ca_data: str, server: str = SERVER) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": {"server": server, "certificate-authority-data": ca_data}}],
+        "users": [{"name": name, "user": {"token": ca_data + "-token"}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+        "current-context": name,
+    }
+
+
+def test_merge_replaces_the_stale_entry_and_keeps_the_others_in_order():
+    existing = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "preferences": {"colors": True},
+        "clusters": [
+            {"name": "a", "cluster": {"server": "https://a:6443"}},
+            {"name": "prod", "cluster": {"server": SERVER, "certificate-authority-data": "OLD"}},
+            {"name": "z", "cluster": {"server": "https://z:6443"}},
+        ],
+        "users": [{"name": "prod", "user": {"token": "OLD-token"}}, {"name": "a", "user": {"token": "a"}}],
+        "contexts": [{"name": "a", "context": {"cluster": "a", "user": "a"}}],
+        "current-context": "a",
+    }
+    before = yaml.safe_dump(existing)
+    merged = kubeconfig.merge(existing, _config("prod", "NEW"))
+    assert [c["name"] for c in merged["clusters"]] == ["a", "prod", "z"]
+    assert merged["clusters"][1]["cluster"]["certificate-authority-data"] == "NEW"
+    assert merged["users"] == [{"name": "prod", "user": {"token": "NEW-token"}}, {"name": "a", "user": {"token": "a"}}]
+    assert [c["name"] for c in merged["contexts"]] == ["a", "prod"]
+    assert merged["current-context"] == "prod"
+    assert merged["preferences"] == {"colors": True}
+    assert yaml.safe_dump(existing) == before  # the input is not modified
+
+
+@pytest.mark.parametrize("existing", [None, {}, {"clusters": None, "users": None, "contexts": None}])
+def test_merge_into_nothing_gives_the_new_config(existing):
+    new = _config("prod", "NEW")
+    assert kubeconfig.merge(existing, new) == new
+
+
+# -- write ------------------------------------------------------------------------------------
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def loose_umask():
+    old = os.umask(0o022)  # what most users have: files 0644 unless the code says otherwise
+    yield
+    os.umask(old)
+
+
+def test_write_creates_the_file_0600_and_the_directory_0700(tmp_path, loose_umask):
+    path = tmp_path / "home" / ".kube" / "config"
+    result = kubeconfig.write(path, _config("prod", "NEW"), merge_into_existing=True)
+    assert result == kubeconfig.WriteResult(path=path, changed=True, backup=None)
+    assert _mode(path) == 0o600
+    assert _mode(path.parent) == 0o700
+    assert yaml.safe_load(path.read_text()) == _config("prod", "NEW")
+    assert [p.name for p in path.parent.iterdir()] == ["config"]  # no temporary file left behind
+
+
+def test_write_never_has_a_moment_with_a_wider_mode(tmp_path, monkeypatch):
+    """The file is 0600 from open() on, even with umask 0: fchmod is a guard, not the fix."""
+    seen = []
+    real_fchmod = os.fchmod
+
+    def spy(fd, mode):
+        seen.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        real_fchmod(fd, mode)
+
+    monkeypatch.setattr(kubeconfig.os, "fchmod", spy)
+    old = os.umask(0)
+    try:
+        kubeconfig.write(tmp_path / "config", _config("a", "A"), merge_into_existing=True)
+        kubeconfig.write(tmp_path / "config", _config("b", "B"), merge_into_existing=True)  # + backup
+    finally:
+        os.umask(old)
+    assert seen == [0o600, 0o600, 0o600]
+    assert _mode(tmp_path / "config") == 0o600
+
+
+def test_write_twice_changes_nothing_the_second_time(tmp_path):
+    path = tmp_path / "config"
+    kubeconfig.write(path, _config("prod", "NEW"), merge_into_existing=True)
+    mtime = path.stat().st_mtime_ns
+    again = kubeconfig.write(path, _config("prod", "NEW"), merge_into_existing=True)
+    assert again == kubeconfig.WriteResult(path=path, changed=False, backup=None)
+    assert path.stat().st_mtime_ns == mtime
+    assert not (tmp_path / "config.bak").exists()
+
+
+def test_write_merges_new_wins_and_keeps_a_0600_backup(tmp_path, loose_umask):
+    path = tmp_path / "config"
+    old_text = yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": "other", "cluster": {"server": "https://other:6443"}},
+                {"name": "prod", "cluster": {"server": SERVER, "certificate-authority-data": "OLD"}},
+            ],
+            "users": None,
+            "contexts": [{"name": "other", "context": {"cluster": "other", "user": "other"}}],
+            "current-context": "other",
+        }
+    )
+    path.write_text(old_text)
+    path.chmod(0o644)  # a file someone made readable: ours must not stay that way
+    result = kubeconfig.write(path, _config("prod", "NEW"), merge_into_existing=True)
+    assert result.changed
+    assert result.backup == tmp_path / "config.bak"
+    assert result.backup.read_text() == old_text
+    assert _mode(result.backup) == 0o600
+    assert _mode(path) == 0o600
+    written = yaml.safe_load(path.read_text())
+    assert [(c["name"], c["cluster"].get("certificate-authority-data")) for c in written["clusters"]] == [
+        ("other", None),
+        ("prod", "NEW"),
+    ]
+    assert written["current-context"] == "prod"
+    assert [c["name"] for c in written["contexts"]] == ["other", "prod"]
+
+
+def test_write_without_merge_replaces_the_file(tmp_path):
+    path = tmp_path / "prod.yaml"
+    kubeconfig.write(path, _config("a", "A"), merge_into_existing=False)
+    result = kubeconfig.write(path, _config("prod", "NEW"), merge_into_existing=False)
+    assert result.changed
+    assert yaml.safe_load(path.read_text()) == _config("prod", "NEW")
+    assert yaml.safe_load(result.backup.read_text()) == _config("a", "A")
+
+
+def test_write_through_a_symlink_updates_the_target(tmp_path):
+    target = tmp_path / "real-config"
+    kubeconfig.write(target, _config("a", "A"), merge_into_existing=False)
+    link = tmp_path / "config"
+    link.symlink_to(target)
+    kubeconfig.write(link, _config("prod", "NEW"), merge_into_existing=True)
+    assert link.is_symlink()
+    assert [c["name"] for c in yaml.safe_load(target.read_text())["clusters"]] == ["a", "prod"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("clusters: [\n  - a\n  b: c\n", "not valid YAML at line"),
+        ("just some text\n", "not a kubeconfig"),
+        ("kind: Config\nclusters: {a: 1}\n", "clusters is not a list"),
+    ],
+)
+def test_write_refuses_to_clobber_a_file_that_is_not_a_kubeconfig(tmp_path, content, expected):
+    path = tmp_path / "config"
+    path.write_text(content)
+    for merge_into_existing in (True, False):
+        with pytest.raises(KubeconfigError) as err:
+            kubeconfig.write(path, _config("prod", "NEW"), merge_into_existing=merge_into_existing)
+        message = str(err.value)
+        assert message.startswith(f"{path}: ")
+        assert expected in message
+        assert "fix: move it aside" in message
+    assert path.read_text() == content
+    assert not (tmp_path / "config.bak").exists()
+
+
+def test_write_treats_an_empty_file_as_no_config(tmp_path):
+    path = tmp_path / "config"
+    path.write_text("")
+    result = kubeconfig.write(path, _config("prod", "NEW"), merge_into_existing=True)
+    assert result.changed
+    assert yaml.safe_load(path.read_text()) == _config("prod", "NEW")
+    assert result.backup.read_text() == ""
