@@ -6,11 +6,21 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console as RichConsole
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 REDACTED = "<redacted>"
@@ -26,7 +36,7 @@ ACTION_STYLE = {
 
 
 class Console:
-    def __init__(self, *, stream=None, interactive: bool | None = None):
+    def __init__(self, *, stream=None, interactive: bool | None = None, plain_interval: float = 10.0):
         stream = stream or sys.stdout
         if interactive is None:
             interactive = stream.isatty() and os.environ.get("CI", "").lower() not in ("true", "1")
@@ -40,6 +50,8 @@ class Console:
             width=None if interactive else 200,
         )
         self._secrets: set[str] = set()
+        self._lock = threading.RLock()  # lines from worker threads (parallel pulls) stay whole
+        self.plain_interval = plain_interval  # seconds between two progress lines in CI
 
     # -- redaction -------------------------------------------------------------------------
     def add_secrets(self, values: Iterable[str]) -> None:
@@ -52,7 +64,8 @@ class Console:
 
     # -- lines -----------------------------------------------------------------------------
     def line(self, text: str = "", style: str | None = None) -> None:
-        self._rich.print(self.redact(text), style=style, markup=False)
+        with self._lock:
+            self._rich.print(self.redact(text), style=style, markup=False)
 
     def step(self, text: str) -> None:
         self.line(f"==> {text}", style="bold")
@@ -95,3 +108,73 @@ class Console:
         ) as progress:
             progress.add_task(description, total=total)
             yield progress
+
+    @contextmanager
+    def pull_progress(self, models: list[str]) -> Iterator[Callable]:
+        """Download progress for several models at once; yields the callback to feed with
+        events (objects with model, status, completed, total, done — k3stack.ollama.Progress).
+        A person gets one bar per model (bytes, rate, ETA); CI gets a plain line per model
+        when its phase changes and at most every `plain_interval` seconds while downloading."""
+        if self.interactive:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}"),
+                console=self._rich,
+            ) as bars:
+                tasks = {m: bars.add_task(m, total=None, status="waiting") for m in models}
+
+                def update(event) -> None:
+                    task = tasks.get(event.model)
+                    if task is None:
+                        task = tasks[event.model] = bars.add_task(event.model, total=None, status="")
+                    status = self.redact(event.status)[:60]
+                    if event.done and event.total:
+                        bars.update(task, completed=event.total, total=event.total, status=status)
+                    else:
+                        bars.update(task, completed=event.completed, total=event.total or None, status=status)
+
+                yield update
+            return
+        yield _PlainProgress(self).update
+
+
+class _PlainProgress:
+    """Plain progress lines for logs: phase changes always, byte counts now and then."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.seen: dict[str, tuple[str, float, int]] = {}  # model -> (phase, time, bytes) last printed
+
+    def update(self, event) -> None:
+        now = time.monotonic()
+        phase = "downloading" if event.status.startswith("pulling ") and event.total else event.status
+        last_phase, last_time, last_bytes = self.seen.get(event.model, ("", now, 0))
+        if phase == last_phase and (phase != "downloading" or now - last_time < self.console.plain_interval):
+            return
+        self.seen[event.model] = (phase, now, event.completed)
+        if phase != "downloading":
+            self.console.line(f"{event.model}: {event.status}")
+            return
+        percent = 100 * event.completed // event.total
+        text = f"{event.model}: {human_size(event.completed)} of {human_size(event.total)} ({percent}%)"
+        if last_phase == "downloading" and now > last_time and event.completed > last_bytes:
+            rate = (event.completed - last_bytes) / (now - last_time)
+            text += f", {human_size(rate)}/s, about {_duration((event.total - event.completed) / rate)} left"
+        self.console.line(text)
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

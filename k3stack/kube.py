@@ -8,7 +8,8 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -233,24 +234,159 @@ class Kube:
             return ""  # logs are a hint in an error report, never a reason to fail it
         return response.data.decode(errors="replace") if response.status == 200 else ""
 
+    # -- services, through the API server's service proxy ---------------------------------------
+    def proxy(
+        self,
+        method: str,
+        namespace: str,
+        service: str,
+        port: int,
+        path: str,
+        *,
+        body: dict | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
+    ) -> ProxyResponse:
+        """One request to a Service's port through the API server (only a kubeconfig needed: no
+        port-forward, no public exposure). Not retried: the caller knows whether a retry is safe.
+        Any HTTP status is returned; an unreachable API server raises KubeError."""
+        with self.proxy_stream(
+            method, namespace, service, port, path, body=body, headers=headers, timeout=timeout
+        ) as r:
+            r.body = r.read()
+            return r
+
+    @contextmanager
+    def proxy_stream(
+        self,
+        method: str,
+        namespace: str,
+        service: str,
+        port: int,
+        path: str,
+        *,
+        body: dict | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
+    ) -> Iterator[ProxyResponse]:
+        """Like proxy(), but the body is read by the caller as it arrives (`lines()`); `timeout`
+        bounds each read, so a silent backend raises ProxyTimeoutError instead of hanging. Leaving
+        the block early drops the connection, which ends the request at the backend too."""
+        full = service_proxy_path(namespace, service, port, path)
+        all_headers = {"Accept": "*/*", "Content-Type": "application/json", **(headers or {})}
+        try:
+            # The dict goes as is: the client's REST layer encodes JSON bodies itself.
+            response = self._send(method, full, [], all_headers, body, timeout, read=False)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeError(
+                f"cannot reach {service}:{port} in {namespace} through the Kubernetes API at {self.server} "
+                f"({_root_cause(exc)})"
+            ) from None
+        raw = response.response
+        finished = False
+        try:
+            yield ProxyResponse(response.status, dict(raw.headers), raw)
+            finished = True
+        finally:
+            if finished and raw.isclosed():
+                raw.release_conn()
+            else:
+                # Not read to the end (an aborted stream): the connection must not go back
+                # to the pool with half a response in it.
+                raw.close()
+
     def _send(
         self,
         method: str,
         path: str,
         query: list[tuple[str, str]],
         headers: dict[str, str],
-        payload: str | None,
+        payload: str | dict | None,
         timeout: float,
+        *,
+        read: bool = True,
     ):
-        """One counted HTTP request with the kubeconfig's credentials; the response is read."""
+        """One counted HTTP request with the kubeconfig's credentials; the response is read
+        unless `read` is False (streams: the caller reads `response.response`)."""
         params = self.api.param_serialize(
             method, path, query_params=query, header_params=dict(headers), body=payload, auth_settings=["BearerToken"]
         )
         with self._lock:
             self.requests[method] += 1
         response = self.api.call_api(*params, _request_timeout=(5, timeout))
-        response.read()
+        if read:
+            response.read()
         return response
+
+
+class ProxyTimeoutError(KubeError):
+    """A read through the service proxy got nothing for the whole read timeout."""
+
+
+class ProxyResponse:
+    """A backend's answer through the service proxy: status, headers, and the body, read whole
+    (`body`, after Kube.proxy) or as it arrives (`lines()`, inside Kube.proxy_stream)."""
+
+    def __init__(self, status: int, headers: dict[str, str], raw):
+        self.status = status
+        self.headers = headers
+        self.body = b""
+        self._raw = raw
+
+    def read(self) -> bytes:
+        try:
+            return self._raw.read()
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _read_error(exc) from None
+
+    def abort(self) -> None:
+        """Drop the connection, from any thread (a watchdog): a read blocked on it ends."""
+        shutdown = getattr(self._raw, "shutdown", None)  # urllib3 >= 2.3
+        if shutdown is not None:
+            shutdown()
+        else:
+            self._raw.close()
+
+    def lines(self) -> Iterator[bytes]:
+        """The body line by line as the backend sends it (NDJSON streams, chunked or not)."""
+        buffer = b""
+        while True:
+            try:
+                chunk = self._raw.read1(65536)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise _read_error(exc) from None
+            if not chunk:
+                break
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            yield from (line for line in complete if line.strip())
+        if buffer.strip():
+            yield buffer
+
+    def json(self):
+        """The body as JSON (after Kube.proxy); None when it is not JSON."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+    def message(self) -> str:
+        """What the answer says went wrong: a backend's {"error"}, the API server's Status
+        message (no endpoints, connection refused), or the start of the body."""
+        data = self.json()
+        if isinstance(data, dict):
+            return str(data.get("error") or data.get("message") or data.get("detail") or data)
+        return self.body[:200].decode(errors="replace").strip() or f"HTTP {self.status}"
+
+
+def service_proxy_path(namespace: str, service: str, port: int, path: str) -> str:
+    return f"/api/v1/namespaces/{quote(namespace)}/services/{quote(service)}:{port}/proxy/{path.lstrip('/')}"
+
+
+def _read_error(exc: BaseException) -> KubeError:
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError | TimeoutError):
+        return ProxyTimeoutError(f"no data for the read timeout ({_root_cause(exc)})")
+    return KubeError(f"the connection through the service proxy broke ({_root_cause(exc)})")
 
 
 def _root_cause(exc: BaseException) -> str:
