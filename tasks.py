@@ -24,15 +24,19 @@ CLUSTER_HELP = {
 def _reported(console):
     """Known failures become one clear message and exit status 1; no traceback."""
     from k3stack.apply import ApplyError
+    from k3stack.bootstrap import BootstrapError
     from k3stack.kube import KubeError
+    from k3stack.kubeconfig import KubeconfigError
     from k3stack.manifests import RenderError
+    from k3stack.remote.connection import RemoteError
     from k3stack.rollout import RolloutError
     from k3stack.secrets import SecretsError
     from k3stack.settings import SettingsError
 
+    known = (SettingsError, RenderError, SecretsError, ApplyError, KubeError, RolloutError)
     try:
         yield
-    except (SettingsError, RenderError, SecretsError, ApplyError, KubeError, RolloutError) as exc:
+    except (*known, BootstrapError, RemoteError, KubeconfigError) as exc:
         console.error(str(exc))
         raise Exit(code=1) from None
 
@@ -54,6 +58,114 @@ def _cluster(console, env, kubeconfig, context):
     plan = deploy.make_plan(loaded, deploy.read_secret_from(kube))
     console.add_secrets(plan.secrets.values.values())
     return loaded, kube, plan
+
+
+HOSTS_HELP = {
+    "env": CLUSTER_HELP["env"],
+    "host": "server host [user@]host[:port]; repeat for more; `local` = this machine (default: SERVERS)",
+    "agent": "agent host, same form; repeat for more (default: AGENTS, unless --host is given)",
+    "user": "SSH user for entries without one (default: SSH_USER)",
+    "port": "SSH port for entries without one (default: SSH_PORT)",
+    "trust_new_host_keys": "accept unknown host keys, print their fingerprints and save them to SSH_KNOWN_HOSTS",
+}
+
+
+def _bootstrap_options(host, agent, user, port, trust_new_host_keys, **more):
+    from k3stack.bootstrap import Options
+
+    return Options(
+        hosts=tuple(host or ()),
+        agents=tuple(agent or ()),
+        user=user,
+        port=int(port) if port else None,
+        trust_new_host_keys=trust_new_host_keys,
+        **more,
+    )
+
+
+@task(
+    iterable=["host", "agent"],
+    help={
+        **HOSTS_HELP,
+        "trust_installer": "run the installer even though K3S_INSTALL_SHA256 is not set (prints its checksum)",
+        "strict_dns": "fail, not warn, when CHAT_HOST/MONITOR_HOST do not resolve to the first server",
+        "timeout": "seconds to wait for K3s to start and the cluster to be ready",
+        "kubeconfig": "write the cluster's kubeconfig here (default: KUBECONFIG_PATH, merged)",
+    },
+)
+def bootstrap(
+    c,
+    env=None,
+    host=None,
+    agent=None,
+    user=None,
+    port=None,
+    trust_new_host_keys=False,
+    trust_installer=False,
+    strict_dns=False,
+    timeout=300,
+    kubeconfig=None,
+):
+    """Install K3s (+ Traefik with Let's Encrypt) on the hosts over SSH and bring the kubeconfig home."""
+    from k3stack import bootstrap as boot
+    from k3stack import settings
+
+    console = _console()
+    with _reported(console):
+        loaded = settings.load(env)
+        console.add_secrets(loaded.secrets.values())
+        options = _bootstrap_options(
+            host,
+            agent,
+            user,
+            port,
+            trust_new_host_keys,
+            trust_installer=trust_installer,
+            strict_dns=strict_dns,
+            timeout=float(timeout),
+            kubeconfig_path=kubeconfig,
+        )
+        report = boot.bootstrap(loaded, options, console)
+    verdict = "changed" if report.changed else "no changes"
+    console.step(
+        f"{verdict}: {len(report.nodes)} host(s) in {report.seconds:.1f}s; "
+        f"use it with: kubectl --context {loaded['KUBECONFIG_CONTEXT']}"
+    )
+
+
+@task(
+    iterable=["host"],
+    help={
+        **{k: v for k, v in HOSTS_HELP.items() if k != "agent"},
+        "kubeconfig": "write it here (default: KUBECONFIG_PATH, merged)",
+    },
+)
+def kubeconfig(c, env=None, host=None, user=None, port=None, trust_new_host_keys=False, kubeconfig=None):
+    """Fetch the cluster's kubeconfig from the first server and merge it into yours (new entries win)."""
+    from k3stack import bootstrap as boot
+    from k3stack import settings
+
+    console = _console()
+    with _reported(console):
+        loaded = settings.load(env)
+        options = _bootstrap_options(host, None, user, port, trust_new_host_keys, kubeconfig_path=kubeconfig)
+        boot.kubeconfig_only(loaded, options, console)
+
+
+@task(iterable=["host", "agent"], help={**HOSTS_HELP, "yes": "really uninstall K3s (required): all cluster data goes"})
+def reset(c, env=None, host=None, agent=None, user=None, port=None, trust_new_host_keys=False, yes=False):
+    """Uninstall K3s from the hosts (agents first) and remove the cluster's kubeconfig context."""
+    from k3stack import bootstrap as boot
+    from k3stack import settings
+
+    console = _console()
+    if not yes:
+        console.error("reset uninstalls K3s and deletes the cluster with ALL ITS DATA; run again with --yes to confirm")
+        raise Exit(code=1)
+    with _reported(console):
+        loaded = settings.load(env)
+        options = _bootstrap_options(host, agent, user, port, trust_new_host_keys)
+        boot.reset(loaded, options, console)
 
 
 @task(

@@ -246,6 +246,30 @@ def write(path: Path, config: dict, *, merge_into_existing: bool) -> WriteResult
     return WriteResult(path=path, changed=True, backup=backup)
 
 
+def forget(path: Path, name: str) -> WriteResult:
+    """Remove the cluster, user and context called `name` (what `write` added), keeping the rest;
+    the current context is cleared when it was that one. A missing file or entry changes nothing."""
+    path = Path(path).expanduser()
+    if path.is_symlink():
+        path = path.resolve()
+    if not path.exists():
+        return WriteResult(path=path, changed=False, backup=None)
+    old_bytes = path.read_bytes()
+    existing = _parse(old_bytes.decode("utf-8", errors="replace"), str(path), existing_file=True) or {}
+    final = dict(existing)
+    for section, _ in SECTIONS:
+        final[section] = [e for e in existing.get(section) or [] if e.get("name") != name]
+    if final.get("current-context") == name:
+        final["current-context"] = ""
+    removed = any(len(final[section]) != len(existing.get(section) or []) for section, _ in SECTIONS)
+    if not removed and final.get("current-context") == existing.get("current-context"):
+        return WriteResult(path=path, changed=False, backup=None)
+    backup = path.with_name(path.name + ".bak")
+    _atomic_write(backup, old_bytes)
+    _atomic_write(path, yaml.safe_dump(final, sort_keys=False, default_flow_style=False).encode())
+    return WriteResult(path=path, changed=True, backup=backup)
+
+
 # -- helpers ----------------------------------------------------------------------------------
 def _parse(text: str, source: str, *, existing_file: bool = False) -> dict | None:
     """The kubeconfig in `text`, None when empty; KubeconfigError when it is not one."""

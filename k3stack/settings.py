@@ -96,6 +96,32 @@ def url(v: str) -> str | None:
     return None if re.match(r"^https://[^\s]+$", v) else "an https:// URL"
 
 
+def k3s_version(v: str) -> str | None:
+    if re.match(r"^v1\.[0-9]+\.[0-9]+\+k3s[0-9]+$", v) or v in CHANNELS:
+        return None
+    return f"a K3s release such as v1.35.8+k3s1 (or, outside CI, a channel: {', '.join(CHANNELS)})"
+
+
+CHANNELS = ("stable", "latest", "testing")
+
+
+def sha256_hex(v: str) -> str | None:
+    return None if re.match(r"^[0-9a-f]{64}$", v) else "64 lower-case hex digits (output of sha256sum)"
+
+
+def host_list(v: str) -> str | None:
+    bad = [h for h in split_list(v) if not re.match(r"^([a-z_][a-z0-9_-]*@)?[A-Za-z0-9.:\[\]-]+$", h)]
+    return f"comma-separated [user@]host[:port] entries (not {', '.join(bad)})" if bad else None
+
+
+def port(v: str) -> str | None:
+    return None if v.isdigit() and 0 < int(v) < 65536 else "a TCP port number"
+
+
+def seconds(v: str) -> str | None:
+    return None if re.match(r"^[0-9]+(\.[0-9]+)?$", v) and float(v) > 0 else "a number of seconds"
+
+
 def split_list(v: str) -> list[str]:
     return [item.strip() for item in v.split(",") if item.strip()]
 
@@ -133,6 +159,39 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STACK_NAMESPACE", "llm-stack", "namespace of Open WebUI, Ollama, PostgreSQL, Redis", dns_label),
     Setting("MONITORING_NAMESPACE", "monitoring", "namespace of Netdata", dns_label),
     Setting("STORAGE_CLASS", "local-path", "StorageClass of every volume (K3s ships local-path)", dns_label),
+    # Hosts and K3s (inv bootstrap)
+    Setting(
+        "SERVERS", "", "K3s server hosts, [user@]host[:port], comma-separated; the first one initialises", host_list
+    ),
+    Setting("AGENTS", "", "K3s agent (worker) hosts, same form", host_list),
+    Setting("SSH_USER", "root", "SSH user when a host entry names none (non-root users need sudo)"),
+    Setting("SSH_PORT", "22", "SSH port when a host entry names none", port),
+    Setting("SSH_KEY", "", "private key file (empty: ssh-agent and ~/.ssh defaults)"),
+    Setting("SSH_KNOWN_HOSTS", "~/.ssh/known_hosts", "known_hosts file that host keys are checked against"),
+    Setting("SSH_HOST_KEYS", "", "pinned host keys host=SHA256:fingerprint, comma-separated (CI: from a secret)"),
+    Setting("SSH_JUMP_HOST", "", "bastion to connect through, [user@]host[:port]", host_list),
+    Setting("SSH_TIMEOUT", "10", "seconds to wait for an SSH connection", seconds),
+    Setting(
+        "K3S_VERSION", "v1.35.8+k3s1", "K3s release to install (pinned; channels are refused under CI)", k3s_version
+    ),
+    Setting(
+        "K3S_INSTALL_URL",
+        "https://raw.githubusercontent.com/k3s-io/k3s/${K3S_VERSION}/install.sh",
+        "installer script (pinned to the release's tag), fetched here and verified before it runs",
+    ),
+    Setting(
+        "K3S_INSTALL_SHA256", "", "sha256 of the installer script (empty: refused unless --trust-installer)", sha256_hex
+    ),
+    Setting("K3S_AIRGAP_BINARY", "", "local k3s binary to upload instead of downloading on the hosts (airgap)"),
+    Setting("API_ENDPOINT", "", "address clients use for the API server (empty: the first server's address)"),
+    Setting("K3S_TLS_SAN", "", "extra names/addresses for the API server certificate, comma-separated"),
+    Setting("K3S_NODE_LABELS", "", "labels for every node, key=value, comma-separated"),
+    Setting("K3S_NODE_TAINTS", "", "taints for agent nodes, key=value:Effect, comma-separated"),
+    Setting(
+        "K3S_DISABLE", "", "bundled K3s components to disable, comma-separated (never traefik: the stack needs it)"
+    ),
+    Setting("KUBECONFIG_PATH", "~/.kube/config", "where bootstrap writes (merges) the cluster's kubeconfig"),
+    Setting("KUBECONFIG_CONTEXT", "k3stack", "context name bootstrap gives the cluster in that kubeconfig", dns_label),
     # Images and charts (pinned)
     Setting("OPEN_WEBUI_IMAGE", "ghcr.io/open-webui/open-webui:v0.11.0", "Open WebUI image", image),
     Setting("OLLAMA_IMAGE", "ollama/ollama:0.32.15", "Ollama image", image),
@@ -166,6 +225,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WEBUI_SECRET_KEY", None, "Open WebUI session signing key", secret_value, secret=True),
     Setting("WEBUI_ADMIN_PASSWORD", None, "Open WebUI admin password", secret_value, secret=True),
     Setting("NETDATA_PASSWORD", None, "Netdata dashboard password", secret_value, secret=True),
+    Setting(
+        "K3S_TOKEN",
+        None,
+        "K3s join token (empty: read from the first server, else generated)",
+        secret_value,
+        secret=True,
+    ),
+    Setting("SUDO_PASSWORD", None, "sudo password of SSH_USER on hosts without passwordless sudo", secret=True),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 SECRET_NAMES = frozenset(s.name for s in SETTINGS if s.secret)

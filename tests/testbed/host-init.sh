@@ -5,7 +5,7 @@
 # Inputs (environment): HOST_NAME HOST_IP HOST_DIR CLIENT_PUB SUDO_USER_NAME SUDO_PASSWORD
 set -euo pipefail
 fs=$HOST_DIR/fs
-mount -t tmpfs -o size=2g,mode=755 "k3stack-testbed-$HOST_NAME" "$fs"
+mount -t tmpfs -o size=32g,mode=755 "k3stack-testbed-$HOST_NAME" "$fs"
 mkdir "$fs/upper" "$fs/work" "$fs/root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$fs/upper,workdir=$fs/work" "$fs/root"
 r=$fs/root

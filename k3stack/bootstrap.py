@@ -1,0 +1,467 @@
+"""inv bootstrap: bare hosts → a K3s cluster with Traefik + Let's Encrypt, kubeconfig brought home.
+
+Phases, each reported: check here (settings, installer checksum, rendered Traefik config) →
+connect + read facts on every host in parallel → preflight table (any failure stops before a
+host is touched) → first server → other servers one by one (etcd joins) and agents in
+parallel → kubeconfig (rewritten, certificate SANs checked, merged) → wait for the cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import kubeconfig as kcfg
+from . import manifests as mf
+from .console import Console
+from .remote import k3s, preflight
+from .remote.connection import Host, RemoteError, SshOptions, Target
+from .remote.facts import Facts, gather
+from .settings import CHANNELS, Settings, split_list
+
+STAGING_CA = "https://acme-staging-v02.api.letsencrypt.org/directory"
+PRODUCTION_CA = "https://acme-v02.api.letsencrypt.org/directory"
+
+
+class BootstrapError(RuntimeError):
+    """Bootstrap cannot go on; the message says which host or setting and what to do."""
+
+
+@dataclass(frozen=True)
+class Options:
+    hosts: tuple[str, ...] = ()  # --host: servers given on the command line (or "local")
+    agents: tuple[str, ...] = ()
+    user: str | None = None
+    port: int | None = None
+    trust_new_host_keys: bool = False
+    trust_installer: bool = False
+    strict_dns: bool = False
+    timeout: float = 300
+    kubeconfig_path: str | None = None
+
+
+@dataclass
+class Report:
+    findings: list[preflight.Finding] = field(default_factory=list)
+    nodes: list[k3s.NodeResult] = field(default_factory=list)
+    kubeconfig: kcfg.WriteResult | None = None
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return any(n.action == "changed" for n in self.nodes) or bool(self.kubeconfig and self.kubeconfig.changed)
+
+
+# -- inventory ---------------------------------------------------------------------------------
+def parse_target(entry: str, *, user: str, port: int, role: str) -> Target:
+    """`[user@]host[:port]` (IPv6 as [addr]:port), or `local`."""
+    if entry == "local":
+        return Target("local", os.environ.get("USER", "root"), 0, role)
+    if "@" in entry:
+        user, entry = entry.split("@", 1)
+    if entry.startswith("["):
+        address, _, rest = entry[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else port
+    elif entry.count(":") == 1:
+        address, port_text = entry.split(":")
+        port = int(port_text)
+    else:
+        address = entry
+    return Target(address, user, port, role)
+
+
+def inventory(settings: Settings, options: Options) -> tuple[list[Target], list[Target]]:
+    user = options.user or settings["SSH_USER"]
+    port = options.port or int(settings["SSH_PORT"])
+    server_entries = list(options.hosts) or split_list(settings["SERVERS"])
+    agent_entries = list(options.agents) or ([] if options.hosts else split_list(settings["AGENTS"]))
+    if not server_entries:
+        raise BootstrapError("no hosts: set SERVERS in env/<name>.env (e.g. SERVERS=root@203.0.113.10) or pass --host")
+    servers = [parse_target(e, user=user, port=port, role="server") for e in server_entries]
+    agents = [parse_target(e, user=user, port=port, role="agent") for e in agent_entries]
+    if any(t.local for t in servers + agents) and len(servers) + len(agents) > 1:
+        raise BootstrapError("--host local stands alone: it makes this machine a single-server cluster")
+    if len(servers) % 2 == 0:
+        raise BootstrapError(
+            f"SERVERS lists {len(servers)} servers: embedded etcd needs an odd number (1, 3, 5) to keep quorum"
+        )
+    seen = [t.address for t in servers + agents]
+    duplicates = sorted({a for a in seen if seen.count(a) > 1})
+    if duplicates:
+        raise BootstrapError(f"host {duplicates[0]} is listed twice in SERVERS/AGENTS; list each host once")
+    return servers, agents
+
+
+def ssh_options(settings: Settings, options: Options) -> SshOptions:
+    pinned = {}
+    for item in split_list(settings["SSH_HOST_KEYS"]):
+        host, _, print_ = item.partition("=")
+        if not print_.startswith("SHA256:"):
+            raise BootstrapError(f"SSH_HOST_KEYS entry {item!r}: expected host=SHA256:<fingerprint> (ssh-keygen -lf)")
+        pinned[host] = print_
+    jump = settings["SSH_JUMP_HOST"]
+    return SshOptions(
+        key_file=settings["SSH_KEY"],
+        known_hosts=settings["SSH_KNOWN_HOSTS"],
+        pinned=pinned,
+        jump=parse_target(jump, user=settings["SSH_USER"], port=22, role="jump") if jump else None,
+        timeout=float(settings["SSH_TIMEOUT"]),
+        sudo_password=settings.secrets.get("SUDO_PASSWORD", ""),
+        trust_new_keys=options.trust_new_host_keys,
+    )
+
+
+# -- local checks --------------------------------------------------------------------------------
+def check_release(settings: Settings, environ: Mapping | None = None) -> None:
+    environ = os.environ if environ is None else environ
+    if settings["K3S_VERSION"] in CHANNELS and environ.get("CI", "").lower() in ("true", "1"):
+        raise BootstrapError(
+            f"K3S_VERSION={settings['K3S_VERSION']} is a channel; CI must be reproducible: "
+            "pin a release such as v1.35.8+k3s1"
+        )
+
+
+def fetch_installer(settings: Settings, *, trust: bool, console: Console) -> bytes:
+    """The installer script from its pinned URL, verified against K3S_INSTALL_SHA256."""
+    url = settings["K3S_INSTALL_URL"]
+    parts = urllib.parse.urlsplit(url)
+    url = urllib.parse.urlunsplit(parts._replace(path=urllib.parse.quote(parts.path)))
+    try:
+        with urllib.request.urlopen(url, timeout=30) as reply:
+            data = reply.read()
+    except OSError as exc:
+        raise BootstrapError(
+            f"K3S_INSTALL_URL={url}: cannot fetch the installer ({exc}); check the URL and network"
+        ) from None
+    digest = hashlib.sha256(data).hexdigest()
+    expected = settings["K3S_INSTALL_SHA256"]
+    if expected and digest != expected:
+        raise BootstrapError(
+            f"K3S_INSTALL_URL={url}: sha256 {digest} does not match K3S_INSTALL_SHA256={expected}; "
+            "the script changed — review it, then pin the new checksum"
+        )
+    if not expected:
+        if not trust:
+            raise BootstrapError(
+                f"K3S_INSTALL_SHA256 is not set: review {url}, then pin K3S_INSTALL_SHA256={digest} "
+                "(or pass --trust-installer once to use it as is)"
+            )
+        console.warn(f"trusting the installer at {url} unpinned: sha256 {digest} — pin it as K3S_INSTALL_SHA256")
+    return data
+
+
+def traefik_manifests(settings: Settings) -> dict[str, bytes]:
+    """k8s/k3s/*.yaml rendered for this cluster: the files placed in every server's manifests dir."""
+    variables = {
+        **settings.render_vars(),
+        "ACME_CA_SERVER": STAGING_CA if settings.flag("ACME_STAGING") else PRODUCTION_CA,
+    }
+    rendered = mf.render(variables, targets=("k3s",))
+    files: dict[str, list] = {}
+    for manifest in rendered:
+        files.setdefault("k3stack-" + Path(manifest.source).name, []).append(manifest)
+    return {name: mf.to_yaml(group).encode() for name, group in files.items()}
+
+
+# -- the run -----------------------------------------------------------------------------------------
+def _parallel(hosts: Iterable[Host], work: Callable[[Host], object]) -> dict[str, object]:
+    """work(host) for every host at once; exceptions are returned, not raised, so one failing
+    host never hides the others' results."""
+    hosts = list(hosts)
+    if not hosts:
+        return {}
+
+    def guarded(host: Host):
+        try:
+            return work(host)
+        except (RemoteError, OSError) as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
+        return dict(zip([h.name for h in hosts], pool.map(guarded, hosts), strict=True))
+
+
+def api_address(settings: Settings, first: Target) -> str:
+    return settings["API_ENDPOINT"] or ("127.0.0.1" if first.local else first.address)
+
+
+def connect_and_check(
+    settings: Settings, hosts: list[Host], options: Options, console: Console, report: Report, resolver
+) -> dict[str, Facts]:
+    console.step(f"checking {len(hosts)} host(s)")
+    gathered = _parallel(hosts, lambda h: (h.connect(), gather(h))[1])
+    facts: dict[str, Facts] = {}
+    for host in hosts:
+        got = gathered[host.name]
+        if isinstance(got, Exception):
+            report.findings.append(
+                preflight.Finding(host.name, "connect", "fail", str(got).removeprefix(f"{host.name}: "))
+            )
+            continue
+        if host.trusted_key:
+            console.warn(
+                f"{host.name}: trusted new host key {host.trusted_key} (saved to {settings['SSH_KNOWN_HOSTS']})"
+            )
+        facts[host.name] = got
+        report.findings += preflight.check_host(host.name, got, role=host.target.role, ours=bool(got.state))
+    first = hosts[0].target
+    names = [settings["CHAT_HOST"], settings["MONITOR_HOST"]]
+    if first.local and not settings["API_ENDPOINT"]:
+        console.warn(
+            "DNS not checked: set API_ENDPOINT to this server's public address to check CHAT_HOST/MONITOR_HOST"
+        )
+    else:
+        report.findings += preflight.check_dns(
+            names, api_address(settings, first), strict=options.strict_dns, resolver=resolver
+        )
+    console.table(
+        "preflight",
+        ["host", "check", "result", "detail", "fix"],
+        [[f.host, f.check, f.status, f.detail, f.fix] for f in report.findings if f.status != "ok" or f.check == "os"],
+    )
+    failed = [f for f in report.findings if f.status == "fail"]
+    if failed:
+        f = failed[0]
+        more = f" (and {len(failed) - 1} more problem(s) above)" if len(failed) > 1 else ""
+        raise BootstrapError(f"preflight failed on {f.host}: {f.check}: {f.detail}; fix: {f.fix}{more}")
+    return facts
+
+
+def join_token(settings: Settings, first: Host, facts: Facts) -> str:
+    """K3S_TOKEN, else the first server's existing token, else a new one (kept by K3s from then on)."""
+    configured = settings.secrets.get("K3S_TOKEN")
+    existing = k3s.read_token(first) if facts.has_token else None
+    if configured and existing and configured != existing:
+        raise BootstrapError(
+            f"K3S_TOKEN differs from the token {first.name} was initialised with ({k3s.TOKEN_FILE}); K3s cannot "
+            "change it in place: unset K3S_TOKEN to reuse the cluster's, or `inv reset --yes` to start over"
+        )
+    return configured or existing or secrets.token_hex(32)
+
+
+def specs(
+    settings: Settings,
+    servers: list[Host],
+    agents: list[Host],
+    token: str,
+    installer: bytes,
+    manifests: dict[str, bytes],
+) -> list[k3s.NodeSpec]:
+    first = servers[0].target
+    address = api_address(settings, first)
+    tls_san = list(
+        dict.fromkeys(
+            [
+                address,
+                *([] if first.local else [first.address]),
+                settings["DOMAIN"],
+                *split_list(settings["K3S_TLS_SAN"]),
+            ]
+        )
+    )
+    airgap = Path(settings["K3S_AIRGAP_BINARY"]).expanduser().read_bytes() if settings["K3S_AIRGAP_BINARY"] else None
+    result = []
+    for index, host in enumerate(servers + agents):
+        role = host.target.role
+        config = k3s.node_config(
+            role=role,
+            token=token,
+            first_server=None if index == 0 else (first.address if not first.local else "127.0.0.1"),
+            cluster_init=index == 0 and len(servers) > 1,
+            node_name=_node_name(host.target),
+            tls_san=tls_san + ([host.target.address] if index and role == "server" else []),
+            labels=split_list(settings["K3S_NODE_LABELS"]),
+            taints=split_list(settings["K3S_NODE_TAINTS"]),
+            disable=split_list(settings["K3S_DISABLE"]),
+        )
+        result.append(
+            k3s.NodeSpec(
+                host,
+                role,
+                settings["K3S_VERSION"],
+                installer,
+                config,
+                manifests if role == "server" else {},
+                airgap,
+            )
+        )
+    return result
+
+
+def _node_name(target: Target) -> str:
+    return "local" if target.local else target.address.replace(":", "-").replace(".", "-").lower()
+
+
+def bootstrap(
+    settings: Settings,
+    options: Options,
+    console: Console,
+    *,
+    resolver: Callable[[str], list[str]] = preflight.resolve,
+) -> Report:
+    started = time.monotonic()
+    report = Report()
+    check_release(settings)
+    manifests = traefik_manifests(settings)  # a render error stops us before any host is touched
+    installer = fetch_installer(settings, trust=options.trust_installer, console=console)
+    servers_t, agents_t = inventory(settings, options)
+    ssh = ssh_options(settings, options)
+    servers = [Host(t, ssh) for t in servers_t]
+    agents = [Host(t, ssh) for t in agents_t]
+    try:
+        facts = connect_and_check(settings, servers + agents, options, console, report, resolver)
+        token = join_token(settings, servers[0], facts[servers[0].name])
+        console.add_secrets([token])
+        plan = {s.host.name: s for s in specs(settings, servers, agents, token, installer, manifests)}
+
+        def run(host: Host) -> k3s.NodeResult:
+            return k3s.apply(plan[host.name], facts[host.name], timeout=options.timeout)
+
+        console.step("installing K3s")
+        waves = [[servers[0]], *[[s] for s in servers[1:]], agents]  # etcd members join one at a time
+        failed = False
+        for wave in waves:
+            if failed:
+                report.nodes += [
+                    k3s.NodeResult(h.name, h.target.role, "skipped", "an earlier host failed") for h in wave
+                ]
+                continue
+            for name, outcome in _parallel(wave, run).items():
+                if isinstance(outcome, Exception):
+                    failed = True
+                    outcome = k3s.NodeResult(name, plan[name].role, "failed", str(outcome).removeprefix(f"{name}: "))
+                report.nodes.append(outcome)
+                console.result(outcome.host, outcome.action, f"({outcome.role}) {outcome.detail}")
+        console.table(
+            "hosts", ["host", "role", "result", "detail"], [[n.host, n.role, n.action, n.detail] for n in report.nodes]
+        )
+        if failed:
+            bad = next(n for n in report.nodes if n.action == "failed")
+            raise BootstrapError(f"{bad.host}: {bad.detail}")
+        report.kubeconfig = fetch_kubeconfig(settings, servers[0], options, console)
+    finally:
+        for host in servers + agents:
+            # Closing a broken connection must not hide the error that broke it.
+            with contextlib.suppress(Exception):
+                host.close()
+    wait_for_cluster(
+        report.kubeconfig.path, settings["KUBECONFIG_CONTEXT"], len(servers) + len(agents), options.timeout, console
+    )
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def fetch_kubeconfig(settings: Settings, first: Host, options: Options, console: Console) -> kcfg.WriteResult:
+    """K3s's admin kubeconfig from the first server, pointed at the public address, checked
+    against the API certificate, merged into KUBECONFIG_PATH (new entries win, backup kept)."""
+    raw = first.read(k3s.KUBECONFIG)
+    source = f"{first.name}:{k3s.KUBECONFIG}"
+    if raw is None:
+        raise BootstrapError(f"{source} does not exist: K3s has not started on {first.name} (see its log)")
+    address = api_address(settings, first.target)
+    host_part = f"[{address}]" if ":" in address else address
+    server = f"https://{host_part}:{k3s.API_PORT}"
+    config = kcfg.rewrite(raw.decode(), server=server, name=settings["KUBECONFIG_CONTEXT"], source=source)
+    # Dial the first server itself (the endpoint may be a name or balancer not yet in DNS) and
+    # check that the certificate it serves is valid for the endpoint clients will use.
+    dial = "127.0.0.1" if first.target.local else first.target.address
+    dial_url = f"https://{f'[{dial}]' if ':' in dial else dial}:{k3s.API_PORT}"
+    cert = kcfg.server_certificate(dial_url, kcfg.ca_pem(config, source=source), timeout=10, source=source)
+    kcfg.check_sans(cert, address, source=source)
+    path = Path(options.kubeconfig_path or settings["KUBECONFIG_PATH"]).expanduser()
+    written = kcfg.write(path, config, merge_into_existing=True)
+    console.result(
+        f"kubeconfig {written.path} (context {settings['KUBECONFIG_CONTEXT']})",
+        "changed" if written.changed else "unchanged",
+    )
+    return written
+
+
+def wait_for_cluster(kubeconfig: Path, context: str, nodes: int, timeout: float, console: Console) -> None:
+    """Every node Ready and Traefik's chart installed (its helm-install job done)."""
+    from .kube import Kube
+    from .rollout import RolloutError, Waiter
+    from .rollout import Target as Workload
+
+    kube = Kube(str(kubeconfig), context)
+    deadline = time.monotonic() + timeout
+    console.step(f"waiting for {nodes} node(s) to be Ready")
+    ready: list[str] = []
+    while True:
+        listed = kube.list("v1", "Node")
+        ready = [
+            n["metadata"]["name"]
+            for n in listed
+            if any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in n.get("status", {}).get("conditions", [])
+            )
+        ]
+        if len(ready) >= nodes:
+            break
+        if time.monotonic() > deadline:
+            names = ", ".join(sorted(n["metadata"]["name"] for n in listed)) or "none"
+            raise BootstrapError(
+                f"only {len(ready)} of {nodes} node(s) Ready after {timeout:.0f}s (registered: {names})"
+            )
+        time.sleep(1)
+    console.result(f"{len(ready)} node(s)", "ready")
+    traefik = Workload("helm.cattle.io/v1", "HelmChart", "kube-system", "traefik")
+    try:
+        Waiter(kube).wait([traefik], timeout=max(deadline - time.monotonic(), 1))
+    except RolloutError as exc:
+        raise BootstrapError(f"Traefik did not install: {exc}") from None
+    console.result(traefik.describe(), "ready")
+
+
+def _hosts(settings: Settings, options: Options) -> tuple[list[Host], list[Host]]:
+    servers, agents = inventory(settings, options)
+    ssh = ssh_options(settings, options)
+    return [Host(t, ssh) for t in servers], [Host(t, ssh) for t in agents]
+
+
+def kubeconfig_only(settings: Settings, options: Options, console: Console) -> kcfg.WriteResult:
+    """Just the kubeconfig step of bootstrap (after a reinstall, or on a new laptop)."""
+    servers, _ = _hosts(settings, options)
+    try:
+        servers[0].connect()
+        return fetch_kubeconfig(settings, servers[0], options, console)
+    finally:
+        servers[0].close()
+
+
+def reset(settings: Settings, options: Options, console: Console) -> list[k3s.NodeResult]:
+    """Uninstall K3s everywhere (agents first, so none keeps knocking at a vanished server), then
+    remove the cluster's context from KUBECONFIG_PATH."""
+    servers, agents = _hosts(settings, options)
+    results: list[k3s.NodeResult] = []
+    try:
+        for wave in (agents, servers[1:], servers[:1]):
+            for name, outcome in _parallel(wave, lambda h: (h.connect(), k3s.reset(h, h.target.role))[1]).items():
+                if isinstance(outcome, Exception):
+                    role = next(h.target.role for h in wave if h.name == name)
+                    outcome = k3s.NodeResult(name, role, "failed", str(outcome).removeprefix(f"{name}: "))
+                results.append(outcome)
+                console.result(outcome.host, outcome.action, f"({outcome.role}) {outcome.detail}")
+    finally:
+        for host in servers + agents:
+            with contextlib.suppress(Exception):
+                host.close()
+    path = Path(options.kubeconfig_path or settings["KUBECONFIG_PATH"]).expanduser()
+    forgotten = kcfg.forget(path, settings["KUBECONFIG_CONTEXT"])
+    console.result(
+        f"context {settings['KUBECONFIG_CONTEXT']} in {path}", "removed" if forgotten.changed else "unchanged"
+    )
+    failed = [r for r in results if r.action == "failed"]
+    if failed:
+        raise BootstrapError(f"{failed[0].host}: {failed[0].detail}")
+    return results

@@ -1,0 +1,295 @@
+"""Running commands as root on a host: over SSH with Fabric, or on this machine (`--host local`).
+
+Host keys are checked strictly: a host must be in the known_hosts file or match a pinned
+fingerprint; trusting a new key needs `trust_new_keys` and is reported. Nothing ever prompts:
+commands get no stdin from us, and sudo's password (when a user needs one) is answered from
+the settings by Fabric's responder, never put on a command line.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import shlex
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paramiko
+
+ROOT_UNKNOWN, ROOT_DIRECT, ROOT_SUDO_NOPASS, ROOT_SUDO_PASSWORD = range(4)
+
+
+class RemoteError(RuntimeError):
+    """A host could not be reached or a command failed; the message names the host and the fix."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to connect: `address` is what SSH dials; `name` is what people read."""
+
+    address: str
+    user: str
+    port: int = 22
+    role: str = "server"  # server | agent
+
+    @property
+    def local(self) -> bool:
+        return self.address == "local"
+
+    @property
+    def name(self) -> str:
+        return "local" if self.local else f"{self.user}@{self.address}" + (f":{self.port}" if self.port != 22 else "")
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    key_file: str = ""
+    known_hosts: str = "~/.ssh/known_hosts"
+    pinned: dict[str, str] = field(default_factory=dict)  # address → "SHA256:..."
+    jump: Target | None = None
+    timeout: float = 10
+    sudo_password: str = field(default="", repr=False)
+    trust_new_keys: bool = False
+    attempts: int = 3
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    stdout: str
+    stderr: str
+    exited: int
+
+    @property
+    def ok(self) -> bool:
+        return self.exited == 0
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's spelling: SHA256:<base64 without padding>."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """For keys not in known_hosts: accept a pinned fingerprint, or (opted in) trust and record."""
+
+    def __init__(self, target: Target, options: SshOptions):
+        self.target, self.options = target, options
+        self.trusted: str | None = None
+
+    def missing_host_key(self, client, hostname, key):
+        seen = fingerprint(key)
+        pinned = self.options.pinned.get(self.target.address)
+        if pinned is not None:
+            if pinned != seen:
+                raise RemoteError(
+                    f"{self.target.name}: host key {seen} does not match the pinned {pinned} (SSH_HOST_KEYS); "
+                    "if the host was reinstalled, verify the new key out of band and update SSH_HOST_KEYS"
+                )
+            return
+        if self.options.trust_new_keys:
+            self.trusted = seen
+            known = Path(self.options.known_hosts).expanduser()
+            known.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            entry = hostname if self.target.port == 22 else f"[{self.target.address}]:{self.target.port}"
+            with known.open("a") as out:
+                out.write(f"{entry} {key.get_name()} {key.get_base64()}\n")
+            return
+        raise RemoteError(
+            f"{self.target.name}: unknown host key {seen} ({key.get_name()}); verify it on the host "
+            f"(ssh-keygen -lf /etc/ssh/ssh_host_{key.get_name().removeprefix('ssh-')}_key.pub), then add it to "
+            f"{self.options.known_hosts} or SSH_HOST_KEYS, or re-run with --trust-new-host-keys"
+        )
+
+
+class Host:
+    """One host: `run()` as root, `upload()` files with an exact mode, `read()` root-only files."""
+
+    def __init__(self, target: Target, options: SshOptions):
+        self.target = target
+        self.options = options
+        self._conn = None
+        self._root = ROOT_UNKNOWN
+        self._staging_dir: str | None = None
+        self._staged: list[str] = []
+        self.trusted_key: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    # -- connecting --------------------------------------------------------------------------
+    def connect(self) -> None:
+        if self.target.local or self._conn is not None:
+            return
+        from fabric import Config, Connection
+
+        config = Config(overrides={"run": {"in_stream": False, "hide": True, "warn": True}, "sudo": {"password": ""}})
+        if self.options.sudo_password:
+            config.sudo.password = self.options.sudo_password
+        connect_kwargs = (
+            {"key_filename": [str(Path(self.options.key_file).expanduser())]} if self.options.key_file else {}
+        )
+        gateway = None
+        if self.options.jump is not None:
+            gateway = Host(self.options.jump, SshOptions(**{**self.options.__dict__, "jump": None}))._connection()
+        conn = Connection(
+            self.target.address,
+            user=self.target.user,
+            port=self.target.port,
+            config=config,
+            connect_timeout=self.options.timeout,
+            connect_kwargs=connect_kwargs,
+            gateway=gateway,
+        )
+        known = Path(self.options.known_hosts).expanduser()
+        if known.exists():
+            conn.client.load_host_keys(str(known))
+        policy = _HostKeyPolicy(self.target, self.options)
+        conn.client.set_missing_host_key_policy(policy)
+        self._open(conn)
+        self.trusted_key = policy.trusted
+        self._conn = conn
+
+    def _connection(self):
+        self.connect()
+        return self._conn
+
+    def _open(self, conn) -> None:
+        last = ""
+        for attempt in range(self.options.attempts):
+            try:
+                conn.open()
+                return
+            except RemoteError:
+                raise
+            except paramiko.BadHostKeyException as exc:
+                raise RemoteError(
+                    f"{self.name}: host key CHANGED — got {fingerprint(exc.key)}, {self.options.known_hosts} has "
+                    f"{fingerprint(exc.expected_key)}; if the host was reinstalled, verify the new key and remove "
+                    f"the old line (ssh-keygen -R {self.target.address}); otherwise someone may be intercepting"
+                ) from None
+            except paramiko.AuthenticationException:
+                raise RemoteError(
+                    f"{self.name}: SSH login refused for user {self.target.user}; check SSH_USER/SSH_KEY "
+                    f"(key file or ssh-agent) and that the key is in the user's authorized_keys"
+                ) from None
+            except (OSError, paramiko.SSHException, EOFError) as exc:
+                last = str(exc) or type(exc).__name__
+                if attempt + 1 < self.options.attempts:
+                    time.sleep(min(2**attempt, 5))
+        raise RemoteError(
+            f"{self.name}: cannot connect on port {self.target.port} ({last}) after {self.options.attempts} attempts; "
+            "check the address, SSH_PORT and that sshd runs and the firewall lets you in"
+        )
+
+    def close(self) -> None:
+        if self._staging_dir is not None:
+            self._raw(f"rm -rf {shlex.quote(self._staging_dir)}")
+            self._staging_dir = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- commands ----------------------------------------------------------------------------
+    def _raw(self, command: str, *, sudo_password: bool = False) -> CommandResult:
+        if self.target.local:
+            done = subprocess.run(
+                ["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+            )
+            return CommandResult(done.stdout, done.stderr, done.returncode)
+        conn = self._connection()
+        try:
+            if sudo_password:
+                result = conn.sudo(command, hide=True, warn=True, in_stream=False)
+            else:
+                result = conn.run(command, hide=True, warn=True, in_stream=False)
+        except Exception as exc:  # invoke's AuthFailure (wrong sudo password) and transport errors
+            if type(exc).__name__ == "AuthFailure":
+                raise RemoteError(
+                    f"{self.name}: sudo refused the password for {self.target.user}; fix SUDO_PASSWORD "
+                    "(or allow passwordless sudo, or connect as root)"
+                ) from None
+            if isinstance(exc, (OSError, paramiko.SSHException, EOFError, socket.timeout)):
+                raise RemoteError(f"{self.name}: connection lost ({exc})") from None
+            raise
+        return CommandResult(result.stdout, result.stderr, result.exited)
+
+    def _probe_root(self) -> int:
+        if self._root != ROOT_UNKNOWN:
+            return self._root
+        if self.target.local:
+            self._root = ROOT_DIRECT if os.geteuid() == 0 else ROOT_SUDO_NOPASS
+        elif self._raw("id -u").stdout.strip() == "0":
+            self._root = ROOT_DIRECT
+        elif self._raw("sudo -n true").ok:
+            self._root = ROOT_SUDO_NOPASS
+        elif self.options.sudo_password:
+            self._root = ROOT_SUDO_PASSWORD
+        else:
+            raise RemoteError(
+                f"{self.name}: {self.target.user} is not root and sudo needs a password; set SUDO_PASSWORD "
+                "(environment or env file), allow passwordless sudo, or connect as root"
+            )
+        return self._root
+
+    def run(self, command: str, *, check: bool = True, what: str = "") -> CommandResult:
+        """Run a shell command as root; with `check`, a non-zero exit raises naming `what`."""
+        wrapped = f"sh -c {shlex.quote(command)}"
+        mode = self._probe_root()
+        if mode == ROOT_DIRECT:
+            result = self._raw(wrapped)
+        elif mode == ROOT_SUDO_NOPASS:
+            result = self._raw(f"sudo -n {wrapped}")
+        else:
+            result = self._raw(wrapped, sudo_password=True)
+        if check and not result.ok:
+            detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-3:]
+            raise RemoteError(
+                f"{self.name}: {what or command.split()[0]} failed (exit {result.exited}): {' | '.join(detail)}"
+            )
+        return result
+
+    def read(self, path: str) -> bytes | None:
+        """A file's bytes (read as root), or None when it does not exist."""
+        result = self.run(f"if [ -f {shlex.quote(path)} ]; then base64 < {shlex.quote(path)}; else echo ABSENT; fi")
+        if result.stdout.strip() == "ABSENT":
+            return None
+        return base64.b64decode(result.stdout)
+
+    def upload(self, data: bytes, path: str, mode: int = 0o600) -> None:
+        """Place `data` at `path`, owned by root with `mode`. The bytes travel by SFTP (or a local
+        file) into a private 0700 directory, never through a command line, then `install` puts
+        them in place with the final mode before the rename makes them visible."""
+        staging = self._staging()
+        name = f"{staging}/{len(self._staged)}"
+        self._staged.append(name)
+        if self.target.local:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+        else:
+            self._connection().put(io.BytesIO(data), remote=name)
+        quoted = shlex.quote(path)
+        self.run(
+            f'set -e; d=$(dirname {quoted}); mkdir -p "$d"; t="$d/.k3stack.$$"; '
+            f'install -m {mode:o} -o root -g root {shlex.quote(name)} "$t"; mv -f "$t" {quoted}; '
+            f"rm -f {shlex.quote(name)}",
+            what=f"writing {path}",
+        )
+
+    def _staging(self) -> str:
+        if self._staging_dir is None:
+            if self.target.local:
+                self._staging_dir = tempfile.mkdtemp(prefix="k3stack-")
+            else:
+                made = self._raw("umask 077 && mktemp -d /tmp/k3stack.XXXXXXXX")
+                if not made.ok:
+                    raise RemoteError(f"{self.name}: cannot create a private temp directory: {made.stderr.strip()}")
+                self._staging_dir = made.stdout.strip()
+        return self._staging_dir

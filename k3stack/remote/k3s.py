@@ -1,0 +1,188 @@
+"""K3s on one host: what it should look like (desired state), and the one operation that gets
+it there — files rewritten, installer run when the release changed, K3s restarted once.
+
+The desired state is hashed per part (release, installer, config, placed manifests) and kept
+on the host; when every part matches and the service runs, the host is `ok` and nothing is
+touched. The join token lives only in the 0600 config drop-in, never in argv, unit or env file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from dataclasses import dataclass, field
+
+import yaml
+
+from .connection import Host, RemoteError
+from .facts import STATE_FILE, TOKEN_FILE, Facts
+
+CONFIG_DROPIN = "/etc/rancher/k3s/config.yaml.d/50-k3stack.yaml"
+MANIFEST_DIR = "/var/lib/rancher/k3s/server/manifests"
+INSTALLER = "/var/lib/k3stack/install.sh"
+KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
+API_PORT = 6443
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """Everything one host should end up with."""
+
+    host: Host
+    role: str  # server | agent
+    version: str  # v1.35.8+k3s1, or a channel name
+    installer: bytes = field(repr=False)
+    config: bytes = field(repr=False)  # the drop-in; holds the token
+    manifests: dict[str, bytes] = field(default_factory=dict, repr=False)  # file name → content (servers)
+    airgap_binary: bytes | None = field(default=None, repr=False)
+
+    @property
+    def unit(self) -> str:
+        return "k3s" if self.role == "server" else "k3s-agent"
+
+    def parts(self) -> dict[str, str]:
+        parts = {
+            "release": f"{self.role} {self.version}",
+            "installer": sha256(self.installer),
+            "config": sha256(self.config),
+            "manifests": sha256(json.dumps({n: sha256(c) for n, c in sorted(self.manifests.items())}).encode()),
+        }
+        if self.airgap_binary is not None:
+            parts["binary"] = sha256(self.airgap_binary)
+        return parts
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    host: str
+    role: str
+    action: str  # ok | changed | failed
+    detail: str
+
+
+def node_config(
+    *,
+    role: str,
+    token: str,
+    first_server: str | None,
+    cluster_init: bool,
+    node_name: str,
+    tls_san: list[str],
+    labels: list[str],
+    taints: list[str],
+    disable: list[str],
+) -> bytes:
+    """The K3s config drop-in (keys are K3s's flag names)."""
+    config: dict = {"token": token, "node-name": node_name}
+    if first_server:
+        config["server"] = f"https://{first_server}:{API_PORT}"
+    if role == "server":
+        if cluster_init:
+            config["cluster-init"] = True
+        config["tls-san"] = tls_san
+        config["write-kubeconfig-mode"] = "0600"
+        if disable:
+            config["disable"] = disable
+    if labels:
+        config["node-label"] = labels
+    if taints and role == "agent":
+        config["node-taint"] = taints
+    header = "# Written by k3stack (inv bootstrap); changes here are overwritten on the next run.\n"
+    return (header + yaml.safe_dump(config, sort_keys=True)).encode()
+
+
+def changed_parts(spec: NodeSpec, facts: Facts) -> list[str]:
+    stored = facts.state.get("parts", {})
+    changed = [name for name, digest in spec.parts().items() if stored.get(name) != digest]
+    if not changed and spec.unit not in facts.active_units:
+        changed = ["not running"]
+    return changed
+
+
+def apply(spec: NodeSpec, facts: Facts, *, timeout: float = 120) -> NodeResult:
+    """Bring one host to `spec`: `ok` when nothing differs, else rewrite, (re)install, restart once."""
+    host = spec.host
+    changed = changed_parts(spec, facts)
+    if not changed:
+        return NodeResult(host.name, spec.role, "ok", f"K3s {spec.version} {spec.role}, running")
+    host.upload(spec.config, CONFIG_DROPIN, 0o600)
+    for name, content in spec.manifests.items():
+        host.upload(content, f"{MANIFEST_DIR}/{name}", 0o600)
+    reinstall = bool({"release", "installer", "binary"} & set(changed)) or not facts.k3s_version
+    if reinstall:
+        _install(spec)
+    _restart(spec, facts, timeout)
+    state = {"parts": spec.parts(), "role": spec.role}
+    host.upload(json.dumps(state, sort_keys=True).encode(), STATE_FILE, 0o600)
+    first = not facts.state
+    return NodeResult(
+        host.name,
+        spec.role,
+        "changed",
+        "installed" if first else "changed: " + ", ".join(changed) + " (restarted once)",
+    )
+
+
+def _install(spec: NodeSpec) -> None:
+    host = spec.host
+    host.upload(spec.installer, INSTALLER, 0o700)
+    env = {
+        "INSTALL_K3S_EXEC": spec.role,
+        "INSTALL_K3S_SKIP_START": "true",  # k3stack restarts once itself, after every file is in place
+    }
+    if spec.version.startswith("v"):
+        env["INSTALL_K3S_VERSION"] = spec.version
+    else:
+        env["INSTALL_K3S_CHANNEL"] = spec.version
+    if spec.airgap_binary is not None:
+        host.upload(spec.airgap_binary, "/usr/local/bin/k3s", 0o755)
+        env["INSTALL_K3S_SKIP_DOWNLOAD"] = "true"
+    assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    host.run(f"env {assignments} sh {INSTALLER}", what=f"the K3s installer ({spec.version})")
+
+
+def _restart(spec: NodeSpec, facts: Facts, timeout: float) -> None:
+    host, unit = spec.host, spec.unit
+    restart = f"rc-service {unit} restart" if facts.init == "openrc" else f"systemctl restart {unit}"
+    host.run(restart, what=f"restarting {unit}")
+    ready = f"[ -f {KUBECONFIG} ] && ss -Hltn | grep -q ':{API_PORT} '" if spec.role == "server" else "true"
+    active = f"rc-service {unit} status" if facts.init == "openrc" else f"systemctl is-active --quiet {unit}"
+    waited = host.run(
+        f"i=0; while [ $i -lt {int(timeout)} ]; do "
+        f"if ! {active} >/dev/null 2>&1; then sleep 1; {active} >/dev/null 2>&1 || exit 3; fi; "
+        f"if {ready}; then sleep 1; {active} >/dev/null 2>&1 && exit 0; fi; sleep 1; i=$((i+1)); done; exit 4",
+        check=False,
+    )
+    if waited.exited == 0:
+        return
+    log = host.run(
+        f"journalctl -u {unit} -n 5 --no-pager 2>/dev/null || tail -n 5 /var/log/{unit}*.log 2>/dev/null", check=False
+    ).stdout.strip()
+    why = "stopped" if waited.exited == 3 else f"not ready after {timeout:.0f}s"
+    raise RemoteError(f"{host.name}: {unit} {why}; its log ends: {' | '.join(log.splitlines()[-3:]) or '(empty)'}")
+
+
+def read_token(host: Host) -> str | None:
+    """The cluster's join secret from a server (the part after `::server:` of K3s's token file)."""
+    raw = host.read(TOKEN_FILE)
+    if raw is None:
+        return None
+    text = raw.decode().strip()
+    return text.split("::server:", 1)[1] if "::server:" in text else text
+
+
+def reset(host: Host, role: str) -> NodeResult:
+    """Uninstall K3s (its own uninstall script) and forget k3stack's state on the host."""
+    script = "/usr/local/bin/k3s-uninstall.sh" if role == "server" else "/usr/local/bin/k3s-agent-uninstall.sh"
+    present = host.run(f"[ -x {script} ] && echo yes || echo no").stdout.strip() == "yes"
+    if present:
+        host.run(script, what="the K3s uninstall script")
+    host.run(f"rm -rf /var/lib/k3stack {CONFIG_DROPIN}")
+    return NodeResult(
+        host.name, role, "changed" if present else "ok", "uninstalled" if present else "K3s not installed"
+    )

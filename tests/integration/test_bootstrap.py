@@ -1,0 +1,278 @@
+"""inv bootstrap's library against real sshd hosts driven by real Fabric; K3s itself is the
+test bed's stand-in (tests/testbed/standin: the installer's effects on the filesystem, a
+systemctl shim, and a REAL kube-apiserver behind each server's address)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from k3stack import bootstrap as boot
+from k3stack import settings
+from k3stack.console import Console
+from k3stack.kube import Kube
+from k3stack.kubeconfig import KubeconfigError
+from k3stack.remote import k3s
+from tests.testbed import standin
+
+pytestmark = pytest.mark.timeout(600)
+
+
+class Bed:
+    """Settings pointing at the bed's hosts, the stand-in installer and a private kubeconfig."""
+
+    def __init__(self, hosts, tmp_path: Path, monkeypatch):
+        self.hosts = hosts
+        self.tmp = tmp_path
+        installer = tmp_path / "install.sh"
+        installer.write_bytes(standin.installer_script())
+        self.kubeconfig = tmp_path / "kube" / "config"
+        first = hosts[0].ip
+        self.environ = {
+            "DOMAIN": f"{first}.sslip.io",
+            "ACME_EMAIL": "ops@example.com",
+            "SSH_KEY": str(hosts.client_key),
+            "SSH_KNOWN_HOSTS": str(hosts.known_hosts),
+            "SSH_TIMEOUT": "3",
+            "K3S_INSTALL_URL": installer.as_uri(),
+            "K3S_INSTALL_SHA256": standin.installer_sha256(),
+            "KUBECONFIG_PATH": str(self.kubeconfig),
+        }
+        self.output = io.StringIO()
+        self.console = Console(stream=self.output, interactive=False)
+        monkeypatch.delenv("CI", raising=False)
+
+    def settings(self, **overrides):
+        return settings.load(env_dir=Path("/nonexistent"), environ={**self.environ, **overrides})
+
+    def run(self, servers=None, agents=(), *, options=None, **overrides) -> boot.Report:
+        servers = servers if servers is not None else [self.hosts[0]]
+        environ = {
+            "SERVERS": ",".join(h.ip for h in servers),
+            "AGENTS": ",".join(h.ip for h in agents),
+            **overrides,
+        }
+        return boot.bootstrap(self.settings(**environ), options or boot.Options(timeout=120), self.console)
+
+
+@pytest.fixture
+def bed(ssh_hosts, tmp_path, monkeypatch):
+    def make(count: int = 1, prepare: bool = True) -> Bed:
+        hosts = ssh_hosts(count)
+        if prepare:
+            for host in hosts:
+                standin.prepare_host(host)
+        return Bed(hosts, tmp_path, monkeypatch)
+
+    return make
+
+
+def untouched(host) -> bool:
+    return host.exec("ls /etc/rancher /var/lib/k3stack /usr/local/bin/k3s 2>/dev/null || true").strip() == ""
+
+
+# -- connection and preflight failures: each one line, nothing changed on any host -----------------
+def test_unknown_host_key_is_refused_and_nothing_is_touched(bed):
+    b = bed(1)
+    b.environ["SSH_KNOWN_HOSTS"] = str(b.tmp / "empty_known_hosts")
+    with pytest.raises(boot.BootstrapError, match=r"unknown host key SHA256:\S+ .*--trust-new-host-keys"):
+        b.run()
+    assert untouched(b.hosts[0])
+
+
+def test_trusting_a_new_host_key_is_explicit_and_printed(bed):
+    b = bed(1)
+    known = b.tmp / "known_hosts"
+    b.environ["SSH_KNOWN_HOSTS"] = str(known)
+    host = b.hosts[0]
+    hosts_settings = b.settings(SERVERS=host.ip)
+    options = boot.Options(trust_new_host_keys=True)
+    servers, _ = boot._hosts(hosts_settings, options)
+    servers[0].connect()
+    servers[0].close()
+    expected = subprocess.run(
+        ["ssh-keygen", "-lf", "-"], input=host.host_key_line, capture_output=True, text=True, check=True
+    ).stdout.split()[1]
+    assert servers[0].trusted_key == expected
+    assert known.read_text().split()[1:] == host.host_key_line.split()[1:]
+
+
+def test_changed_host_key_is_refused(bed):
+    b = bed(2)
+    first, other = b.hosts[0], b.hosts[1]
+    forged = b.tmp / "known_hosts"
+    forged.write_text(f"{first.ip} {' '.join(other.host_key_line.split()[1:])}\n")
+    b.environ["SSH_KNOWN_HOSTS"] = str(forged)
+    with pytest.raises(boot.BootstrapError, match=r"host key CHANGED .*ssh-keygen -R"):
+        b.run()
+
+
+def test_pinned_fingerprint_is_enough_without_known_hosts(bed):
+    b = bed(1)
+    host = b.hosts[0]
+    fp = subprocess.run(
+        ["ssh-keygen", "-lf", "-"], input=host.host_key_line, capture_output=True, text=True, check=True
+    ).stdout.split()[1]
+    b.environ["SSH_KNOWN_HOSTS"] = str(b.tmp / "none")
+    servers, _ = boot._hosts(b.settings(SERVERS=host.ip, SSH_HOST_KEYS=f"{host.ip}={fp}"), boot.Options())
+    servers[0].connect()
+    assert servers[0].run("hostname").stdout.strip() == host.name
+    servers[0].close()
+    wrong = "SHA256:" + "A" * 43
+    servers, _ = boot._hosts(b.settings(SERVERS=host.ip, SSH_HOST_KEYS=f"{host.ip}={wrong}"), boot.Options())
+    with pytest.raises(boot.RemoteError, match="does not match the pinned"):
+        servers[0].connect()
+
+
+def test_wrong_key_unreachable_host_and_sudo_problems_are_one_line_each(bed, bed_slot):
+    b = bed(1)
+    host = b.hosts[0]
+    stranger = b.tmp / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    with pytest.raises(boot.BootstrapError, match=r"SSH login refused for user root; check SSH_USER/SSH_KEY"):
+        b.run(SSH_KEY=str(stranger))
+    nobody = str(bed_slot.allocate_ip())
+    with pytest.raises(boot.BootstrapError, match=rf"root@{nobody}: .*cannot connect on port 22 .* after 3 attempts"):
+        b.run(SERVERS=nobody)
+    user = host.sudo_user
+    with pytest.raises(boot.BootstrapError, match=rf"{user} is not root and sudo needs a password; set SUDO_PASSWORD"):
+        b.run(SSH_USER=user)
+    with pytest.raises(boot.BootstrapError, match=r"sudo refused the password for deploy; fix SUDO_PASSWORD"):
+        b.run(SSH_USER=user, SUDO_PASSWORD="not-the-password")
+    assert untouched(host)
+    assert "not-the-password" not in b.output.getvalue()
+
+
+def test_preflight_reports_every_problem_and_stops_before_changing_anything(bed):
+    b = bed(2)
+    unprepared, odd = b.hosts[0], b.hosts[1]
+    unprepared.exec("rm -rf /run/systemd")  # no systemd, no openrc
+    odd.exec("sed -i 's/^ID=.*/ID=plan9/; s/^ID_LIKE=.*//; s/^PRETTY_NAME=.*/PRETTY_NAME=\"Plan 9\"/' /etc/os-release")
+    odd.exec("(setsid python3 -m http.server 80 --bind 0.0.0.0 >/dev/null 2>&1 &) ; sleep 1")
+    with pytest.raises(boot.BootstrapError, match=r"preflight failed on root@.*: init: none; fix: K3s needs systemd"):
+        b.run(servers=[unprepared], agents=[odd])
+    out = b.output.getvalue()
+    assert "os" in out
+    assert "Plan 9" in out
+    assert "use a distribution K3s supports" in out
+    assert "taken: 80" in out
+    assert untouched(unprepared)
+    assert untouched(odd)
+
+
+def test_settings_and_installer_problems_stop_before_any_connection(bed, monkeypatch):
+    b = bed(1)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(boot.BootstrapError, match=r"K3S_VERSION=stable is a channel; CI must be reproducible"):
+        b.run(K3S_VERSION="stable")
+    monkeypatch.delenv("CI")
+    with pytest.raises(boot.BootstrapError, match=r"sha256 [0-9a-f]{64} does not match K3S_INSTALL_SHA256=0{64}"):
+        b.run(K3S_INSTALL_SHA256="0" * 64)
+    with pytest.raises(
+        boot.BootstrapError, match=r"K3S_INSTALL_SHA256 is not set: review .* \(or pass --trust-installer"
+    ):
+        b.run(K3S_INSTALL_SHA256="")
+    with pytest.raises(boot.BootstrapError, match=r"2 servers: embedded etcd needs an odd number"):
+        b.run(SERVERS=f"{b.hosts[0].ip},203.0.113.9")
+    assert untouched(b.hosts[0])
+
+
+# -- installs ----------------------------------------------------------------------------------------
+def nodes(kubeconfig: Path, context: str = "k3stack") -> dict[str, bool]:
+    kube = Kube(str(kubeconfig), context)
+    return {
+        n["metadata"]["name"]: any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
+        for n in kube.list("v1", "Node")
+    }
+
+
+def test_single_server_installs_then_a_rerun_changes_nothing(bed):
+    b = bed(1)
+    host = b.hosts[0]
+    report = b.run()
+    assert [(n.action, n.detail) for n in report.nodes] == [("changed", "installed")]
+    assert standin.restarts(host, "k3s") == 1
+    # The kubeconfig works against the real API server, through the host's address.
+    config = yaml.safe_load(b.kubeconfig.read_text())
+    assert config["current-context"] == "k3stack"
+    assert config["clusters"][0]["cluster"]["server"] == f"https://{host.ip}:6443"
+    assert oct(b.kubeconfig.stat().st_mode & 0o777) == "0o600"
+    assert nodes(b.kubeconfig) == {host.ip.replace(".", "-"): True}
+    # Secrets stay in 0600 files; nothing of them in argv-visible places or the output.
+    assert host.exec(f"stat -c %a {k3s.CONFIG_DROPIN} {k3s.MANIFEST_DIR}/k3stack-traefik-config.yaml").split() == [
+        "600",
+        "600",
+    ]
+    token = k3s.read_token(boot._hosts(b.settings(SERVERS=host.ip), boot.Options())[0][0])
+    assert token
+    assert token not in b.output.getvalue()
+    assert token not in host.exec("cat /etc/systemd/system/k3s.service /etc/systemd/system/k3s.service.env")
+    # Traefik's HelmChartConfig reached the API server (placed before first start, applied by K3s).
+    kube = Kube(str(b.kubeconfig), "k3stack")
+    placed = kube.get("helm.cattle.io/v1", "HelmChartConfig", "traefik", "kube-system")
+    values = yaml.safe_load(placed["spec"]["valuesContent"])
+    assert "--certificatesresolvers.letsencrypt.acme.email=ops@example.com" in values["additionalArguments"]
+    assert "--entrypoints.web.http.redirections.entrypoint.to=websecure" in values["additionalArguments"]
+
+    again = b.run()
+    assert [n.action for n in again.nodes] == ["ok"]
+    assert not again.changed
+    assert not again.kubeconfig.changed
+    assert standin.restarts(host, "k3s") == 1
+
+
+def test_a_config_change_restarts_exactly_once_and_says_what_changed(bed):
+    b = bed(1)
+    host = b.hosts[0]
+    b.run()
+    report = b.run(K3S_NODE_LABELS="gpu=false", ACME_STAGING="true")
+    assert [(n.action, n.detail) for n in report.nodes] == [("changed", "changed: config, manifests (restarted once)")]
+    assert standin.restarts(host, "k3s") == 2
+    assert "gpu=false" in host.exec(f"cat {k3s.CONFIG_DROPIN}")
+    assert "acme-staging-v02" in host.exec(f"cat {k3s.MANIFEST_DIR}/k3stack-traefik-config.yaml")
+
+
+def test_sudo_user_with_password_and_reset_leaves_the_host_clean(bed):
+    b = bed(1)
+    host = b.hosts[0]
+    before = host.exec("ls /usr/local/bin /etc")
+    report = b.run(SSH_USER=host.sudo_user, SUDO_PASSWORD=host.sudo_password)
+    assert [n.action for n in report.nodes] == ["changed"]
+    assert host.sudo_password not in b.output.getvalue()
+    results = boot.reset(b.settings(SERVERS=host.ip, SSH_USER="root"), boot.Options(), b.console)
+    assert [r.action for r in results] == ["changed"]
+    assert untouched(host)
+    assert host.exec("ls /usr/local/bin /etc") == before
+    assert "k3stack" not in b.kubeconfig.read_text()
+
+
+def test_one_server_two_agents_and_a_token_mismatch_on_join(bed):
+    b = bed(3)
+    server, *agents = b.hosts
+    report = b.run([server], agents)
+    assert sorted(n.role for n in report.nodes) == ["agent", "agent", "server"]
+    assert set(nodes(b.kubeconfig).values()) == {True}
+    assert len(nodes(b.kubeconfig)) == 3
+    with pytest.raises(boot.BootstrapError, match=r"K3S_TOKEN differs from the token .* was initialised with"):
+        b.run([server], agents, K3S_TOKEN="another-token-entirely")
+    assert standin.restarts(server, "k3s") == 1
+
+
+def test_three_servers_form_one_cluster(bed):
+    b = bed(3)
+    report = b.run(list(b.hosts))
+    assert [n.role for n in report.nodes] == ["server"] * 3
+    assert len(nodes(b.kubeconfig)) == 3
+
+
+def test_a_san_missing_from_the_api_certificate_is_caught_before_writing(bed):
+    b = bed(1)
+    host = b.hosts[0]
+    b.run()
+    # The API endpoint moves to a name the (kept) certificate does not carry.
+    with pytest.raises(KubeconfigError, match=r"k3s certificate rotate"):
+        b.run(API_ENDPOINT=f"api.{host.ip}.sslip.io", K3S_TLS_SAN="")
