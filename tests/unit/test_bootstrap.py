@@ -1,0 +1,197 @@
+"""Bootstrap's pure parts: inventory, rendered K3s/Traefik files, desired state, preflight rules."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from k3stack import bootstrap as boot
+from k3stack import settings
+from k3stack.remote import k3s, preflight
+from k3stack.remote.connection import SshOptions, Target
+from k3stack.remote.facts import Facts
+
+
+def load(**environ):
+    base = {"DOMAIN": "203.0.113.10.sslip.io", "ACME_EMAIL": "ops@example.com"}
+    return settings.load(env_dir=Path("/nonexistent"), environ={**base, **environ})
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("203.0.113.10", Target("203.0.113.10", "root", 22)),
+        ("ubuntu@node1.example.com:2222", Target("node1.example.com", "ubuntu", 2222)),
+        ("[2001:db8::1]:2200", Target("2001:db8::1", "root", 2200)),
+        ("2001:db8::1", Target("2001:db8::1", "root", 22)),
+    ],
+)
+def test_host_entries(entry, expected):
+    assert boot.parse_target(entry, user="root", port=22, role="server") == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({}, "no hosts: set SERVERS"),
+        ({"SERVERS": "a.example.com,b.example.com"}, "2 servers: embedded etcd needs an odd number"),
+        ({"SERVERS": "a.example.com", "AGENTS": "root@a.example.com"}, "a.example.com is listed twice"),
+    ],
+)
+def test_inventory_problems(environ, message):
+    with pytest.raises(boot.BootstrapError, match=message):
+        boot.inventory(load(**environ), boot.Options())
+
+
+def test_host_flags_replace_the_settings_lists():
+    servers, agents = boot.inventory(load(SERVERS="a.example.com", AGENTS="b.example.com"), boot.Options(hosts=("c",)))
+    assert [t.address for t in servers] == ["c"]
+    assert agents == []
+    with pytest.raises(boot.BootstrapError, match="--host local stands alone"):
+        boot.inventory(load(), boot.Options(hosts=("local",), agents=("b",)))
+
+
+def test_pinned_host_keys_must_be_fingerprints():
+    opts = boot.ssh_options(load(SSH_HOST_KEYS="10.0.0.5=SHA256:abc"), boot.Options())
+    assert opts.pinned == {"10.0.0.5": "SHA256:abc"}
+    with pytest.raises(boot.BootstrapError, match="expected host=SHA256:<fingerprint>"):
+        boot.ssh_options(load(SSH_HOST_KEYS="10.0.0.5=MD5:ab"), boot.Options())
+
+
+def test_sudo_password_is_kept_out_of_reprs():
+    opts = boot.ssh_options(load(SUDO_PASSWORD="hunter2-hunter2"), boot.Options())
+    assert opts.sudo_password == "hunter2-hunter2"
+    assert "hunter2" not in repr(opts)
+    assert "hunter2" not in repr(SshOptions(sudo_password="hunter2"))
+
+
+def traefik_values(**environ) -> tuple[dict, dict]:
+    files = boot.traefik_manifests(load(**environ))
+    assert list(files) == ["k3stack-traefik-config.yaml"]
+    (obj,) = yaml.safe_load_all(files["k3stack-traefik-config.yaml"])
+    return obj, yaml.safe_load(obj["spec"]["valuesContent"])
+
+
+def test_traefik_config_enables_lets_encrypt_with_the_same_arguments_on_traefik_v2_and_v3():
+    obj, values = traefik_values()
+    assert (obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"]) == (
+        "HelmChartConfig",
+        "traefik",
+        "kube-system",
+    )
+    args = values["additionalArguments"]
+    assert "--certificatesresolvers.letsencrypt.acme.email=ops@example.com" in args
+    assert "--certificatesresolvers.letsencrypt.acme.caserver=" + boot.PRODUCTION_CA in args
+    assert "--certificatesresolvers.letsencrypt.acme.httpchallenge.entrypoint=web" in args
+    assert "--entrypoints.web.http.redirections.entrypoint.to=websecure" in args
+    assert values["persistence"]["enabled"] is True
+    # chart keys that v3 renamed (and v2 used) must not appear: they crash one or the other
+    assert not {"certResolvers", "certificatesResolvers"} & set(values)
+    assert "redirectTo" not in str(values)
+    _, staging = traefik_values(ACME_STAGING="true", ACME_RESOLVER="le")
+    assert "--certificatesresolvers.le.acme.caserver=" + boot.STAGING_CA in staging["additionalArguments"]
+
+
+def config_of(**kwargs) -> dict:
+    base = {
+        "role": "server",
+        "token": "s3cret-token-value",
+        "first_server": None,
+        "cluster_init": False,
+        "node_name": "n1",
+        "tls_san": ["203.0.113.10"],
+        "labels": [],
+        "taints": ["dedicated=gpu:NoSchedule"],
+        "disable": [],
+    }
+    return yaml.safe_load(k3s.node_config(**{**base, **kwargs}))
+
+
+def test_node_config_per_role():
+    first = config_of(cluster_init=True)
+    assert first["cluster-init"] is True
+    assert first["write-kubeconfig-mode"] == "0600"
+    assert "server" not in first
+    assert "node-taint" not in first  # servers stay schedulable for the stack
+    joining = config_of(first_server="203.0.113.10")
+    assert joining["server"] == "https://203.0.113.10:6443"
+    assert "cluster-init" not in joining
+    agent = config_of(role="agent", first_server="203.0.113.10")
+    assert agent["node-taint"] == ["dedicated=gpu:NoSchedule"]
+    assert "tls-san" not in agent
+    assert agent["token"] == "s3cret-token-value"
+
+
+def facts(**changes) -> Facts:
+    base = Facts(
+        os="debian",
+        os_like="",
+        os_version="12",
+        os_name="Debian GNU/Linux 12 (bookworm)",
+        arch="x86_64",
+        init="systemd",
+        downloader="/usr/bin/curl",
+        disk_free_gb=50,
+        memory_gb=8,
+        clock_skew=0.4,
+        listeners={22: "sshd"},
+        k3s_version="",
+        active_units=(),
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def statuses(found):
+    return {f.check: f.status for f in found}
+
+
+def test_preflight_rules():
+    assert set(statuses(preflight.check_host("h", facts(), role="server", ours=False)).values()) == {"ok"}
+    bad = preflight.check_host(
+        "h",
+        facts(os="freebsd", arch="riscv64", init="none", downloader="", disk_free_gb=2, clock_skew=-300),
+        role="server",
+        ours=False,
+    )
+    assert statuses(bad) == {
+        "os": "fail",
+        "arch": "fail",
+        "init": "fail",
+        "downloader": "fail",
+        "disk": "fail",
+        "memory": "ok",
+        "ports": "ok",
+        "clock": "fail",
+    }
+    assert all(f.fix for f in bad if f.status == "fail")
+    taken = facts(listeners={443: "nginx", 6443: "k3s-server"})
+    assert statuses(preflight.check_host("h", taken, role="server", ours=False))["ports"] == "fail"
+    assert statuses(preflight.check_host("h", facts(listeners={443: "x"}), role="server", ours=True))["ports"] == "ok"
+    assert statuses(preflight.check_host("h", facts(listeners={6443: "x"}), role="agent", ours=False))["ports"] == "ok"
+
+
+def test_dns_check_answers_sslip_names_without_a_query():
+    assert preflight.resolve("chat.203.0.113.10.sslip.io") == ["203.0.113.10"]
+    assert preflight.resolve("chat.203-0-113-10.nip.io") == ["203.0.113.10"]
+
+    def resolver(name: str) -> list[str]:
+        return {"chat.example.com": ["198.51.100.7"]}.get(name, [])
+
+    ok = preflight.check_dns(["chat.203.0.113.10.sslip.io"], "203.0.113.10", strict=True)
+    assert [f.status for f in ok] == ["ok"]
+    wrong = preflight.check_dns(["chat.example.com"], "203.0.113.10", strict=False, resolver=resolver)
+    assert [(f.status, f.detail) for f in wrong] == [("warn", "→ 198.51.100.7 (first server: 203.0.113.10)")]
+    assert [f.status for f in preflight.check_dns(["chat.example.com"], "203.0.113.10", strict=True)] == ["fail"]
+
+
+def test_desired_state_parts_decide_what_changed():
+    spec = k3s.NodeSpec(None, "server", "v1.35.8+k3s1", b"installer", b"config", {"a.yaml": b"x"})
+    applied = facts(state={"parts": spec.parts()}, active_units=("k3s",))
+    assert k3s.changed_parts(spec, applied) == []
+    assert k3s.changed_parts(dataclasses.replace(spec, config=b"other"), applied) == ["config"]
+    assert k3s.changed_parts(spec, dataclasses.replace(applied, active_units=())) == ["not running"]
+    upgraded = dataclasses.replace(spec, version="v1.36.4+k3s1")
+    assert k3s.changed_parts(upgraded, applied) == ["release"]
