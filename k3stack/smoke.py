@@ -1,0 +1,637 @@
+"""`inv smoke`: proof that the stack works, end to end. Every check runs at once; those that
+become true some time after a deploy (pods, certificates, sign-in) are retried until a common
+deadline. Each ends as pass/fail with its time and, on failure, the reason and a hint.
+
+Three kinds: cluster (nodes, workloads, volumes, the Netdata chart), in-cluster through the API
+server's service proxy (Ollama, Open WebUI), and public through the real ingress URLs exactly as
+a browser goes (TLS verified, redirect, version, admin sign-in, websocket, Netdata's auth).
+`connect_to` sends a host:port elsewhere without DNS (curl's --connect-to / --resolve).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import http.client
+import json
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.x509.oid import ExtensionOID, NameOID
+
+from . import rollout
+from .console import Console
+from .kube import Kube, KubeError
+from .ollama import normalise
+from .report import CheckResult, SmokeReport
+
+WEBSOCKET_PATH = "/ws/socket.io/?EIO=4&transport=polling"
+NETDATA_PATH = "/api/v1/info"
+STAGING_MARK = "(STAGING)"  # Let's Encrypt staging issuers: "(STAGING) Let's Encrypt", "(STAGING) Ersatz Edamame E1"
+TRAEFIK_DEFAULT = "TRAEFIK DEFAULT CERT"
+
+
+class CheckFailed(Exception):  # noqa: N818 - a check's verdict, not an error of the program
+    """The check saw something wrong. `final`: retrying cannot help (e.g. a refused password)."""
+
+    def __init__(self, reason: str, hint: str = "", *, final: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.hint = hint
+        self.final = final
+
+
+@dataclass(frozen=True)
+class SmokeConfig:
+    """What the checks need; `from_settings` builds it from Settings + the stack's secrets."""
+
+    stack_namespace: str
+    monitoring_namespace: str
+    chat_host: str
+    monitor_host: str
+    models: tuple[str, ...]
+    webui_version: str  # the deployed image tag, e.g. v0.11.0
+    admin_email: str
+    admin_password: str = field(repr=False)
+    netdata_user: str = "admin"
+    netdata_password: str = field(default="", repr=False)
+    acme_staging: bool = False
+    insecure: bool = False  # accept a certificate from the Let's Encrypt staging CA (only that)
+    ca_bundle: str | None = None  # trust these CAs instead of the system's
+    connect_to: Mapping[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    https_port: int = 443
+    http_port: int = 80
+    deadline: float = 120  # seconds: how long eventually consistent checks keep trying
+    interval: float = 2  # seconds between two tries of a failing check
+    request_timeout: float = 10
+    ollama_service: tuple[str, int] = ("ollama", 11434)
+    webui_service: tuple[str, int] = ("open-webui", 8080)
+
+    @classmethod
+    def from_settings(cls, settings, secret_values: Mapping[str, str], **overrides) -> SmokeConfig:
+        """`secret_values`: the resolved stack secrets (k3stack.secrets.resolve(...).values)."""
+        values = {
+            "stack_namespace": settings["STACK_NAMESPACE"],
+            "monitoring_namespace": settings["MONITORING_NAMESPACE"],
+            "chat_host": settings["CHAT_HOST"],
+            "monitor_host": settings["MONITOR_HOST"],
+            "models": tuple(settings.models),
+            "webui_version": settings["OPEN_WEBUI_IMAGE"].rsplit(":", 1)[1].split("@")[0],
+            "admin_email": settings["WEBUI_ADMIN_EMAIL"],
+            "admin_password": secret_values.get("WEBUI_ADMIN_PASSWORD", ""),
+            "netdata_user": settings["NETDATA_USER"],
+            "netdata_password": secret_values.get("NETDATA_PASSWORD", ""),
+            "acme_staging": settings.flag("ACME_STAGING"),
+        }
+        return cls(**{**values, **overrides})
+
+    def secrets(self) -> list[str]:
+        """Values to register with Console.add_secrets before anything is printed."""
+        return [s for s in (self.admin_password, self.netdata_password) if s]
+
+
+def parse_connect_to(specs: Iterable[str]) -> dict[tuple[str, int], tuple[str, int]]:
+    """curl's forms: HOST:PORT:ADDR (--resolve) and HOST:PORT:ADDR:PORT2 (--connect-to)."""
+    result = {}
+    for spec in specs:
+        parts = spec.rsplit(":", 3) if spec.count(":") >= 3 else spec.split(":")
+        if len(parts) == 3:
+            host, port, addr = parts
+            result[(host, int(port))] = (addr, int(port))
+        elif len(parts) == 4:
+            host, port, addr, port2 = parts
+            result[(host, int(port))] = (addr, int(port2))
+        else:
+            raise ValueError(f"{spec!r}: expected HOST:PORT:ADDRESS or HOST:PORT:ADDRESS:PORT")
+    return result
+
+
+# -- HTTP as a browser sees it ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class CertInfo:
+    issuer: str
+    subject: str
+    not_after: dt.datetime
+    hosts: tuple[str, ...]
+
+    @property
+    def days_left(self) -> int:
+        return (self.not_after - dt.datetime.now(dt.UTC)).days
+
+    @property
+    def staging(self) -> bool:
+        return STAGING_MARK in self.issuer
+
+    @classmethod
+    def from_der(cls, der: bytes) -> CertInfo:
+        cert = x509.load_der_x509_certificate(der)
+
+        def name(n: x509.Name) -> str:
+            parts = [
+                a.value
+                for oid in (NameOID.ORGANIZATION_NAME, NameOID.COMMON_NAME)
+                for a in n.get_attributes_for_oid(oid)
+            ]
+            return " / ".join(str(p) for p in parts) or n.rfc4514_string()
+
+        try:
+            sans = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+            hosts = tuple(sans.get_values_for_type(x509.DNSName))
+        except x509.ExtensionNotFound:
+            hosts = ()
+        return cls(name(cert.issuer), name(cert.subject), cert.not_valid_after_utc, hosts)
+
+    def matches(self, host: str) -> bool:
+        for pattern in self.hosts:
+            if pattern.lower() == host.lower():
+                return True
+            if pattern.startswith("*.") and host.lower().split(".", 1)[-1] == pattern[2:].lower():
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    cert: CertInfo | None = None
+
+    def json(self):
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+
+class _Connection(http.client.HTTPConnection):
+    """HTTP(S) to `host` whose TCP connection goes to `address` (no DNS when overridden)."""
+
+    def __init__(self, host: str, port: int, address: tuple[str, int], tls: ssl.SSLContext | None, timeout: float):
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+        self.tls = tls
+        self.default_port = 443 if tls else 80  # Host header without the port, as browsers send it
+        self.peer_der: bytes | None = None
+
+    def connect(self) -> None:
+        sock = socket.create_connection(self.address, self.timeout)
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+            self.peer_der = sock.getpeercert(binary_form=True)
+        self.sock = sock
+
+
+class Browser:
+    """Requests to the public URLs: TLS verified against the system CAs (or `ca_bundle`);
+    with `insecure`, a certificate is accepted only when the staging CA issued it for the host."""
+
+    def __init__(self, config: SmokeConfig):
+        self.config = config
+
+    def _tls(self, verify: bool) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.config.ca_bundle)
+        if not verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def request(
+        self, method: str, url: str, *, headers: Mapping[str, str] | None = None, body: dict | None = None
+    ) -> Answer:
+        parts = urlsplit(url)
+        tls = parts.scheme == "https"
+        port = parts.port or (self.config.https_port if tls else self.config.http_port)
+        host = parts.hostname or ""
+        address = self.config.connect_to.get((host, port), (host, port))
+        verify = not self.config.insecure
+        connection = _Connection(host, port, address, self._tls(verify) if tls else None, self.config.request_timeout)
+        payload = json.dumps(body).encode() if body is not None else None
+        all_headers = {"User-Agent": "k3stack-smoke", **({"Content-Type": "application/json"} if payload else {})}
+        try:
+            connection.request(
+                method,
+                parts.path + (f"?{parts.query}" if parts.query else ""),
+                payload,
+                {**all_headers, **(headers or {})},
+            )
+            response = connection.getresponse()
+            answer = Answer(
+                response.status,
+                {k.lower(): v for k, v in response.getheaders()},
+                response.read(),
+                CertInfo.from_der(connection.peer_der) if connection.peer_der else None,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise self._bad_cert(host, port, address, exc) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise CheckFailed(f"{method} {url}: {exc or type(exc).__name__}", _unreachable_hint(host)) from None
+        finally:
+            connection.close()
+        if tls and not verify:
+            self._insecure_allowed(host, answer.cert)
+        return answer
+
+    def _bad_cert(
+        self, host: str, port: int, address: tuple[str, int], exc: ssl.SSLCertVerificationError
+    ) -> CheckFailed:
+        served = self.peek_cert(host, port, address)
+        what = f"issuer {served.issuer}, for {', '.join(served.hosts) or served.subject}" if served else "unreadable"
+        reason = f"certificate for {host} not valid: {exc.verify_message or exc.reason} ({what})"
+        if served and served.staging:
+            return CheckFailed(
+                reason,
+                "ACME_STAGING=true: staging certificates are untrusted by design; pass --insecure (staging CA "
+                "only) or switch ACME_STAGING off",
+            )
+        if served and TRAEFIK_DEFAULT in served.subject.upper():
+            return CheckFailed(
+                reason,
+                "Traefik still serves its default certificate: Let's Encrypt has not issued one yet (DNS of "
+                "the host → the server? port 80 reachable from the internet? Traefik's log says why)",
+            )
+        return CheckFailed(
+            reason,
+            "the certificate is not from a trusted CA for this host name; check the Traefik certificate "
+            "resolver (ACME_RESOLVER) and the ingress's TLS host",
+        )
+
+    def peek_cert(self, host: str, port: int, address: tuple[str, int]) -> CertInfo | None:
+        """The certificate served, without judging it (to explain why verification failed)."""
+        try:
+            with (
+                socket.create_connection(address, self.config.request_timeout) as raw,
+                self._tls(False).wrap_socket(raw, server_hostname=host) as sock,
+            ):
+                der = sock.getpeercert(binary_form=True)
+        except OSError:
+            return None
+        return CertInfo.from_der(der) if der else None
+
+    @staticmethod
+    def _insecure_allowed(host: str, cert: CertInfo | None) -> None:
+        if cert is None or not cert.staging:
+            issuer = cert.issuer if cert else "unknown"
+            raise CheckFailed(
+                f"--insecure accepts only certificates of the Let's Encrypt staging CA; {host} serves one "
+                f"from {issuer}",
+                "drop --insecure: a production or self-made certificate must validate on its own",
+                final=True,
+            )
+        if not cert.matches(host):
+            raise CheckFailed(
+                f"staging certificate is for {', '.join(cert.hosts) or cert.subject}, not {host}",
+                "the ingress's TLS host and CHAT_HOST/MONITOR_HOST must agree",
+            )
+
+
+def _unreachable_hint(host: str) -> str:
+    return (
+        f"does {host} resolve to the server, and are ports 80/443 open to it? (`--resolve "
+        f"{host}:443:ADDRESS` tests without DNS)"
+    )
+
+
+# -- the checks -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Check:
+    name: str
+    group: str
+    run: Callable[[], str]  # returns what it saw; raises CheckFailed
+
+
+class Checks:
+    """The checks of one smoke run, as bound methods over one config and cluster."""
+
+    def __init__(self, kube: Kube, config: SmokeConfig):
+        self.kube = kube
+        self.config = config
+        self.browser = Browser(config)
+
+    def all(self) -> list[Check]:
+        c = self.config
+        return [
+            Check("nodes Ready", "cluster", self.nodes_ready),
+            Check("workloads available", "cluster", self.workloads_available),
+            Check("volumes Bound", "cluster", self.volumes_bound),
+            Check("netdata chart installed", "cluster", self.helm_charts),
+            Check("ollama API", "in-cluster", self.ollama_version),
+            Check("ollama models present", "in-cluster", self.ollama_models),
+            Check("open-webui /health", "in-cluster", self.webui_health),
+            Check("open-webui ready", "in-cluster", self.webui_ready),
+            Check(f"https://{c.chat_host}/health + certificate", "public", self.https_health),
+            Check(f"http://{c.chat_host} redirects to https", "public", self.http_redirect),
+            Check("open-webui version", "public", self.webui_version),
+            Check("admin sign-in lists models", "public", self.signin_models),
+            Check("websocket handshake", "public", self.websocket),
+            Check(f"https://{c.monitor_host} basic auth", "public", self.netdata_auth),
+        ]
+
+    @property
+    def namespaces(self) -> tuple[str, str]:
+        return self.config.stack_namespace, self.config.monitoring_namespace
+
+    # -- cluster
+    def nodes_ready(self) -> str:
+        nodes = self.kube.list("v1", "Node")
+        if not nodes:
+            raise CheckFailed("the cluster has no nodes", "is K3s running? `inv bootstrap`")
+        bad = []
+        for node in nodes:
+            ready = next((c for c in node.get("status", {}).get("conditions") or [] if c["type"] == "Ready"), {})
+            if ready.get("status") != "True":
+                bad.append(f"{node['metadata']['name']} ({ready.get('reason') or 'no Ready condition'})")
+        if bad:
+            raise CheckFailed(
+                f"not Ready: {', '.join(bad)}",
+                "look at the node: `kubectl describe node NAME`; on it, `journalctl -u k3s`",
+            )
+        return f"{len(nodes)} node(s) Ready"
+
+    def workloads_available(self) -> str:
+        statuses = {
+            "Deployment": rollout.deployment_status,
+            "StatefulSet": rollout.statefulset_status,
+            "DaemonSet": rollout.daemonset_status,
+        }
+        seen, bad = 0, []
+        for namespace in self.namespaces:
+            for kind, judge in statuses.items():
+                for obj in self.kube.list("apps/v1", kind, namespace):
+                    seen += 1
+                    status = judge(obj)
+                    if not status.done:
+                        bad.append(f"{kind.lower()}/{obj['metadata']['name']} ({namespace}): {status.message}")
+        if not seen:
+            raise CheckFailed(f"no workloads in {', '.join(self.namespaces)}", "deploy the stack: `inv deploy`")
+        if bad:
+            raise CheckFailed("; ".join(bad), "`inv status` shows each workload; `inv deploy` explains a stuck rollout")
+        return f"{seen} workload(s) available"
+
+    def volumes_bound(self) -> str:
+        claims = [c for ns in self.namespaces for c in self.kube.list("v1", "PersistentVolumeClaim", ns)]
+        if not claims:
+            raise CheckFailed(
+                f"no PersistentVolumeClaims in {', '.join(self.namespaces)}", "deploy the stack: `inv deploy`"
+            )
+        bad = [
+            f"{c['metadata']['name']} ({c['metadata']['namespace']}) {c.get('status', {}).get('phase', 'Pending')}"
+            for c in claims
+            if c.get("status", {}).get("phase") != "Bound"
+        ]
+        if bad:
+            raise CheckFailed(
+                f"not Bound: {', '.join(bad)}",
+                "local-path binds a volume when its pod is scheduled; `kubectl describe pvc NAME` shows the "
+                "provisioner's events",
+            )
+        return f"{len(claims)} volume(s) Bound"
+
+    def helm_charts(self) -> str:
+        namespace = self.config.monitoring_namespace
+        charts = self.kube.list("helm.cattle.io/v1", "HelmChart", namespace)
+        if not charts:
+            raise CheckFailed(f"no HelmChart in {namespace}", "deploy the stack: `inv deploy`")
+        waiter = rollout.Waiter(self.kube)
+        done, bad, failed = [], [], False
+        for chart in charts:
+            target = rollout.Target("helm.cattle.io/v1", "HelmChart", namespace, chart["metadata"]["name"])
+            status = waiter.status(target)
+            (done if status.done else bad).append(f"{chart['metadata']['name']}: {status.message}")
+            failed = failed or status.failed
+        if bad:
+            raise CheckFailed(
+                "; ".join(bad),
+                f"the install job's log says why: `kubectl -n {namespace} logs job/helm-install-NAME`",
+                final=failed,  # failurePolicy abort: a failed install stays failed until a person acts
+            )
+        return "; ".join(done)
+
+    # -- in-cluster, through the API server's service proxy
+    def _proxy_get(self, service: tuple[str, int], path: str) -> tuple[int, dict | None, str]:
+        name, port = service
+        try:
+            response = self.kube.proxy(
+                "GET", self.config.stack_namespace, name, port, path, timeout=self.config.request_timeout
+            )
+        except KubeError as exc:
+            raise CheckFailed(str(exc), "is the cluster reachable? (`--kubeconfig`, `--context`)") from None
+        data = response.json()
+        return response.status, data if isinstance(data, dict) else None, response.message()
+
+    def _missing(self, listed: set[str]) -> list[str]:
+        """Configured models not in `listed` (both sides normalised: `mistral` is `mistral:latest`)."""
+        return [m for m in (normalise(n) for n in self.config.models) if m not in listed]
+
+    def ollama_version(self) -> str:
+        status, data, message = self._proxy_get(self.config.ollama_service, "api/version")
+        if status != 200 or not data or "version" not in data:
+            raise CheckFailed(
+                f"Ollama /api/version: HTTP {status} {message}",
+                "is Ollama ready? `inv status`; `kubectl -n NS logs deploy/ollama`",
+            )
+        return f"Ollama {data['version']}"
+
+    def ollama_models(self) -> str:
+        status, data, message = self._proxy_get(self.config.ollama_service, "api/tags")
+        if status != 200 or data is None:
+            raise CheckFailed(f"Ollama /api/tags: HTTP {status} {message}", "is Ollama ready? `inv status`")
+        listed = {normalise(m.get("name") or m.get("model") or "") for m in data.get("models") or []}
+        missing = self._missing(listed)
+        if missing:
+            raise CheckFailed(f"not on Ollama's volume: {', '.join(missing)}", "pull them: `inv models.pull`")
+        return f"{len(self.config.models)} model(s) present"
+
+    def webui_health(self) -> str:
+        status, _, message = self._proxy_get(self.config.webui_service, "health")
+        if status != 200:
+            raise CheckFailed(
+                f"Open WebUI /health: HTTP {status} {message}",
+                "is Open WebUI running? `kubectl -n NS logs deploy/open-webui`",
+            )
+        return "200"
+
+    def webui_ready(self) -> str:
+        status, _, message = self._proxy_get(self.config.webui_service, "ready")
+        path = "/ready"
+        if status == 404:  # images before /ready existed: the database ping is the next best thing
+            path = "/health/db"
+            status, _, message = self._proxy_get(self.config.webui_service, "health/db")
+        if status != 200:
+            raise CheckFailed(
+                f"Open WebUI {path}: HTTP {status} {message}",
+                "Open WebUI cannot reach PostgreSQL or Redis: check their pods and the passwords in their Secrets",
+            )
+        return f"{path} 200"
+
+    # -- public, through the ingress
+    def https_health(self) -> str:
+        answer = self.browser.request("GET", f"https://{self.config.chat_host}/health")
+        if answer.status != 200:
+            raise CheckFailed(
+                f"GET /health: HTTP {answer.status}",
+                "Traefik answers but not Open WebUI: check the Ingress and the open-webui Service",
+            )
+        cert = answer.cert
+        if cert is None:
+            raise CheckFailed("no certificate seen on the HTTPS connection")
+        if cert.days_left < 0:
+            raise CheckFailed(
+                f"certificate expired {-cert.days_left} day(s) ago",
+                "Traefik renews 30 days ahead: is acme.json persisted and port 80 open?",
+            )
+        return f"200; certificate by {cert.issuer}, expires in {cert.days_left} days" + (
+            " (staging)" if cert.staging else ""
+        )
+
+    def http_redirect(self) -> str:
+        answer = self.browser.request("GET", f"http://{self.config.chat_host}/")
+        location = answer.headers.get("location", "")
+        if answer.status not in (301, 302, 307, 308) or not location.startswith(f"https://{self.config.chat_host}"):
+            raise CheckFailed(
+                f"plain HTTP answered {answer.status}"
+                + (f" → {location}" if location else " without a redirect to HTTPS"),
+                "Traefik's web entry point must redirect to websecure (k8s/k3s traefik config)",
+            )
+        return f"{answer.status} → {location}"
+
+    def webui_version(self) -> str:
+        answer = self.browser.request("GET", f"https://{self.config.chat_host}/api/version")
+        data = answer.json()
+        running = str((data or {}).get("version", "")) if isinstance(data, dict) else ""
+        wanted = self.config.webui_version.removeprefix("v")
+        if answer.status != 200 or running.removeprefix("v") != wanted:
+            raise CheckFailed(
+                f"Open WebUI says version {running or '?'} (HTTP {answer.status}), deployed tag is "
+                f"{self.config.webui_version}",
+                "the new image is not rolled out yet, or the ingress reaches another Open WebUI",
+            )
+        return f"{running}"
+
+    def signin_models(self) -> str:
+        base = f"https://{self.config.chat_host}"
+        answer = self.browser.request(
+            "POST",
+            f"{base}/api/v1/auths/signin",
+            body={"email": self.config.admin_email, "password": self.config.admin_password},
+        )
+        token = (answer.json() or {}).get("token") if answer.status == 200 else None
+        if not token:
+            raise CheckFailed(
+                f"admin sign-in as {self.config.admin_email} refused: HTTP {answer.status}",
+                "Open WebUI sets the admin password only when no user exists: the password in the database "
+                "differs from WEBUI_ADMIN_PASSWORD",
+                final=answer.status in (400, 401, 403),
+            )
+        answer = self.browser.request("GET", f"{base}/api/models", headers={"Authorization": f"Bearer {token}"})
+        data = answer.json()
+        if answer.status != 200 or not isinstance(data, dict):
+            raise CheckFailed(f"GET /api/models: HTTP {answer.status}", "Open WebUI's log says why")
+        listed = {normalise(str(m.get("id", ""))) for m in data.get("data") or []}
+        missing = self._missing(listed)
+        if missing:
+            raise CheckFailed(
+                f"Open WebUI does not list {', '.join(missing)} ({len(listed)} listed)",
+                "pull them (`inv models.pull`); Open WebUI reaches Ollama at OLLAMA_BASE_URL",
+            )
+        return f"signed in; {len(listed)} model(s) listed"
+
+    def websocket(self) -> str:
+        answer = self.browser.request("GET", f"https://{self.config.chat_host}{WEBSOCKET_PATH}")
+        text = answer.body.decode(errors="replace")
+        try:
+            handshake = json.loads(text[1:]) if answer.status == 200 and text.startswith("0") else None
+        except ValueError:
+            handshake = None
+        if not isinstance(handshake, dict) or "sid" not in handshake:
+            raise CheckFailed(
+                f"no Engine.IO handshake on {WEBSOCKET_PATH.split('?')[0]}: HTTP {answer.status} {text[:80]!r}",
+                "ENABLE_WEBSOCKET_SUPPORT=true and WEBSOCKET_MANAGER=redis in Open WebUI; the Ingress must route /ws",
+            )
+        return f"Engine.IO handshake, upgrades: {', '.join(handshake.get('upgrades') or []) or 'none'}"
+
+    def netdata_auth(self) -> str:
+        url = f"https://{self.config.monitor_host}{NETDATA_PATH}"
+        anonymous = self.browser.request("GET", url)
+        if anonymous.status != 401:
+            raise CheckFailed(
+                f"Netdata answered {anonymous.status} without credentials (expected 401)",
+                "the dashboard is open to anyone: the Ingress must use the netdata-auth Middleware",
+                final=anonymous.status == 200,
+            )
+        credentials = base64.b64encode(f"{self.config.netdata_user}:{self.config.netdata_password}".encode()).decode()
+        answer = self.browser.request("GET", url, headers={"Authorization": f"Basic {credentials}"})
+        if answer.status != 200:
+            raise CheckFailed(
+                f"Netdata answered {answer.status} with the credentials of {self.config.netdata_user} (expected 200)",
+                "NETDATA_USER/NETDATA_PASSWORD differ from the Secret netdata-basic-auth, or Netdata is not ready",
+            )
+        return "401 without credentials, 200 with them"
+
+
+# -- running them ---------------------------------------------------------------------------------
+RETRIED_ERRORS = (CheckFailed, KubeError, OSError, ValueError, KeyError, http.client.HTTPException)
+
+
+def run_checks(
+    checks: list[Check],
+    *,
+    deadline: float,
+    interval: float,
+    on_result: Callable[[CheckResult], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> SmokeReport:
+    """Run every check at once; a failing one tries again every `interval` until `deadline`
+    seconds from the start (or at once gives up when its failure is final)."""
+    started = time.monotonic()
+    end = started + deadline
+
+    def one(check: Check) -> CheckResult:
+        attempts = 0
+        while True:
+            attempts += 1
+            begun = time.monotonic()
+            try:
+                detail = check.run()
+            except RETRIED_ERRORS as exc:
+                failure = exc if isinstance(exc, CheckFailed) else CheckFailed(f"{type(exc).__name__}: {exc}")
+                if failure.final or time.monotonic() + interval >= end:
+                    return CheckResult(
+                        check.name,
+                        check.group,
+                        False,
+                        time.monotonic() - started,
+                        reason=failure.reason,
+                        hint=failure.hint,
+                        attempts=attempts,
+                    )
+                sleep(max(0.0, interval - (time.monotonic() - begun)))
+                continue
+            return CheckResult(
+                check.name, check.group, True, time.monotonic() - started, detail=detail, attempts=attempts
+            )
+
+    results: list[CheckResult] = []
+    with ThreadPoolExecutor(max_workers=max(1, len(checks)), thread_name_prefix="smoke") as pool:
+        for result in pool.map(one, checks):
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+    return SmokeReport(results, time.monotonic() - started)
+
+
+def smoke(kube: Kube, config: SmokeConfig, console: Console | None = None, *, only: Iterable[str] = ()) -> SmokeReport:
+    """`inv smoke`: run the checks (all, or the groups in `only`) and return the report; the
+    caller shows it with k3stack.report.emit and exits 1 when `report.ok` is False."""
+    if console is not None:
+        console.add_secrets(config.secrets())
+        console.step(f"smoke: checking {config.chat_host} and {config.monitor_host} (deadline {config.deadline:.0f}s)")
+    groups = set(only)
+    checks = [c for c in Checks(kube, config).all() if not groups or c.group in groups]
+    return run_checks(checks, deadline=config.deadline, interval=config.interval)
