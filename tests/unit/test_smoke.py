@@ -1,0 +1,105 @@
+"""The smoke runner (concurrency, retries until a deadline, final failures) and its small parts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import pytest
+
+from k3stack import settings
+from k3stack import smoke as sm
+
+
+def sleeper(seconds: float, detail: str = "ok"):
+    def run() -> str:
+        time.sleep(seconds)
+        return detail
+
+    return run
+
+
+def test_checks_run_concurrently():
+    checks = [sm.Check(f"c{i}", "cluster", sleeper(s)) for i, s in enumerate((0.3, 0.5, 0.2, 0.4))]
+    report = sm.run_checks(checks, deadline=5, interval=0.1)
+    assert report.ok
+    assert [r.name for r in report.results] == ["c0", "c1", "c2", "c3"]  # in the order given
+    assert report.seconds < 0.5 * 1.2
+    assert sum(r.seconds for r in report.results) > 1.3
+
+
+def test_a_failing_check_is_retried_until_it_passes():
+    tries = []
+
+    def flaky() -> str:
+        tries.append(time.monotonic())
+        if len(tries) < 3:
+            raise sm.CheckFailed("not yet", "wait")
+        return "now"
+
+    result = sm.run_checks([sm.Check("flaky", "public", flaky)], deadline=5, interval=0.05).results[0]
+    assert (result.ok, result.detail, result.attempts) == (True, "now", 3)
+
+
+def test_a_check_failing_until_the_deadline_reports_reason_and_hint():
+    def never() -> str:
+        raise sm.CheckFailed("still broken", "fix it")
+
+    started = time.monotonic()
+    result = sm.run_checks([sm.Check("never", "public", never)], deadline=0.5, interval=0.1).results[0]
+    assert not result.ok
+    assert (result.reason, result.hint) == ("still broken", "fix it")
+    assert result.attempts >= 3
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_final_failure_is_not_retried_and_other_errors_become_reasons():
+    def refused() -> str:
+        raise sm.CheckFailed("password refused", final=True)
+
+    def broken() -> str:
+        raise ConnectionResetError("peer reset")
+
+    report = sm.run_checks(
+        [sm.Check("refused", "public", refused), sm.Check("broken", "public", broken)], deadline=0.3, interval=0.1
+    )
+    assert report.results[0].attempts == 1
+    assert report.results[1].reason == "ConnectionResetError: peer reset"
+    assert not report.ok
+
+
+def test_parse_connect_to_takes_curls_two_forms():
+    assert sm.parse_connect_to(["chat.example.com:443:10.0.0.5", "chat.example.com:80:127.0.0.1:8080"]) == {
+        ("chat.example.com", 443): ("10.0.0.5", 443),
+        ("chat.example.com", 80): ("127.0.0.1", 8080),
+    }
+    with pytest.raises(ValueError, match="expected HOST:PORT:ADDRESS"):
+        sm.parse_connect_to(["chat.example.com"])
+
+
+def test_certificate_host_matching_knows_wildcards():
+    cert = sm.CertInfo("R3", "x", dt.datetime.now(dt.UTC), ("*.example.com", "example.com"))
+    assert cert.matches("chat.example.com")
+    assert cert.matches("example.com")
+    assert not cert.matches("a.chat.example.com")
+    assert not cert.matches("example.org")
+    assert sm.CertInfo("(STAGING) Let's Encrypt / (STAGING) Ersatz Edamame E1", "x", cert.not_after, ()).staging
+
+
+def test_config_from_settings_takes_tag_hosts_models_and_keeps_secrets_out_of_repr():
+    values = settings.load(
+        env_dir=Path("/nonexistent"),
+        environ={"DOMAIN": "example.com", "ACME_EMAIL": "ops@example.com", "OLLAMA_MODELS": "mistral,llama3.1:8b"},
+    )
+    config = sm.SmokeConfig.from_settings(
+        values, {"WEBUI_ADMIN_PASSWORD": "admin-pass-123456", "NETDATA_PASSWORD": "netdata-pass-123"}, insecure=True
+    )
+    assert (config.chat_host, config.monitor_host) == ("chat.example.com", "monitor.example.com")
+    assert config.webui_version == "v0.11.0"
+    assert config.models == ("mistral", "llama3.1:8b")
+    assert config.admin_email == "admin@example.com"
+    assert config.insecure
+    assert sorted(config.secrets()) == ["admin-pass-123456", "netdata-pass-123"]
+    assert "admin-pass-123456" not in repr(config)
+    assert "netdata-pass-123" not in repr(config)
