@@ -41,7 +41,7 @@ def env_dir(tmp_path):
 
 def test_menu_lists_only_real_tasks():
     listing = inv("--list").stdout
-    for name in ("deploy", "diff", "render", "status", "destroy", "credentials", "test", "lint"):
+    for name in ("bootstrap", "kubeconfig", "reset", "deploy", "diff", "render", "status", "destroy", "credentials"):
         assert f"  {name} " in listing
 
 
@@ -87,3 +87,47 @@ def test_deploy_then_redeploy_reports_no_changes(kube, env_dir):
     assert "deployment.apps/open-webui" in status.stdout
     gone = inv("destroy", "--env", "test", "--yes", "--purge", env=env)
     assert gone.returncode == 0, gone.stdout + gone.stderr
+
+
+def test_bootstrap_kubeconfig_and_reset_through_the_cli(ssh_hosts, tmp_path):
+    from tests.testbed import standin
+
+    hosts = ssh_hosts(1)
+    host = hosts[0]
+    standin.prepare_host(host)
+    installer = tmp_path / "install.sh"
+    installer.write_bytes(standin.installer_script())
+    kubeconfig = tmp_path / "kubeconfig"
+    env_file = tmp_path / "site.env"
+    env_file.write_text(
+        f"DOMAIN={host.ip}.sslip.io\nACME_EMAIL=ops@example.com\nSERVERS={host.sudo_user}@{host.ip}\n"
+        f"SSH_KEY={hosts.client_key}\nSSH_KNOWN_HOSTS={hosts.known_hosts}\nK3S_INSTALL_URL={installer.as_uri()}\n"
+        f"K3S_INSTALL_SHA256={standin.installer_sha256()}\nKUBECONFIG_PATH={kubeconfig}\n"
+    )
+    env = {"K3STACK_ENV_DIR": str(tmp_path), "SUDO_PASSWORD": host.sudo_password}
+
+    refused = inv("bootstrap", "--env", "site", env={"K3STACK_ENV_DIR": str(tmp_path)})
+    assert refused.returncode == 1
+    assert "deploy is not root and sudo needs a password; set SUDO_PASSWORD" in refused.stdout
+    assert "Traceback" not in refused.stdout + refused.stderr
+
+    first = inv("bootstrap", "--env", "site", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"{host.sudo_user}@{host.ip} changed (server) installed" in first.stdout
+    assert "1 node(s) ready" in first.stdout
+    assert host.sudo_password not in first.stdout + first.stderr
+    second = inv("bootstrap", "--env", "site", env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"{host.sudo_user}@{host.ip} ok (server)" in second.stdout
+    assert "==> no changes: 1 host(s)" in second.stdout
+
+    kubeconfig.unlink()
+    fetched = inv("kubeconfig", "--env", "site", env=env)
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    assert "current-context: k3stack" in kubeconfig.read_text()
+
+    assert inv("reset", "--env", "site", env=env).returncode == 1  # --yes required
+    reset = inv("reset", "--env", "site", "--yes", env=env)
+    assert reset.returncode == 0, reset.stdout + reset.stderr
+    assert f"{host.sudo_user}@{host.ip} changed (server) uninstalled" in reset.stdout
+    assert host.exec("ls /etc/rancher 2>/dev/null || true").strip() == ""
