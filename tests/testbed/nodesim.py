@@ -33,7 +33,28 @@ def _raw(response) -> dict:
 
 
 class NodeSimulator:
-    def __init__(self, api_client: client.ApiClient, node_ip: str, pod_ips: list[str], interval: float = 0.2):
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        node_ip: str,
+        pod_ips: list[str],
+        interval: float = 0.2,
+        *,
+        node_name: str = NODE,
+        labels: Mapping[str, str] | None = None,
+        taints: list[dict] | None = None,
+        kubelet_version: str = "v1.20.2",
+        pods: bool = True,
+        claims: bool = True,
+        helm: bool = True,
+    ):
+        """`labels` replace the default control-plane role label (kubernetes.io/* ones stay);
+        pods/claims/helm=False leave that part out (node-only: Ready + Lease renewals)."""
+        self.node = node_name
+        self.labels = dict(labels) if labels is not None else {"node-role.kubernetes.io/control-plane": "true"}
+        self.taints = list(taints or [])
+        self.kubelet_version = kubelet_version
+        self._simulate = {"pods": pods, "claims": claims, "helm": helm}
         self.core = client.CoreV1Api(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
         self.node_ip = node_ip
@@ -69,24 +90,24 @@ class NodeSimulator:
         self._thread.join(timeout=5)
 
     def _register_node(self) -> None:
-        node = {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": NODE,
-                "labels": {
-                    "kubernetes.io/hostname": NODE,
-                    "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": "amd64",
-                    "node-role.kubernetes.io/control-plane": "true",
-                },
-            },
+        labels = {
+            "kubernetes.io/hostname": self.node,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            **self.labels,
         }
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.node, "labels": labels}}
+        if self.taints:
+            node["spec"] = {"taints": self.taints}
         try:
             self.core.create_node(node, _preload_content=False)
         except ApiException as exc:
             if exc.status != 409:
                 raise
+            # Re-registration (a restarted kubelet): labels and taints as now configured.
+            self.core.patch_node(
+                self.node, {"metadata": {"labels": labels}, "spec": {"taints": self.taints}}, _preload_content=False
+            )
         self._heartbeat(initial=True)
 
     def _heartbeat(self, initial: bool = False) -> None:
@@ -121,10 +142,13 @@ class NodeSimulator:
                 "capacity": capacity,
                 "allocatable": capacity,
                 "conditions": conditions,
-                "addresses": [{"type": "InternalIP", "address": self.node_ip}, {"type": "Hostname", "address": NODE}],
+                "addresses": [
+                    {"type": "InternalIP", "address": self.node_ip},
+                    {"type": "Hostname", "address": self.node},
+                ],
                 "nodeInfo": {
-                    "kubeletVersion": "v1.20.2",
-                    "kubeProxyVersion": "v1.20.2",
+                    "kubeletVersion": self.kubelet_version,
+                    "kubeProxyVersion": self.kubelet_version,
                     "operatingSystem": "linux",
                     "architecture": "amd64",
                     "containerRuntimeVersion": "containerd://simulated",
@@ -137,20 +161,20 @@ class NodeSimulator:
             }
         }
         if initial:
-            self.core.patch_node_status(NODE, status, _preload_content=False)
+            self.core.patch_node_status(self.node, status, _preload_content=False)
         lease = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
-            "metadata": {"name": NODE, "namespace": "kube-node-lease"},
+            "metadata": {"name": self.node, "namespace": "kube-node-lease"},
             "spec": {
-                "holderIdentity": NODE,
+                "holderIdentity": self.node,
                 "leaseDurationSeconds": 40,
                 "renewTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             },
         }
         try:
             self.coordination.patch_namespaced_lease(
-                NODE, "kube-node-lease", {"spec": lease["spec"]}, _preload_content=False
+                self.node, "kube-node-lease", {"spec": lease["spec"]}, _preload_content=False
             )
         except ApiException as exc:
             if exc.status != 404:
@@ -164,9 +188,12 @@ class NodeSimulator:
                 beats += 1
                 if beats % 25 == 0:
                     self._heartbeat()
-                self._sync_pods()
-                self._bind_claims()
-                self._sync_helm_charts()
+                if self._simulate["pods"]:
+                    self._sync_pods()
+                if self._simulate["claims"]:
+                    self._bind_claims()
+                if self._simulate["helm"]:
+                    self._sync_helm_charts()
             except Exception as exc:  # noqa: BLE001 - keep simulating; tests read .errors when something looks off
                 self.errors.append(f"{type(exc).__name__}: {getattr(exc, 'body', None) or exc}")
                 del self.errors[:-20]
@@ -182,7 +209,7 @@ class NodeSimulator:
 
     def _sync_pods(self) -> None:
         pods = _raw(
-            self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={NODE}", _preload_content=False)
+            self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.node}", _preload_content=False)
         )["items"]
         for pod in pods:
             meta = pod["metadata"]
