@@ -593,6 +593,7 @@ def run_checks(
     end = started + deadline
 
     def one(check: Check) -> CheckResult:
+        first = time.monotonic()
         attempts = 0
         while True:
             attempts += 1
@@ -614,7 +615,7 @@ def run_checks(
                 sleep(max(0.0, interval - (time.monotonic() - begun)))
                 continue
             return CheckResult(
-                check.name, check.group, True, time.monotonic() - started, detail=detail, attempts=attempts
+                check.name, check.group, True, time.monotonic() - first, detail=detail, attempts=attempts
             )
 
     results: list[CheckResult] = []

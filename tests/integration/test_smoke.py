@@ -10,41 +10,35 @@ import io
 import json
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from junitparser import Failure, JUnitXml
 from kubernetes import client
 
-from k3stack import deploy as stack
 from k3stack import report as rp
-from k3stack import settings
 from k3stack import smoke as sm
 from k3stack.console import Console
 from k3stack.kube import Kube
-from tests.testbed.fake_ollama import FakeOllama
-from tests.testbed.fake_webui import FakeNetdata, FakeWebUI, Ingress, TestCA
+from tests.testbed.fake_webui import FakeStack, TestCA
 
 pytestmark = pytest.mark.timeout(300)
 
 MODELS = ["llama3.1:8b", "mistral:7b"]
 ADMIN_PASSWORD = "admin-password-for-smoke"
 NETDATA_PASSWORD = "netdata-password-for-smoke"
-CHAT, MONITOR = "chat.smoke.test", "monitor.smoke.test"
+CHAT, MONITOR = FakeStack.CHAT, FakeStack.MONITOR
 
 
 @dataclasses.dataclass
 class Bed:
+    stack: FakeStack
     kube: Kube
     config: sm.SmokeConfig
-    ollama: FakeOllama
-    webui: FakeWebUI
-    netdata: FakeNetdata
-    ingress: Ingress
-    ca: TestCA
     sim: object
-    workdir: Path
     api: object
+
+    def __getattr__(self, name: str):
+        return getattr(self.stack, name)  # ollama, webui, netdata, ingress, ca
 
     def check(self, name: str, config: sm.SmokeConfig | None = None, deadline: float = 0.6) -> rp.CheckResult:
         """Run the one check whose name starts with `name`, briefly retried."""
@@ -55,49 +49,15 @@ class Bed:
 
 @pytest.fixture(scope="module")
 def smoke_bed(kube, tmp_path_factory):
-    suffix = uuid.uuid4().hex[:6]
-    environ = {
-        "DOMAIN": "smoke.test",
-        "ACME_EMAIL": "ops@smoke.test",
-        "STACK_NAMESPACE": f"llm-{suffix}",
-        "MONITORING_NAMESPACE": f"mon-{suffix}",
-        "OLLAMA_MODELS": ",".join(MODELS),
-        "WEBUI_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "NETDATA_PASSWORD": NETDATA_PASSWORD,
-    }
-    values = settings.load(env_dir=Path("/nonexistent"), environ=environ)
-    kube_client = Kube(str(kube.kubeconfig))
-    ns = values["STACK_NAMESPACE"]
-    ollama = FakeOllama({m: [1000, 10] for m in MODELS})
-    for model in MODELS:
-        ollama.install(model)
-    webui = FakeWebUI(version="0.11.0", email=values["WEBUI_ADMIN_EMAIL"], password=ADMIN_PASSWORD, models=MODELS)
-    servers = [
-        ollama.serve(kube.serve_behind_pods(ns, {"app.kubernetes.io/name": "ollama"}, 11434)),
-        webui.serve(kube.serve_behind_pods(ns, {"app.kubernetes.io/name": "open-webui"}, 8080)),
-    ]
-    plan = stack.make_plan(values, stack.read_secret_from(kube_client))
-    stack.deploy(kube_client, plan, Console(stream=io.StringIO(), interactive=False), timeout=90)
-
-    ca = TestCA()
-    workdir = tmp_path_factory.mktemp("smoke")
-    netdata = FakeNetdata(values["NETDATA_USER"], NETDATA_PASSWORD)
-    ingress = Ingress({CHAT: webui, MONITOR: netdata}, ca.issue([CHAT, MONITOR]))
-    https, http = ("127.0.0.1", ingress.https_port), ("127.0.0.1", ingress.http_port)
-    config = sm.SmokeConfig.from_settings(
-        values,
-        plan.secrets.values,
-        ca_bundle=str(ca.write(workdir / "ca.pem")),
-        connect_to={(CHAT, 443): https, (CHAT, 80): http, (MONITOR, 443): https, (MONITOR, 80): http},
-        deadline=5,
-        interval=0.3,
+    fake = FakeStack.deploy(
+        kube,
+        tmp_path_factory.mktemp("smoke"),
+        models=MODELS,
+        admin_password=ADMIN_PASSWORD,
+        netdata_password=NETDATA_PASSWORD,
     )
-    yield Bed(kube_client, config, ollama, webui, netdata, ingress, ca, kube.sim, workdir, kube.api())
-    ingress.close()
-    for server in servers:
-        server.shutdown()
-    for namespace in (ns, values["MONITORING_NAMESPACE"]):
-        kube_client.delete("v1", "Namespace", namespace)
+    yield Bed(fake, fake.kube, fake.config, kube.sim, kube.api())
+    fake.close()
 
 
 @pytest.fixture

@@ -9,18 +9,22 @@
 
 Each takes injected faults (wrong version, missing models, websocket refused, no redirect,
 Netdata without auth, a bad certificate, latency per path) as plain attributes.
+FakeStack puts them all together behind a stack deployed to the test bed, for `inv smoke`.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import io
 import json
 import secrets
 import socket
 import ssl
 import tempfile
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -28,7 +32,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .fake_ollama import JsonHandler, serve
+from k3stack import deploy as stack
+from k3stack import settings
+from k3stack import smoke as sm
+from k3stack.console import Console
+from k3stack.kube import Kube
+
+from .fake_ollama import FakeOllama, JsonHandler, serve
 
 Answer = tuple[int, dict[str, str], bytes]
 
@@ -91,8 +101,10 @@ class FakeNetdata:
         self.user = user
         self.password = password
         self.require_auth = True  # False: the fault "dashboard open to anyone"
+        self.latency = 0.0
 
     def answer(self, method: str, path: str, headers, body: bytes) -> Answer:
+        time.sleep(self.latency)
         expected = "Basic " + base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
         if self.require_auth and headers.get("Authorization") != expected:
             return (
@@ -233,3 +245,76 @@ def _listen(host: str) -> socket.socket:
     sock.bind((host, 0))
     sock.listen(64)
     return sock
+
+
+@dataclass
+class FakeStack:
+    """The stack deployed for real to the test bed's API server (own namespaces), with test
+    Ollama and Open WebUI behind its Services, an ingress on loopback with a test CA's
+    certificate, and a SmokeConfig that reaches it all without DNS."""
+
+    kube: Kube
+    config: sm.SmokeConfig
+    ollama: FakeOllama
+    webui: FakeWebUI
+    netdata: FakeNetdata
+    ingress: Ingress
+    ca: TestCA
+    servers: list
+
+    CHAT = "chat.smoke.test"
+    MONITOR = "monitor.smoke.test"
+
+    @classmethod
+    def deploy(cls, bed, workdir: Path, *, models: list[str], admin_password: str, netdata_password: str) -> FakeStack:
+        """`bed`: the `kube` fixture's KubeBed. Models are already on the test Ollama."""
+        suffix = uuid.uuid4().hex[:6]
+        environ = {
+            "DOMAIN": "smoke.test",
+            "ACME_EMAIL": "ops@smoke.test",
+            "STACK_NAMESPACE": f"llm-{suffix}",
+            "MONITORING_NAMESPACE": f"mon-{suffix}",
+            "OLLAMA_MODELS": ",".join(models),
+            "WEBUI_ADMIN_PASSWORD": admin_password,
+            "NETDATA_PASSWORD": netdata_password,
+        }
+        values = settings.load(env_dir=Path("/nonexistent"), environ=environ)
+        kube = Kube(str(bed.kubeconfig))
+        ns = values["STACK_NAMESPACE"]
+        ollama = FakeOllama({m: [1000, 10] for m in models})
+        for model in models:
+            ollama.install(model)
+        webui = FakeWebUI(email=values["WEBUI_ADMIN_EMAIL"], password=admin_password, models=models)
+        # Routes first: the pods the deploy creates get the test servers' addresses.
+        servers = [
+            ollama.serve(bed.serve_behind_pods(ns, {"app.kubernetes.io/name": "ollama"}, 11434)),
+            webui.serve(bed.serve_behind_pods(ns, {"app.kubernetes.io/name": "open-webui"}, 8080)),
+        ]
+        plan = stack.make_plan(values, stack.read_secret_from(kube))
+        stack.deploy(kube, plan, Console(stream=io.StringIO(), interactive=False), timeout=90)
+
+        ca = TestCA()
+        netdata = FakeNetdata(values["NETDATA_USER"], netdata_password)
+        ingress = Ingress({cls.CHAT: webui, cls.MONITOR: netdata}, ca.issue([cls.CHAT, cls.MONITOR]))
+        https, http = ("127.0.0.1", ingress.https_port), ("127.0.0.1", ingress.http_port)
+        config = sm.SmokeConfig.from_settings(
+            values,
+            plan.secrets.values,
+            ca_bundle=str(ca.write(workdir / "ca.pem")),
+            connect_to={
+                (cls.CHAT, 443): https,
+                (cls.CHAT, 80): http,
+                (cls.MONITOR, 443): https,
+                (cls.MONITOR, 80): http,
+            },
+            deadline=5,
+            interval=0.3,
+        )
+        return cls(kube, config, ollama, webui, netdata, ingress, ca, servers)
+
+    def close(self) -> None:
+        self.ingress.close()
+        for server in self.servers:
+            server.shutdown()
+        for namespace in (self.config.stack_namespace, self.config.monitoring_namespace):
+            self.kube.delete("v1", "Namespace", namespace)
