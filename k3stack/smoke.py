@@ -607,7 +607,7 @@ def run_checks(
                         check.name,
                         check.group,
                         False,
-                        time.monotonic() - started,
+                        time.monotonic() - first,
                         reason=failure.reason,
                         hint=failure.hint,
                         attempts=attempts,
