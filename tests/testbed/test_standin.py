@@ -123,6 +123,7 @@ def test_single_server_install_restart_token_and_uninstall(ssh_hosts, bed_slot):
         "mkdir -p /var/lib/rancher/k3s/server/manifests /etc/rancher/k3s"
         f" && printf '%s' {shlex.quote(MANIFEST)} > /var/lib/rancher/k3s/server/manifests/placed.yaml"
         f" && printf '%s' {shlex.quote(BROKEN)} > /var/lib/rancher/k3s/server/manifests/broken.yaml"
+        f" && printf '%s' {shlex.quote(MANIFEST)} > /var/lib/rancher/k3s/server/manifests/Not_RFC1123.yaml"
         " && printf 'node-label:\\n- tier=edge\\ntls-san:\\n- k3s.example.test\\n' > /etc/rancher/k3s/config.yaml"
     )
     env = {
@@ -174,6 +175,7 @@ def test_single_server_install_restart_token_and_uninstall(ssh_hosts, bed_slot):
         ),
         "the broken manifest's error in the unit log",
     )
+    assert 'Addon.k3s.cattle.io \\"Not_RFC1123\\" is invalid' in unit_log(host, "k3s")
     job = wait_for(
         lambda: (j := batch.read_namespaced_job("helm-install-traefik", "kube-system")).status.succeeded and j,
         "helm-install-traefik to complete",
@@ -220,7 +222,11 @@ def test_three_hosts_server_agent_and_joining_server(ssh_hosts, bed_slot):
     url = f"https://{first.ip}:6443"
     install(first, {**common, "INSTALL_K3S_EXEC": "server --cluster-init --disable traefik"})
     install(worker, {**common, "K3S_URL": url})
-    second.exec("mkdir -p /etc/rancher/k3s && printf 'server: %s\\n' " + url + " > /etc/rancher/k3s/config.yaml")
+    second.exec(
+        "mkdir -p /etc/rancher/k3s"
+        f" && printf 'server: %s\\nwrite-kubeconfig-mode: 0644\\ndisable: [traefik]\\n' {url}"
+        " > /etc/rancher/k3s/config.yaml"
+    )
     install(second, {**common, "INSTALL_K3S_EXEC": "server"})
     assert worker.exec("test -x /usr/local/bin/k3s-agent-uninstall.sh && echo ok").strip() == "ok"
     assert "ExecStart=/usr/local/bin/k3s agent\n" in worker.exec("cat /etc/systemd/system/k3s-agent.service")
@@ -233,7 +239,8 @@ def test_three_hosts_server_agent_and_joining_server(ssh_hosts, bed_slot):
     names = {first.name, worker.name, second.name}
     nodes = wait_for(lambda: names <= set(ready_nodes(api)) and ready_nodes(api), "3 Ready nodes", timeout=90)
     print(f"stand-in cluster: 3 nodes Ready {time.monotonic() - started:.1f}s after the restarts")
-    assert "node-role.kubernetes.io/control-plane" in nodes[second.name].metadata.labels
+    assert nodes[second.name].metadata.labels["node-role.kubernetes.io/etcd"] == "true"
+    assert second.exec("stat -c %a /etc/rancher/k3s/k3s.yaml").strip() == "644"
     assert "node-role.kubernetes.io/control-plane" not in nodes[worker.name].metadata.labels
     assert not client.CustomObjectsApi(api).list_namespaced_custom_object(
         "helm.cattle.io", "v1", "kube-system", "helmcharts"

@@ -21,6 +21,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -62,6 +63,7 @@ REUSE_SERVING_CERT_WHILE_MARKER_EXISTS = True
 LIST_FLAGS = {"tls-san", "node-label", "node-taint", "disable", "kube-apiserver-arg"}
 BOOL_FLAGS = {"cluster-init", "debug"}
 SHORT = {"-t": "token", "-s": "server", "-c": "config"}
+ADDON_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")  # the file's name becomes an Addon's name
 
 
 # -- logging ----------------------------------------------------------------------------------
@@ -113,7 +115,8 @@ def load_config(args: list[str]) -> dict:
         files += sorted(p for p in drop_ins.iterdir() if p.suffix in (".yaml", ".yml"))
     merged: dict = {}
     for file in files:
-        doc = yaml.safe_load(file.read_text()) or {}
+        # Values as written (0644 stays "0644"), as K3s reads them; booleans converted below.
+        doc = yaml.load(file.read_text(), Loader=yaml.BaseLoader) or {}
         for key, value in doc.items():
             if key.endswith("+"):
                 key = key[:-1]
@@ -121,6 +124,9 @@ def load_config(args: list[str]) -> dict:
                 merged[key] = [*base, *(value if isinstance(value, list) else [value])]
             else:
                 merged[key] = value
+    for key in BOOL_FLAGS:
+        if isinstance(merged.get(key), str):
+            merged[key] = merged[key].lower() in ("true", "yes", "on", "1")
     for key in LIST_FLAGS:
         if key in merged and not isinstance(merged[key], list):
             merged[key] = [v for v in str(merged[key]).split(",") if v]
@@ -458,6 +464,17 @@ class Deployer:
         for path in sorted(MANIFESTS.iterdir()):
             if path.suffix not in (".yaml", ".yml", ".json") or Path(f"{path}.skip").exists() or not path.is_file():
                 continue
+            if not ADDON_NAME.match(path.stem):
+                message = (
+                    f'Failed to process config: failed to process {path}: Addon.k3s.cattle.io "{path.stem}" is'
+                    f' invalid: metadata.name: Invalid value: "{path.stem}": a lowercase RFC 1123 subdomain must'
+                    " consist of lower case alphanumeric characters, '-' or '.', and must start and end with an"
+                    " alphanumeric character"
+                )
+                if self.logged.get(path) != message:
+                    log("error", message)
+                    self.logged[path] = message
+                continue
             text = path.read_text(errors="replace")
             digest = hashlib.sha256(text.encode()).hexdigest()
             if self.done.get(path) == digest:
@@ -704,6 +721,8 @@ def server(cfg: dict) -> None:
         labels["node-role.kubernetes.io/etcd"] = "true"
     if join:
         sim = start_node(api, cfg, node_ip, labels, sup.stop, claims=False, helm=False)
+        bundled_manifests(cfg)
+        threading.Thread(target=Deployer(sup.stop).run, name="deploy", daemon=True).start()
     else:
         for name, client_name in (("controller", "client-controller"), ("scheduler", "client-scheduler")):
             write_kubeconfig_file(CRED / f"{name}.kubeconfig", client_name)

@@ -10,11 +10,13 @@ ACTIONS=/var/log/standin-systemctl.log
 WANTS=$UNIT_DIR/multi-user.target.wants
 
 quiet=
+now=
 action=
 units=
 for arg in "$@"; do
     case "$arg" in
         -q|--quiet) quiet=1 ;;
+        --now) now=1 ;;
         -*) ;;
         *) if [ -z "$action" ]; then action=$arg; else units="$units $arg"; fi ;;
     esac
@@ -71,8 +73,10 @@ for arg in $units; do
     u=$(name "$arg")
     case "$action" in
         enable) need_unit "$u"; mkdir -p "$WANTS"; ln -sf "$UNIT_DIR/$u.service" "$WANTS/$u.service"
-            say "Created symlink $WANTS/$u.service → $UNIT_DIR/$u.service." ;;
-        disable) if [ -L "$WANTS/$u.service" ]; then rm -f "$WANTS/$u.service"; say "Removed \"$WANTS/$u.service\"."; fi ;;
+            say "Created symlink $WANTS/$u.service → $UNIT_DIR/$u.service."
+            if [ -n "$now" ]; then record start "$u"; unit_start "$u"; fi ;;
+        disable) if [ -L "$WANTS/$u.service" ]; then rm -f "$WANTS/$u.service"; say "Removed \"$WANTS/$u.service\"."; fi
+            if [ -n "$now" ]; then record stop "$u"; unit_stop "$u"; fi ;;
         start) record start "$u"; unit_start "$u" ;;
         stop) record stop "$u"; unit_stop "$u" ;;
         restart) record restart "$u"; need_unit "$u"; unit_stop "$u"; unit_start "$u" ;;
