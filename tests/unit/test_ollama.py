@@ -1,11 +1,16 @@
-"""Ollama pieces that need no server: names, error classification, listing rows, progress output."""
+"""Ollama pieces that need no server: names, error classification, listing rows, progress output,
+and reading the NDJSON stream."""
 
 from __future__ import annotations
 
 import io
 
+import pytest
+import urllib3
+
 from k3stack import ollama as ol
 from k3stack.console import Console
+from k3stack.kube import ProxyResponse, ProxyTimeoutError
 
 
 def test_names_are_normalised_like_api_tags():
@@ -76,3 +81,28 @@ def test_interactive_progress_draws_bars_for_every_model():
     assert "a:latest" in text
     assert "b:latest" in text
     assert "2.0/2.0 MB" in text
+
+
+class Chunks:
+    """What urllib3 hands over while a stream arrives: pieces cut anywhere, then EOF."""
+
+    def __init__(self, pieces: list[bytes]):
+        self.pieces = list(pieces)
+
+    def read1(self, size: int) -> bytes:
+        return self.pieces.pop(0) if self.pieces else b""
+
+
+def test_stream_lines_are_reassembled_across_chunks():
+    raw = Chunks([b'{"status": "pull', b'ing manifest"}\n{"a":', b" 1}\n\n", b'{"status": "success"}'])
+    lines = list(ProxyResponse(200, {}, raw).lines())
+    assert lines == [b'{"status": "pulling manifest"}', b'{"a": 1}', b'{"status": "success"}']
+
+
+def test_a_read_timeout_in_a_stream_is_a_proxy_timeout():
+    class Silent:
+        def read1(self, size: int) -> bytes:
+            raise urllib3.exceptions.ReadTimeoutError(None, "/", "Read timed out.")
+
+    with pytest.raises(ProxyTimeoutError, match="no data for the read timeout"):
+        list(ProxyResponse(200, {}, Silent()).lines())
