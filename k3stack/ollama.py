@@ -169,6 +169,18 @@ class Ollama:
         """Ollama's version (GET /api/version)."""
         return str(self._get("api/version").get("version", ""))
 
+    def wait_ready(self, timeout: float = 60, interval: float = 1) -> str:
+        """Ollama's version once it answers through the proxy (right after a rollout the Service
+        may have no endpoints for a moment); raises OllamaError with the last answer at `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.version()
+            except OllamaError:
+                if time.monotonic() + interval > deadline:
+                    raise
+            self.sleep(interval)
+
     def models(self) -> list[Model]:
         """The models on Ollama's volume (GET /api/tags), by name."""
         listed = self._get("api/tags").get("models") or []
@@ -331,6 +343,7 @@ def pull_models(ollama: Ollama, names: Iterable[str], console: Console) -> PullR
     then one line per model. The caller exits non-zero when `report.ok` is False."""
     names = list(names)
     console.step(f"pulling {len(names)} model(s) through {ollama.where}")
+    ollama.wait_ready()
     with console.pull_progress([normalise(n) for n in names]) as on_progress:
         report = ollama.pull_all(names, on_progress)
     for result in report.results:

@@ -203,8 +203,24 @@ def test_pull_models_prints_plain_progress_and_one_line_per_model(ollama):
     assert "hint: check the name and tag" in text
 
 
+def test_wait_ready_returns_the_version(ollama):
+    client, _ = ollama
+    assert client.wait_ready(timeout=5) == "0.32.15"
+
+
 def test_ollama_without_endpoints_is_a_clear_error(bed):
     kube_client, namespace, _ = bed
-    client = ol.Ollama(kube_client, namespace, service="no-ollama")
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        time.sleep(seconds)
+
+    client = ol.Ollama(kube_client, namespace, service="no-ollama", sleep=sleep)
+    started = time.monotonic()
+    with pytest.raises(ol.OllamaError, match="HTTP 404"):
+        client.wait_ready(timeout=0.5, interval=0.2)
+    assert 1 <= len(pauses) <= 2  # retried until the timeout, then the last answer raised
+    assert time.monotonic() - started < 2
     with pytest.raises(ol.OllamaError, match=r"Ollama \(service no-ollama:11434 in namespace t-ollama-\w+\).*HTTP 404"):
         client.models()
