@@ -43,9 +43,9 @@ class SmokeReport:
         return [r for r in self.results if not r.ok]
 
     def headline(self) -> str:
-        passed = len(self.results) - len(self.failed)
-        verdict = "all passed" if self.ok else f"{len(self.failed)} FAILED"
-        return f"smoke: {passed}/{len(self.results)} checks passed, {verdict}, in {self.seconds:.1f}s"
+        if self.ok:
+            return f"smoke: all {len(self.results)} checks passed in {self.seconds:.1f}s"
+        return f"smoke: {len(self.failed)} of {len(self.results)} checks FAILED in {self.seconds:.1f}s"
 
 
 def _same(text: str) -> str:

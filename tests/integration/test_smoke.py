@@ -104,10 +104,12 @@ def test_every_check_passes_on_a_healthy_stack_and_runs_concurrently(bed, tmp_pa
     assert len(cases) == 14
     assert all(case.is_passed for case in cases)
     text = summary.read_text()
-    assert text.startswith("earlier step\n### ✅ smoke: 14/14 checks passed")
+    assert text.startswith("earlier step\n### ✅ smoke: all 14 checks passed in ")
     assert sum(1 for line in text.splitlines() if line.startswith("| ✅ pass |")) == 14
     printed = out.getvalue()
-    assert "pass  nodes Ready" in printed or "nodes Ready" in printed
+    assert "smoke: all 14 checks passed in " in printed
+    assert "│ pass   │ nodes Ready " in printed
+    assert "FAIL" not in printed
     for secret in (ADMIN_PASSWORD, NETDATA_PASSWORD):
         assert secret not in printed
         assert secret not in junit.read_text()

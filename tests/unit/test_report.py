@@ -35,8 +35,10 @@ def test_ok_is_false_when_any_check_fails():
     report = sample()
     assert not report.ok
     assert [r.name for r in report.failed] == ["admin sign-in lists models"]
-    assert report.headline() == "smoke: 2/3 checks passed, 1 FAILED, in 2.6s"
-    assert rp.SmokeReport([report.results[0]], 0.1).ok
+    assert report.headline() == "smoke: 1 of 3 checks FAILED in 2.6s"
+    passing = rp.SmokeReport([report.results[0]], 0.1)
+    assert passing.ok
+    assert passing.headline() == "smoke: all 1 checks passed in 0.1s"
 
 
 def test_junit_has_one_testcase_per_check_and_parses(tmp_path):
@@ -60,7 +62,7 @@ def test_junit_has_one_testcase_per_check_and_parses(tmp_path):
 def test_markdown_is_one_table_with_a_row_per_check():
     text = rp.markdown(sample())
     lines = text.splitlines()
-    assert lines[0] == "### ❌ smoke: 2/3 checks passed, 1 FAILED, in 2.6s"
+    assert lines[0] == "### ❌ smoke: 1 of 3 checks FAILED in 2.6s"
     table = [line for line in lines if line.startswith("|")]
     assert len(table) == 2 + 3  # header, rule, one row per check
     # Six unescaped pipes = five columns on every line: an escaped \| in a reason adds none.
