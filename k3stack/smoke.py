@@ -229,7 +229,7 @@ class Browser:
                 CertInfo.from_der(connection.peer_der) if connection.peer_der else None,
             )
         except ssl.SSLCertVerificationError as exc:
-            raise self._bad_cert(host, port, address, exc) from None
+            raise self._bad_cert(host, address, exc) from None
         except (OSError, http.client.HTTPException) as exc:
             raise CheckFailed(f"{method} {url}: {exc or type(exc).__name__}", _unreachable_hint(host)) from None
         finally:
@@ -238,17 +238,21 @@ class Browser:
             self._insecure_allowed(host, answer.cert)
         return answer
 
-    def _bad_cert(
-        self, host: str, port: int, address: tuple[str, int], exc: ssl.SSLCertVerificationError
-    ) -> CheckFailed:
-        served = self.peek_cert(host, port, address)
+    def _bad_cert(self, host: str, address: tuple[str, int], exc: ssl.SSLCertVerificationError) -> CheckFailed:
+        served = self.peek_cert(host, address)
         what = f"issuer {served.issuer}, for {', '.join(served.hosts) or served.subject}" if served else "unreadable"
         reason = f"certificate for {host} not valid: {exc.verify_message or exc.reason} ({what})"
-        if served and served.staging:
+        if served and served.staging and self.config.acme_staging:
             return CheckFailed(
                 reason,
                 "ACME_STAGING=true: staging certificates are untrusted by design; pass --insecure (staging CA "
                 "only) or switch ACME_STAGING off",
+            )
+        if served and served.staging:
+            return CheckFailed(
+                reason,
+                "ACME_STAGING is off but Traefik still serves a staging certificate: it keeps certificates in "
+                "acme.json until they near expiry; remove the staging ones there and restart Traefik",
             )
         if served and TRAEFIK_DEFAULT in served.subject.upper():
             return CheckFailed(
@@ -262,7 +266,7 @@ class Browser:
             "resolver (ACME_RESOLVER) and the ingress's TLS host",
         )
 
-    def peek_cert(self, host: str, port: int, address: tuple[str, int]) -> CertInfo | None:
+    def peek_cert(self, host: str, address: tuple[str, int]) -> CertInfo | None:
         """The certificate served, without judging it (to explain why verification failed)."""
         try:
             with (

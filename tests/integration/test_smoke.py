@@ -301,6 +301,8 @@ def test_insecure_accepts_the_staging_ca_only(bed):
     bed.ingress.use_cert(*staging.issue([CHAT, MONITOR]))
     strict = bed.check(f"https://{CHAT}/health")
     assert not strict.ok
+    assert "Traefik still serves a staging certificate" in strict.hint  # ACME_STAGING is off
+    strict = bed.check(f"https://{CHAT}/health", dataclasses.replace(bed.config, acme_staging=True))
     assert "pass --insecure" in strict.hint
     insecure = dataclasses.replace(bed.config, insecure=True)
     passed = bed.check(f"https://{CHAT}/health", insecure)
