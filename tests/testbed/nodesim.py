@@ -16,12 +16,13 @@ import datetime as dt
 import itertools
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 NODE = "testbed-node"
+HELM_ERROR_ANNOTATION = "testbed.k3stack.dev/helm-error"  # on install Jobs + pods whose values helm rejects
 
 
 def _now() -> str:
@@ -47,6 +48,7 @@ class NodeSimulator:
         pods: bool = True,
         claims: bool = True,
         helm: bool = True,
+        helm_stamp: Callable[[dict], tuple[dict[str, str], str | None]] | None = None,
     ):
         """`labels` replace the default control-plane role label (kubernetes.io/* ones stay);
         pods/claims/helm=False leave that part out (node-only: Ready + Lease renewals)."""
@@ -55,6 +57,7 @@ class NodeSimulator:
         self.taints = list(taints or [])
         self.kubelet_version = kubelet_version
         self._simulate = {"pods": pods, "claims": claims, "helm": helm}
+        self._helm_stamp = helm_stamp
         self.core = client.CoreV1Api(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
         self.node_ip = node_ip
@@ -244,7 +247,7 @@ class NodeSimulator:
     def _desired_status(self, pod: dict) -> dict | None:
         meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
         is_job = any(o.get("kind") == "Job" for o in meta.get("ownerReferences") or [])
-        failing = self._matches(pod, self._failing)
+        failing = self._matches(pod, self._failing) or (meta.get("annotations") or {}).get(HELM_ERROR_ANNOTATION)
         if status.get("phase") in ("Succeeded", "Failed"):
             return None
         if status.get("phase") == "Running" and not failing and not is_job:
@@ -269,7 +272,7 @@ class NodeSimulator:
                 "containerID": f"containerd://{meta['uid']}-{c['name']}",
                 "restartCount": 0,
             }
-            if init or is_job:
+            if init or (is_job and not failing):  # a failing Job's pod crash-loops (restartPolicy OnFailure)
                 return {
                     **base,
                     "ready": False,
@@ -296,7 +299,7 @@ class NodeSimulator:
             {"type": "Ready", "status": ready, "lastTransitionTime": now},
         ]
         return {
-            "phase": "Succeeded" if is_job else "Running",
+            "phase": "Succeeded" if is_job and not failing else "Running",
             "conditions": conditions,
             "hostIP": self.node_ip,
             "podIP": ip,
@@ -309,7 +312,10 @@ class NodeSimulator:
     # -- helm-controller ------------------------------------------------------------------------
     def _sync_helm_charts(self) -> None:
         """What K3s's helm-controller does, minus helm: for each HelmChart (new or changed) run an
-        install Job `helm-install-<name>` in its namespace and point status.jobName at it."""
+        install Job `helm-install-<name>` in its namespace and point status.jobName at it.
+        `helm_stamp(chart)` (constructor) may replace what "changed" means -- it returns the Job's
+        identifying annotations and an error text for values helm would reject (the Job's pod then
+        crash-loops); by default the chart's generation, never an error."""
         api = self.core.api_client
         response = api.call_api(
             *api.param_serialize("GET", "/apis/helm.cattle.io/v1/helmcharts", auth_settings=["BearerToken"])
@@ -322,23 +328,31 @@ class NodeSimulator:
         for chart in charts:
             meta = chart["metadata"]
             job_name = f"helm-install-{meta['name']}"
-            generation = str(meta.get("generation", 1))
+            if self._helm_stamp is not None:
+                stamp, error = self._helm_stamp(chart)
+            else:
+                stamp, error = {"helmcharts.helm.cattle.io/generation": str(meta.get("generation", 1))}, None
             try:
                 job = _raw(batch.read_namespaced_job(job_name, meta["namespace"], _preload_content=False))
             except ApiException as exc:
                 if exc.status != 404:
                     raise
                 job = None
-            if (
-                job is not None
-                and job["metadata"].get("annotations", {}).get("helmcharts.helm.cattle.io/generation") == generation
+            if job is not None and all(
+                (job["metadata"].get("annotations") or {}).get(k) == v for k, v in stamp.items()
             ):
                 continue
             if job is not None:
-                batch.delete_namespaced_job(
-                    job_name, meta["namespace"], propagation_policy="Background", _preload_content=False
-                )
+                if not job["metadata"].get("deletionTimestamp"):
+                    batch.delete_namespaced_job(
+                        job_name, meta["namespace"], propagation_policy="Background", _preload_content=False
+                    )
                 continue  # recreated on a later pass, once the old one is gone
+            pod_meta: dict = {"labels": {"helmcharts.helm.cattle.io/chart": meta["name"]}}
+            annotations = dict(stamp)
+            if error:  # the pod carries helm's message; _desired_status makes it crash-loop with it
+                annotations[HELM_ERROR_ANNOTATION] = error
+                pod_meta["annotations"] = {HELM_ERROR_ANNOTATION: error}
             batch.create_namespaced_job(
                 meta["namespace"],
                 {
@@ -346,7 +360,7 @@ class NodeSimulator:
                     "kind": "Job",
                     "metadata": {
                         "name": job_name,
-                        "annotations": {"helmcharts.helm.cattle.io/generation": generation},
+                        "annotations": annotations,
                         "ownerReferences": [
                             {
                                 "apiVersion": "helm.cattle.io/v1",
@@ -359,6 +373,7 @@ class NodeSimulator:
                     "spec": {
                         "backoffLimit": 1000,
                         "template": {
+                            "metadata": pod_meta,
                             "spec": {
                                 "restartPolicy": "OnFailure",
                                 "containers": [
@@ -368,7 +383,7 @@ class NodeSimulator:
                                         "args": ["install"],
                                     }
                                 ],
-                            }
+                            },
                         },
                     },
                 },

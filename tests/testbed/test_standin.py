@@ -38,6 +38,15 @@ metadata:
 data:
   answer: [not, a, string]
 """
+HELM_CHART_CONFIG = """apiVersion: helm.cattle.io/v1
+kind: HelmChartConfig
+metadata:
+  name: traefik
+  namespace: kube-system
+spec:
+  valuesContent: |-
+{values}
+"""
 
 
 @pytest.fixture(autouse=True)
@@ -182,6 +191,38 @@ def test_single_server_install_restart_token_and_uninstall(ssh_hosts, bed_slot):
     )
     assert job.status.succeeded == 1
     assert standin.restarts(host, "k3s") == 1
+
+    # A HelmChartConfig re-runs the install; Traefik v2 keys on the v3 chart make it crash-loop.
+    def config(values: str) -> None:
+        doc = HELM_CHART_CONFIG.format(values="\n".join("    " + line for line in values.splitlines()))
+        host.exec(f"printf '%s' {shlex.quote(doc)} > /var/lib/rancher/k3s/server/manifests/traefik-config.yaml")
+
+    def install_job(predicate):
+        def check():
+            job = batch.read_namespaced_job("helm-install-traefik", "kube-system")
+            return predicate(job) and job
+
+        return check
+
+    first_hash = job.metadata.annotations["helmcharts.helm.cattle.io/configHash"]
+    config("ports:\n  web:\n    redirectTo:\n      port: websecure")
+    broken = wait_for(
+        install_job(lambda j: "testbed.k3stack.dev/helm-error" in (j.metadata.annotations or {})), "a failing job"
+    )
+    assert "redirectTo is not allowed" in broken.metadata.annotations["testbed.k3stack.dev/helm-error"]
+
+    def crash_looping():
+        pods = core.list_namespaced_pod("kube-system", label_selector="job-name=helm-install-traefik").items
+        return any(
+            s.state.waiting and s.state.waiting.reason == "CrashLoopBackOff"
+            for p in pods
+            for s in p.status.container_statuses or []
+        )
+
+    wait_for(crash_looping, "helm-install-traefik to crash-loop")
+    config("ports:\n  web:\n    redirections:\n      entryPoint:\n        to: websecure")
+    fixed = wait_for(install_job(lambda j: j.status.succeeded), "the fixed install to complete")
+    assert fixed.metadata.annotations["helmcharts.helm.cattle.io/configHash"] != first_hash
 
     # Same environment again, without SKIP_START: nothing changed, so no restart (like the real one).
     output = install(host, {k: v for k, v in env.items() if k != "INSTALL_K3S_SKIP_START"})

@@ -8,7 +8,18 @@ with a REAL kube-apiserver (the bed's cached build) behind the host's IP.
   (PYTHONPATH) and the bed's binary cache; the host's overlay root sees those paths.
 - `prepare_host(host)` -- a `systemctl` shim (systemctl.sh) and /run/systemd/system, so the
   host looks like a systemd machine; `restarts(host, unit)` counts `systemctl restart <unit>`.
-- k3s.py -- the program ${BIN_DIR}/k3s runs (`k3s server`, `k3s agent`, `k3s --version`).
+- k3s.py -- the program ${BIN_DIR}/k3s runs (`k3s server`, `k3s agent`, `k3s --version`,
+  `k3s kubectl` / the kubectl symlink -> /usr/bin/kubectl with /etc/rancher/k3s/k3s.yaml); its
+  own log lines go to /var/log/<unit>.log in K3s's format (time="..." level=... msg="..."), the
+  components' to /var/lib/rancher/k3s/standin-logs/<component>.log. helm.py -- helm-controller.
+
+Simplifications against real K3s: one CA signs clients and serving certs; the token's secret is
+a bearer token of group system:masters (--token-auth-file); etcd is plain HTTP, runs on every
+server that does not join (cluster-init or not: no sqlite), and joining servers use the first
+server's etcd instead of becoming members; the bootstrap data joiners fetch with the token is the
+kube-system Secret k3s-standin-bootstrap; no kubelet, containers, CNI or service load balancer:
+nodes, pods, PVCs and helm-install Jobs are simulated (tests/testbed/nodesim.py); the API server
+is the bed's 1.20 build whatever INSTALL_K3S_VERSION says (nodes report that version).
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ REUSE_SERVING_CERT_WHILE_MARKER_EXISTS = True
 
 LIST_FLAGS = {"tls-san", "node-label", "node-taint", "disable", "kube-apiserver-arg"}
 BOOL_FLAGS = {"cluster-init", "debug"}
-SHORT = {"-t": "token", "-s": "server", "-c": "config"}
+SHORT = {"-t": "token", "-s": "server", "-c": "config", "-o": "write-kubeconfig"}
 ADDON_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")  # the file's name becomes an Addon's name
 
 
@@ -135,6 +135,7 @@ def load_config(args: list[str]) -> dict:
         ("K3S_URL", "server"),
         ("K3S_NODE_NAME", "node-name"),
         ("K3S_KUBECONFIG_MODE", "write-kubeconfig-mode"),
+        ("K3S_KUBECONFIG_OUTPUT", "write-kubeconfig"),
         ("K3S_CLUSTER_INIT", "cluster-init"),
     ):
         if os.environ.get(env):
@@ -708,9 +709,10 @@ def server(cfg: dict) -> None:
     sup.wait_ready()
     log("info", f"kube-apiserver ready after {time.monotonic() - started:.1f}s")
     mode = int(str(cfg.get("write-kubeconfig-mode") or "600"), 8)
-    write_kubeconfig_file(KUBECONFIG, "client-admin", mode)
-    KUBECONFIG.chmod(mode)
-    log("info", f"Wrote kubeconfig {KUBECONFIG}")
+    kubeconfig = Path(cfg.get("write-kubeconfig") or KUBECONFIG)
+    write_kubeconfig_file(kubeconfig, "client-admin", mode)
+    kubeconfig.chmod(mode)
+    log("info", f"Wrote kubeconfig {kubeconfig}")
     admin = write_kubeconfig_file(CRED / "admin.kubeconfig", "client-admin")
 
     from kubernetes import config as kconfig
@@ -751,7 +753,9 @@ def server(cfg: dict) -> None:
             ],
         )
         publish_bootstrap(sup.stop)
-        sim = start_node(api, cfg, node_ip, labels, sup.stop)
+        from .helm import stamp_with
+
+        sim = start_node(api, cfg, node_ip, labels, sup.stop, helm_stamp=stamp_with(api, log))
         from tests.testbed.cluster import apply_addons
 
         apply_addons(api)
