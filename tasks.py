@@ -83,6 +83,27 @@ def _bootstrap_options(host, agent, user, port, trust_new_host_keys, **more):
     )
 
 
+def _plans(console, envs, kubeconfig, context):
+    """(settings, kube, plan) per settings file, made side by side; one connection for all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    first = _cluster(console, envs[0], kubeconfig, context)
+    if len(envs) == 1:
+        return [first]
+    from k3stack import deploy, settings
+
+    kube = first[1]
+
+    def plan_for(env):
+        loaded = settings.load(env)
+        plan = deploy.make_plan(loaded, deploy.read_secret_from(kube))
+        console.add_secrets(plan.secrets.values.values())
+        return loaded, kube, plan
+
+    with ThreadPoolExecutor(max_workers=len(envs) - 1) as pool:
+        return [first, *pool.map(plan_for, envs[1:])]
+
+
 @task(
     iterable=["host", "agent"],
     help={
@@ -169,15 +190,17 @@ def reset(c, env=None, host=None, agent=None, user=None, port=None, trust_new_ho
 
 
 @task(
+    iterable=["env"],
     help={
         **CLUSTER_HELP,
+        "env": CLUSTER_HELP["env"] + "; repeat to deploy several stacks (own namespaces) in one run",
         "dry_run": "ask the API server what would happen (server dry run); change nothing",
         "force": "take over fields another field manager owns (server-side apply --force-conflicts)",
         "prune": "delete this stack's objects no longer in k8s/ (never PVCs or Secrets; default on)",
         "wait": "wait for every workload to be ready, like kubectl rollout status (default on)",
         "timeout": "seconds to wait for rollouts",
         "json": "print a JSON summary at the end (for CI)",
-    }
+    },
 )
 def deploy(
     c,
@@ -196,10 +219,20 @@ def deploy(
 
     console = _console()
     with _reported(console):
-        loaded, kube, plan = _cluster(console, env, kubeconfig, context)
-        console.step(f"deploying {len(plan.manifests)} objects to {kube.server} (settings: {loaded.source})")
-        report = stack.deploy(
-            kube, plan, console, force=force, dry_run=dry_run, prune=prune, wait=wait, timeout=float(timeout)
+        plans = _plans(console, env or [None], kubeconfig, context)
+        kube = plans[0][1]
+        objects = sum(len(plan.manifests) for _, _, plan in plans)
+        sources = ", ".join(loaded.source for loaded, _, _ in plans)
+        console.step(f"deploying {objects} objects to {kube.server} (settings: {sources})")
+        report = stack.deploy_many(
+            kube,
+            [plan for _, _, plan in plans],
+            console,
+            force=force,
+            dry_run=dry_run,
+            prune=prune,
+            wait=wait,
+            timeout=float(timeout),
         )
         counts = ", ".join(f"{n} {action}" for action, n in sorted(report.counts().items()))
         verdict = "no changes" if not report.changed else "changed"

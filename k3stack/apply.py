@@ -57,8 +57,18 @@ class Result:
     obj: dict = field(default_factory=dict, repr=False, compare=False)
 
 
-def instance_selector(instance: str) -> str:
-    return f"{MANAGED_BY}={MANAGER},{INSTANCE_LABEL}={instance}"
+def instance_selector(instance: str | Iterable[str]) -> str:
+    if isinstance(instance, str):
+        return f"{MANAGED_BY}={MANAGER},{INSTANCE_LABEL}={instance}"
+    return f"{MANAGED_BY}={MANAGER},{INSTANCE_LABEL} in ({','.join(sorted(instance))})"
+
+
+def split_by_instance(found: dict[tuple, dict]) -> dict[str, dict[tuple, dict]]:
+    """current() of several stacks at once, split per stack (by its instance label)."""
+    split: dict[str, dict[tuple, dict]] = {}
+    for key, obj in found.items():
+        split.setdefault(obj["metadata"]["labels"][INSTANCE_LABEL], {})[key] = obj
+    return split
 
 
 def stamp_instance(manifests: Iterable[Manifest], instance: str) -> list[Manifest]:
@@ -79,11 +89,11 @@ class Applier:
         self.dry_run = dry_run
 
     # -- what is there ----------------------------------------------------------------------
-    def current(self, manifests: Iterable[Manifest]) -> dict[tuple, dict]:
-        """Objects of this stack in the cluster, one LIST per kind (cluster-wide, so the count
-        does not grow with namespaces), keyed like Manifest.key."""
+    def current(self, manifests: Iterable[Manifest], instances: Iterable[str] | None = None) -> dict[tuple, dict]:
+        """Objects of this stack (or of all `instances`) in the cluster, one LIST per kind
+        (cluster-wide, so the count does not grow with namespaces), keyed like Manifest.key."""
         kinds = {(m.obj["apiVersion"], m.kind) for m in manifests} | set(PRUNABLE)
-        selector = instance_selector(self.instance)
+        selector = instance_selector(self.instance if instances is None else instances)
         found: dict[tuple, dict] = {}
 
         def list_kind(kind: tuple[str, str]) -> list[dict]:

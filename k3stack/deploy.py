@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import manifests as mf
 from . import secrets as sec
-from .apply import KEPT_KINDS, PRUNABLE, Applier, Result, diff, instance_selector, stamp_instance
+from .apply import (
+    KEPT_KINDS,
+    PRUNABLE,
+    Applier,
+    ApplyError,
+    Result,
+    diff,
+    instance_selector,
+    split_by_instance,
+    stamp_instance,
+)
 from .console import Console
 from .kube import Kube
 from .rollout import Status, Target, Waiter, targets
@@ -72,15 +83,20 @@ def deploy(
     prune: bool = True,
     wait: bool = True,
     timeout: float = 600,
+    show_namespace: bool = False,
+    current: dict[tuple, dict] | None = None,
 ) -> DeployReport:
+    """Apply, prune and wait for one stack; `current` (its live objects) when already listed."""
     started = time.monotonic()
     report = DeployReport()
     applier = Applier(kube, instance=plan.instance, force=force, dry_run=dry_run)
-    current = applier.current(plan.manifests)
+    if current is None:
+        current = applier.current(plan.manifests)
     suffix = " (server dry run)" if dry_run else ""
 
     def show(result: Result) -> None:
-        console.result(result.describe, result.action + suffix, result.detail)
+        where = f"{result.namespace}/" if show_namespace and result.namespace else ""
+        console.result(where + result.describe, result.action + suffix, result.detail)
 
     report.results = applier.apply(plan.manifests, current, on_result=show)
     if prune:
@@ -91,8 +107,42 @@ def deploy(
     return report
 
 
-def wait_for_rollouts(kube: Kube, plan: Plan, console: Console, timeout: float) -> dict[Target, Status]:
-    items = targets(plan.manifests)
+def deploy_many(
+    kube: Kube, plans: list[Plan], console: Console, *, wait: bool = True, timeout: float = 600, **options
+) -> DeployReport:
+    """Several stacks (one settings file each, e.g. staging and prod namespaces) in one run:
+    applied side by side, then one wait for all their rollouts."""
+    if len(plans) == 1:
+        return deploy(kube, plans[0], console, wait=wait, timeout=timeout, **options)
+    started = time.monotonic()
+    instances = [p.instance for p in plans]
+    if len(set(instances)) != len(instances):
+        raise ApplyError("two settings files name the same STACK_NAMESPACE; give each stack its own", [])
+    # One LIST per kind for all stacks, not one per stack.
+    everything = Applier(kube, instance=instances[0]).current([m for p in plans for m in p.manifests], instances)
+    current = split_by_instance(everything)
+
+    def one(plan: Plan) -> DeployReport:
+        return deploy(
+            kube, plan, console, wait=False, show_namespace=True, current=current.get(plan.instance, {}), **options
+        )
+
+    with ThreadPoolExecutor(max_workers=len(plans)) as pool:
+        reports = list(pool.map(one, plans))
+    merged = DeployReport(
+        results=[r for report in reports for r in report.results],
+        pruned=[r for report in reports for r in report.pruned],
+    )
+    if wait and not options.get("dry_run"):
+        merged.rollouts = wait_for_rollouts(kube, [m for p in plans for m in p.manifests], console, timeout)
+    merged.seconds = time.monotonic() - started
+    return merged
+
+
+def wait_for_rollouts(
+    kube: Kube, plan: Plan | list[mf.Manifest], console: Console, timeout: float
+) -> dict[Target, Status]:
+    items = targets(plan.manifests if isinstance(plan, Plan) else plan)
     reported: dict[Target, str] = {}
     with console.progress("waiting for rollouts", total=len(items)) as bar:
 

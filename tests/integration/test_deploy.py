@@ -10,7 +10,7 @@ import pytest
 
 from k3stack import deploy as stack
 from k3stack import settings
-from k3stack.apply import ApplyError
+from k3stack.apply import PRUNABLE, ApplyError
 from k3stack.console import Console
 from k3stack.kube import Kube, KubeError
 from k3stack.rollout import RolloutError
@@ -277,3 +277,35 @@ def test_an_object_the_server_rejects_stops_before_later_phases(stack_env):
     assert "service/ollama" in applied  # its own phase went through
     ns = plan.settings["STACK_NAMESPACE"]
     assert stack_env.kube_client.get("apps/v1", "Deployment", "ollama", ns) is None  # later phases did not
+
+
+def test_several_stacks_in_one_run_list_each_kind_once(stack_env):
+    suffix = uuid.uuid4().hex[:6]
+    second = {"STACK_NAMESPACE": f"llm2-{suffix}", "MONITORING_NAMESPACE": f"mon2-{suffix}"}
+    kube = stack_env.kube_client
+    try:
+        plans = [stack_env.plan(), stack_env.plan(**second)]
+        first = stack.deploy_many(kube, plans, stack_env.console, timeout=90)
+        assert {r.action for r in first.results} == {"created"}
+        assert len(first.results) == sum(len(p.manifests) for p in plans)
+        assert {t.namespace for t in first.rollouts} >= {p.instance for p in plans}
+        assert f"{second['STACK_NAMESPACE']}/deployment.apps/ollama created" in stack_env.output.getvalue()
+
+        def gets(run) -> int:
+            before = kube.requests["GET"]
+            reports = run()
+            assert all(not r.changed for r in reports)
+            return kube.requests["GET"] - before
+
+        together = gets(lambda: [stack.deploy_many(kube, plans, stack_env.console, timeout=90)])
+        apart = gets(lambda: [stack.deploy(kube, p, stack_env.console, timeout=90) for p in plans])
+        # Stacks at rest: the waits cost the same; deploy_many saved one LIST per kind.
+        listed_kinds = {(m.obj["apiVersion"], m.kind) for m in plans[0].manifests} | set(PRUNABLE)
+        assert apart - together == len(listed_kinds)
+
+        same = [stack_env.plan(), stack_env.plan()]
+        with pytest.raises(ApplyError, match="same STACK_NAMESPACE"):
+            stack.deploy_many(kube, same, stack_env.console)
+    finally:
+        for ns in second.values():
+            kube.delete("v1", "Namespace", ns)
