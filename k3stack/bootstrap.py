@@ -225,15 +225,39 @@ def connect_and_check(
         )
     console.table(
         "preflight",
-        ["host", "check", "result", "detail", "fix"],
-        [[f.host, f.check, f.status, f.detail, f.fix] for f in report.findings if f.status != "ok" or f.check == "os"],
+        ["host", "system", "arch", "init", "free disk", "memory", "clock", "result"],
+        [_facts_row(host.name, facts.get(host.name), report.findings) for host in hosts],
     )
+    problems = [f for f in report.findings if f.status != "ok"]
+    if problems:
+        console.table(
+            "problems",
+            ["host", "check", "result", "detail", "fix"],
+            [[f.host, f.check, f.status, f.detail, f.fix] for f in problems],
+        )
     failed = [f for f in report.findings if f.status == "fail"]
     if failed:
         f = failed[0]
         more = f" (and {len(failed) - 1} more problem(s) above)" if len(failed) > 1 else ""
         raise BootstrapError(f"preflight failed on {f.host}: {f.check}: {f.detail}; fix: {f.fix}{more}")
     return facts
+
+
+def _facts_row(name: str, facts: Facts | None, findings: list[preflight.Finding]) -> list[str]:
+    bad = [f.check for f in findings if f.host == name and f.status == "fail"]
+    result = "fail: " + ", ".join(bad) if bad else "ok"
+    if facts is None:
+        return [name, "-", "-", "-", "-", "-", "-", result]
+    return [
+        name,
+        facts.os_name,
+        facts.arch,
+        facts.init,
+        f"{facts.disk_free_gb:.0f} GB",
+        f"{facts.memory_gb:.0f} GB",
+        f"{round(facts.clock_skew):+d} s",
+        result,
+    ]
 
 
 def join_token(settings: Settings, first: Host, facts: Facts) -> str:
@@ -340,7 +364,6 @@ def bootstrap(
                     failed = True
                     outcome = k3s.NodeResult(name, plan[name].role, "failed", str(outcome).removeprefix(f"{name}: "))
                 report.nodes.append(outcome)
-                console.result(outcome.host, outcome.action, f"({outcome.role}) {outcome.detail}")
         console.table(
             "hosts", ["host", "role", "result", "detail"], [[n.host, n.role, n.action, n.detail] for n in report.nodes]
         )
