@@ -438,12 +438,19 @@ def wait_for_cluster(kubeconfig: Path, context: str, nodes: int, timeout: float,
             )
         time.sleep(1)
     console.result(f"{len(ready)} node(s)", "ready")
+    # K3s's own workloads (coredns, local-path-provisioner, metrics-server, traefik once its
+    # chart is in) and the Traefik chart's install job.
+    core = [
+        Workload("apps/v1", "Deployment", "kube-system", d["metadata"]["name"])
+        for d in kube.list("apps/v1", "Deployment", "kube-system")
+    ]
     traefik = Workload("helm.cattle.io/v1", "HelmChart", "kube-system", "traefik")
     try:
-        Waiter(kube).wait([traefik], timeout=max(deadline - time.monotonic(), 1))
+        Waiter(kube).wait([traefik, *core], timeout=max(deadline - time.monotonic(), 1))
     except RolloutError as exc:
-        raise BootstrapError(f"Traefik did not install: {exc}") from None
-    console.result(traefik.describe(), "ready")
+        raise BootstrapError(f"the cluster did not become ready: {exc}") from None
+    for workload in [traefik, *core]:
+        console.result(workload.describe(), "ready")
 
 
 def _hosts(settings: Settings, options: Options) -> tuple[list[Host], list[Host]]:

@@ -276,3 +276,18 @@ def test_a_san_missing_from_the_api_certificate_is_caught_before_writing(bed):
     # The API endpoint moves to a name the (kept) certificate does not carry.
     with pytest.raises(KubeconfigError, match=r"k3s certificate rotate"):
         b.run(API_ENDPOINT=f"api.{host.ip}.sslip.io", K3S_TLS_SAN="")
+
+
+def test_a_jump_host_carries_the_connection(bed):
+    b = bed(2)
+    bastion, inner = b.hosts
+    servers, _ = boot._hosts(b.settings(SERVERS=inner.ip, SSH_JUMP_HOST=f"root@{bastion.ip}"), boot.Options())
+    servers[0].connect()
+    try:
+        assert servers[0].run("hostname").stdout.strip() == inner.name
+        # The inner host's sshd sees the session coming from the bastion, not from this machine.
+        peers = inner.exec("ss -Htn state established '( sport = :22 )'").split()
+        assert any(p.startswith(f"{bastion.ip}:") for p in peers), peers
+        assert not any(p.startswith(f"{b.hosts[0].ip.rsplit('.', 1)[0]}.1:") for p in peers), peers
+    finally:
+        servers[0].close()

@@ -84,10 +84,13 @@ class Slot:
 
     @classmethod
     def sweep_stale(cls) -> None:
-        """Clean every slot whose owner is gone (a bed killed by SIGKILL or a crash)."""
-        for path in ROOT.glob(f"{PREFIX}[0-9]*"):
-            if path.is_dir() and not cls._owner_alive(path):
-                cls(int(path.name.removeprefix(PREFIX)), path)._sweep()
+        """Clean every slot whose owner is gone (a bed killed by SIGKILL or a crash). Under the
+        claim lock: a slot being claimed has its directory before its owner file."""
+        with open(ROOT / f"{PREFIX}lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for path in ROOT.glob(f"{PREFIX}[0-9]*"):
+                if path.is_dir() and not cls._owner_alive(path):
+                    cls(int(path.name.removeprefix(PREFIX)), path)._sweep()
 
     # -- ledger ---------------------------------------------------------------------------
     def _record(self, kind: str, value: str) -> None:
