@@ -89,7 +89,8 @@ def ollama(bed):
     kube_client, namespace, fake = bed
     fake.reset()
     pauses: list[float] = []
-    client = ol.Ollama(kube_client, namespace, stall_seconds=1.0, attempts=3, backoff=0.5, sleep=pauses.append)
+    # A generous stall limit (a loaded CI machine pauses streams too); the stall test sets its own.
+    client = ol.Ollama(kube_client, namespace, stall_seconds=5, attempts=3, backoff=0.5, sleep=pauses.append)
     client.pauses = pauses
     return client, fake
 
@@ -126,6 +127,7 @@ def test_a_stalled_pull_is_dropped_and_resumed_without_resending_finished_layers
     client, fake = ollama
     first_layer = fake.library["llama3.1:8b"][0]
     fake.stall_once("llama3.1:8b", after_bytes=first_layer.size + MB)  # mid second layer
+    client.stall_seconds = 1.0
     events: list[ol.Progress] = []
     started = time.monotonic()
     result = client.pull("llama3.1:8b", events.append)
@@ -182,9 +184,8 @@ def test_two_models_pull_concurrently(ollama):
     fake.rate = 8 * MB  # llama ~0.6 s, mistral ~0.5 s on their own
     report = client.pull_all(["llama3.1:8b", "mistral:7b"])
     assert report.ok
-    slower = max(r.seconds for r in report.results)
-    assert report.seconds < sum(r.seconds for r in report.results)
-    assert report.seconds <= slower * 1.2 + 0.3
+    # At once, not one after the other (bench/smoke measures the ratio to the slower pull).
+    assert report.seconds < 0.8 * sum(r.seconds for r in report.results)
 
 
 def test_pull_models_prints_plain_progress_and_one_line_per_model(ollama):
