@@ -145,6 +145,18 @@ class Ollama:
         self.silence_seconds = silence_seconds
         self.sleep = sleep
 
+    @classmethod
+    def from_settings(cls, kube: Kube, settings, **overrides) -> Ollama:
+        """The stack's Ollama as the settings describe it (STACK_NAMESPACE; OLLAMA_PULL_STALL_SECONDS
+        and OLLAMA_PULL_ATTEMPTS when the settings have them)."""
+        values = settings.values
+        options = {
+            "stall_seconds": float(values.get("OLLAMA_PULL_STALL_SECONDS") or 60),
+            "attempts": int(values.get("OLLAMA_PULL_ATTEMPTS") or 4),
+            **overrides,
+        }
+        return cls(kube, settings["STACK_NAMESPACE"], **options)
+
     @property
     def where(self) -> str:
         return f"service {self.service}:{self.port} in namespace {self.namespace}"

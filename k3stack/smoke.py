@@ -75,8 +75,14 @@ class SmokeConfig:
 
     @classmethod
     def from_settings(cls, settings, secret_values: Mapping[str, str], **overrides) -> SmokeConfig:
-        """`secret_values`: the resolved stack secrets (k3stack.secrets.resolve(...).values)."""
+        """`secret_values`: the resolved stack secrets (k3stack.secrets.resolve(...).values).
+        SMOKE_TIMEOUT, SMOKE_CA_BUNDLE and SMOKE_RESOLVE are read when the settings have them;
+        `overrides` (from task flags) win over everything."""
+        optional = settings.values
         values = {
+            "deadline": float(optional.get("SMOKE_TIMEOUT") or 120),
+            "ca_bundle": optional.get("SMOKE_CA_BUNDLE") or None,
+            "connect_to": parse_connect_to(s for s in (optional.get("SMOKE_RESOLVE") or "").split(",") if s.strip()),
             "stack_namespace": settings["STACK_NAMESPACE"],
             "monitoring_namespace": settings["MONITORING_NAMESPACE"],
             "chat_host": settings["CHAT_HOST"],
@@ -100,7 +106,7 @@ def parse_connect_to(specs: Iterable[str]) -> dict[tuple[str, int], tuple[str, i
     """curl's forms: HOST:PORT:ADDR (--resolve) and HOST:PORT:ADDR:PORT2 (--connect-to)."""
     result = {}
     for spec in specs:
-        parts = spec.rsplit(":", 3) if spec.count(":") >= 3 else spec.split(":")
+        parts = spec.strip().split(":")
         if len(parts) == 3:
             host, port, addr = parts
             result[(host, int(port))] = (addr, int(port))

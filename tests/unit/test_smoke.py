@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from pathlib import Path
 
 import pytest
 
+from k3stack import ollama as ol
 from k3stack import settings
 from k3stack import smoke as sm
 
@@ -103,3 +105,28 @@ def test_config_from_settings_takes_tag_hosts_models_and_keeps_secrets_out_of_re
     assert sorted(config.secrets()) == ["admin-pass-123456", "netdata-pass-123"]
     assert "admin-pass-123456" not in repr(config)
     assert "netdata-pass-123" not in repr(config)
+
+
+def test_optional_settings_feed_deadline_ca_bundle_resolve_and_pull_options():
+    base = settings.load(env_dir=Path("/nonexistent"), environ={"DOMAIN": "example.com", "ACME_EMAIL": "o@example.com"})
+    assert sm.SmokeConfig.from_settings(base, {}).deadline == 120
+    extended = dataclasses.replace(
+        base,
+        values={
+            **base.values,
+            "SMOKE_TIMEOUT": "30",
+            "SMOKE_CA_BUNDLE": "/etc/ssl/own-ca.pem",
+            "SMOKE_RESOLVE": "chat.example.com:443:10.0.0.5, monitor.example.com:443:10.0.0.5",
+            "OLLAMA_PULL_STALL_SECONDS": "90",
+            "OLLAMA_PULL_ATTEMPTS": "6",
+        },
+    )
+    config = sm.SmokeConfig.from_settings(extended, {}, deadline=5)
+    assert config.deadline == 5  # a flag wins over the setting
+    assert config.ca_bundle == "/etc/ssl/own-ca.pem"
+    assert config.connect_to == {
+        ("chat.example.com", 443): ("10.0.0.5", 443),
+        ("monitor.example.com", 443): ("10.0.0.5", 443),
+    }
+    client = ol.Ollama.from_settings(None, extended, attempts=2)
+    assert (client.namespace, client.stall_seconds, client.attempts) == ("llm-stack", 90.0, 2)
