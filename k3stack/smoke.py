@@ -31,6 +31,7 @@ from .kube import Kube, KubeError
 from .ollama import normalise
 from .report import CheckResult, SmokeReport
 
+GROUPS = ("cluster", "in-cluster", "public")
 WEBSOCKET_PATH = "/ws/socket.io/?EIO=4&transport=polling"
 NETDATA_PATH = "/api/v1/info"
 STAGING_MARK = "(STAGING)"  # Let's Encrypt staging issuers: "(STAGING) Let's Encrypt", "(STAGING) Ersatz Edamame E1"
@@ -644,5 +645,8 @@ def smoke(kube: Kube, config: SmokeConfig, console: Console | None = None, *, on
         console.add_secrets(config.secrets())
         console.step(f"smoke: checking {config.chat_host} and {config.monitor_host} (deadline {config.deadline:.0f}s)")
     groups = set(only)
+    if unknown := groups - set(GROUPS):
+        # A misspelt group would run nothing, and nothing failing would read as a pass.
+        raise ValueError(f"unknown check group(s) {', '.join(sorted(unknown))}: choose from {', '.join(GROUPS)}")
     checks = [c for c in Checks(kube, config).all() if not groups or c.group in groups]
     return run_checks(checks, deadline=config.deadline, interval=config.interval)

@@ -130,3 +130,9 @@ def test_optional_settings_feed_deadline_ca_bundle_resolve_and_pull_options():
     }
     client = ol.Ollama.from_settings(None, extended, attempts=2)
     assert (client.namespace, client.stall_seconds, client.attempts) == ("llm-stack", 90.0, 2)
+
+
+def test_an_unknown_group_is_refused_rather_than_running_nothing():
+    config = sm.SmokeConfig("a", "b", "chat.example.com", "monitor.example.com", (), "v1", "a@example.com", "")
+    with pytest.raises(ValueError, match=r"unknown check group.*publc: choose from cluster, in-cluster, public"):
+        sm.smoke(None, config, only=["publc"])
