@@ -234,8 +234,10 @@ def test_single_server_install_restart_token_and_uninstall(ssh_hosts, bed_slot):
         "mkdir -p /etc/rancher/k3s/config.yaml.d"
         " && echo 'tls-san: [later.example.test]' > /etc/rancher/k3s/config.yaml.d/50-san.yaml"
     )
+    restarted = time.monotonic()
     host.exec("systemctl restart k3s")
     ready_api(host)
+    print(f"stand-in server: restart to API answering {time.monotonic() - restarted:.1f}s")
     assert "later.example.test" not in served_sans(host)
     host.exec("rm /var/lib/rancher/k3s/server/tls/dynamic-cert.json && systemctl restart k3s")
     ready_api(host)

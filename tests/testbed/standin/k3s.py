@@ -338,8 +338,17 @@ class Supervisor:
     def __init__(self):
         self.children: dict[str, subprocess.Popen] = {}
         self.stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        self.running = False  # before "up and running", a stop ends startup at once
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, *_) -> None:
+        self.stop.set()
+        if not self.running:  # no waiting here: the interrupted code may hold Popen's wait lock
+            for child in self.children.values():
+                if child.returncode is None:
+                    child.send_signal(signal.SIGTERM)
+            os._exit(0)
 
     def launch(self, name: str, argv: list[str]) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
@@ -382,6 +391,7 @@ class Supervisor:
             fatal(f"kube-apiserver not ready after {timeout:.0f}s")
 
     def run_until_stopped(self) -> None:
+        self.running = True
         while not self.stop.wait(1):
             self.check()
 
