@@ -11,7 +11,7 @@ import shlex
 import sys
 from contextlib import contextmanager
 
-from invoke import Exit, task
+from invoke import Collection, Exit, task
 
 CLUSTER_HELP = {
     "env": "settings file env/NAME.env (default: $K3STACK_ENV, else 'default')",
@@ -128,30 +128,34 @@ def bootstrap(
     kubeconfig=None,
 ):
     """Install K3s (+ Traefik with Let's Encrypt) on the hosts over SSH and bring the kubeconfig home."""
+    options = _bootstrap_options(
+        host,
+        agent,
+        user,
+        port,
+        trust_new_host_keys,
+        trust_installer=trust_installer,
+        strict_dns=strict_dns,
+        timeout=float(timeout),
+        kubeconfig_path=kubeconfig,
+    )
+    _run_bootstrap(_console(), env, options)
+
+
+def _run_bootstrap(console, env, options):
     from k3stack import bootstrap as boot
     from k3stack import settings
 
-    console = _console()
     with _reported(console):
         loaded = settings.load(env)
         console.add_secrets(loaded.secrets.values())
-        options = _bootstrap_options(
-            host,
-            agent,
-            user,
-            port,
-            trust_new_host_keys,
-            trust_installer=trust_installer,
-            strict_dns=strict_dns,
-            timeout=float(timeout),
-            kubeconfig_path=kubeconfig,
-        )
         report = boot.bootstrap(loaded, options, console)
     verdict = "changed" if report.changed else "no changes"
     console.step(
         f"{verdict}: {len(report.nodes)} host(s) in {report.seconds:.1f}s; "
         f"use it with: kubectl --context {loaded['KUBECONFIG_CONTEXT']}"
     )
+    return loaded, report
 
 
 @task(
@@ -200,6 +204,7 @@ def reset(c, env=None, host=None, agent=None, user=None, port=None, trust_new_ho
         "wait": "wait for every workload to be ready, like kubectl rollout status (default on)",
         "timeout": "seconds to wait for rollouts",
         "json": "print a JSON summary at the end (for CI)",
+        "pull": "pull OLLAMA_MODELS once Ollama is ready (default on; --no-pull skips)",
     },
 )
 def deploy(
@@ -213,13 +218,30 @@ def deploy(
     wait=True,
     timeout=600,
     json=False,
+    pull=True,
 ):
-    """Apply the stack in k8s/ to the cluster (server-side apply) and wait until it is ready."""
-    from k3stack import deploy as stack
+    """Apply the stack in k8s/ to the cluster (server-side apply), wait until it is ready, pull the models."""
+    _run_deploy(
+        _console(),
+        env or [None],
+        kubeconfig,
+        context,
+        dry_run=dry_run,
+        force=force,
+        prune=prune,
+        wait=wait,
+        timeout=timeout,
+        json=json,
+        pull=pull,
+    )
 
-    console = _console()
+
+def _run_deploy(console, envs, kubeconfig, context, *, dry_run, force, prune, wait, timeout, json, pull):
+    from k3stack import deploy as stack
+    from k3stack.ollama import Ollama, OllamaError, pull_models
+
     with _reported(console):
-        plans = _plans(console, env or [None], kubeconfig, context)
+        plans = _plans(console, envs, kubeconfig, context)
         kube = plans[0][1]
         objects = sum(len(plan.manifests) for _, _, plan in plans)
         sources = ", ".join(loaded.source for loaded, _, _ in plans)
@@ -234,13 +256,24 @@ def deploy(
             wait=wait,
             timeout=float(timeout),
         )
+        pulled = []
+        if pull and wait and not dry_run:
+            for loaded, _, _ in plans:
+                if loaded.models:
+                    try:
+                        pulled.append(pull_models(Ollama.from_settings(kube, loaded), loaded.models, console))
+                    except OllamaError as exc:
+                        raise _failure(console, f"model pull: {exc}") from None
+        new_models = sum(r.action == "pulled" for p in pulled for r in p.results)
         counts = ", ".join(f"{n} {action}" for action, n in sorted(report.counts().items()))
-        verdict = "no changes" if not report.changed else "changed"
+        if new_models:
+            counts += f", {new_models} model(s) pulled"
+        verdict = "no changes" if not (report.changed or new_models) else "changed"
         console.step(f"{verdict}: {counts} in {report.seconds:.1f}s ({sum(kube.requests.values())} API requests)")
         if json:
             console.json(
                 {
-                    "changed": report.changed,
+                    "changed": report.changed or bool(new_models),
                     "counts": report.counts(),
                     "seconds": round(report.seconds, 2),
                     "objects": [
@@ -248,8 +281,21 @@ def deploy(
                         for r in [*report.results, *report.pruned]
                     ],
                     "rollouts": {t.describe(): s.message for t, s in report.rollouts.items()},
+                    "models": [m for p in pulled for m in p.to_json()["models"]],
                 }
             )
+        failed = [r for p in pulled for r in p.results if not r.ok]
+        if failed:
+            raise _failure(
+                console,
+                f"model {failed[0].model}: {failed[0].error}" + (f" ({failed[0].hint})" if failed[0].hint else ""),
+            )
+    return report
+
+
+def _failure(console, message: str):
+    console.error(message)
+    return Exit(code=1)
 
 
 @task(help=CLUSTER_HELP)
@@ -380,6 +426,165 @@ def credentials(c, env=None, kubeconfig=None, context=None):
     )
 
 
+SMOKE_HELP = {
+    **CLUSTER_HELP,
+    "json": "print the results as JSON",
+    "junit": "write JUnit XML (one testcase per check) to this file",
+    "insecure": "accept a Let's Encrypt STAGING certificate (nothing else) for the public checks",
+    "ca_bundle": "trust this CA file for the public checks (default: SMOKE_CA_BUNDLE, else the system's)",
+    "resolve": "HOST:PORT:ADDR: reach HOST:PORT at ADDR without DNS, like curl --resolve; repeatable",
+    "timeout": "seconds eventually-true checks keep retrying (default: SMOKE_TIMEOUT)",
+    "only": "run only these groups, comma-separated: cluster, in-cluster, public",
+}
+
+
+@task(iterable=["resolve"], help=SMOKE_HELP)
+def smoke(
+    c,
+    env=None,
+    kubeconfig=None,
+    context=None,
+    json=False,
+    junit=None,
+    insecure=False,
+    ca_bundle=None,
+    resolve=None,
+    timeout=None,
+    only="",
+):
+    """Prove the stack works end to end: cluster, Ollama and Open WebUI inside; HTTPS, login, websocket outside."""
+    _run_smoke(_console(), env, kubeconfig, context, json, junit, insecure, ca_bundle, resolve, timeout, only)
+
+
+def _run_smoke(console, env, kubeconfig, context, json, junit, insecure, ca_bundle, resolve, timeout, only):
+    from k3stack import report as rep
+    from k3stack import smoke as sm
+
+    with _reported(console):
+        loaded, kube, plan = _cluster(console, env, kubeconfig, context)
+        overrides = {"insecure": insecure}
+        if ca_bundle:
+            overrides["ca_bundle"] = ca_bundle
+        if timeout:
+            overrides["deadline"] = float(timeout)
+        try:
+            if resolve:
+                overrides["connect_to"] = sm.parse_connect_to(resolve)
+            config = sm.SmokeConfig.from_settings(loaded, plan.secrets.values, **overrides)
+            groups = [g.strip() for g in only.split(",") if g.strip()]
+            result = sm.smoke(kube, config, console, only=groups)
+        except ValueError as exc:
+            raise _failure(console, f"smoke: {exc}") from None
+    rep.emit(result, console, as_json=json, junit=junit)
+    if not result.ok:
+        raise Exit(code=1)
+    return result
+
+
+@task(
+    iterable=["model"],
+    help={
+        **CLUSTER_HELP,
+        "model": "a model to pull, e.g. llama3.1:8b; repeatable (default: OLLAMA_MODELS)",
+        "json": "print the pull report as JSON",
+    },
+)
+def models_pull(c, env=None, kubeconfig=None, context=None, model=None, json=False):
+    """Pull models into Ollama through the API server (progress, resume, verify); present ones are skipped."""
+    from k3stack import settings
+    from k3stack.kube import Kube
+    from k3stack.ollama import Ollama, OllamaError, pull_models
+
+    console = _console()
+    with _reported(console):
+        loaded = settings.load(env)
+        kube = Kube(kubeconfig, context or loaded["KUBE_CONTEXT"] or None)
+        try:
+            report = pull_models(Ollama.from_settings(kube, loaded), model or loaded.models, console)
+        except OllamaError as exc:
+            raise _failure(console, str(exc)) from None
+    if json:
+        console.json(report.to_json())
+    if not report.ok:
+        raise Exit(code=1)
+
+
+@task(help={**CLUSTER_HELP, "json": "print the list as JSON"})
+def models_list(c, env=None, kubeconfig=None, context=None, json=False):
+    """List the models Ollama has, and which configured ones are missing."""
+    from k3stack import ollama, settings
+    from k3stack.kube import Kube
+
+    console = _console()
+    with _reported(console):
+        loaded = settings.load(env)
+        kube = Kube(kubeconfig, context or loaded["KUBE_CONTEXT"] or None)
+        try:
+            present = ollama.Ollama.from_settings(kube, loaded).models()
+        except ollama.OllamaError as exc:
+            raise _failure(console, str(exc)) from None
+    if json:
+        console.json([{"name": m.name, "size": m.size, "digest": m.digest} for m in present])
+    else:
+        console.table("models", ollama.MODEL_COLUMNS, ollama.model_rows(present, loaded.models))
+
+
+@task(
+    iterable=["host", "agent"],
+    help={
+        **HOSTS_HELP,
+        "trust_installer": "run the installer even though K3S_INSTALL_SHA256 is not set (prints its checksum)",
+        "insecure": SMOKE_HELP["insecure"],
+        "junit": SMOKE_HELP["junit"],
+        "timeout": "seconds to wait at each stage",
+    },
+)
+def up(
+    c,
+    env=None,
+    host=None,
+    agent=None,
+    user=None,
+    port=None,
+    trust_new_host_keys=False,
+    trust_installer=False,
+    insecure=False,
+    junit=None,
+    timeout=600,
+):
+    """Everything: bootstrap the hosts, deploy the stack, pull the models, smoke-test it; stops at the first failure."""
+    console = _console()
+    options = _bootstrap_options(
+        host,
+        agent,
+        user,
+        port,
+        trust_new_host_keys,
+        trust_installer=trust_installer,
+        timeout=float(timeout),
+    )
+    console.step("1/3 bootstrap")
+    loaded, report = _run_bootstrap(console, env, options)
+    kubeconfig = str(report.kubeconfig.path)
+    context = loaded["KUBECONFIG_CONTEXT"]
+    console.step("2/3 deploy")
+    _run_deploy(
+        console,
+        [env],
+        kubeconfig,
+        context,
+        dry_run=False,
+        force=False,
+        prune=True,
+        wait=True,
+        timeout=timeout,
+        json=False,
+        pull=True,
+    )
+    console.step("3/3 smoke")
+    _run_smoke(console, env, kubeconfig, context, False, junit, insecure, None, None, None, "")
+
+
 @task(
     name="test",
     help={
@@ -400,3 +605,12 @@ def lint(c):
     """Check style and common bugs with ruff (lint + format check)."""
     c.run(f"{sys.executable} -m ruff check .", pty=False)
     c.run(f"{sys.executable} -m ruff format --check .", pty=False)
+
+
+# `inv --list` is the menu: models.* group the Ollama tasks.
+models = Collection("models")
+models.add_task(models_pull, name="pull")
+models.add_task(models_list, name="list")
+ns = Collection(
+    bootstrap, kubeconfig, reset, deploy, diff, render, status, destroy, credentials, smoke, up, run_tests, lint, models
+)

@@ -118,6 +118,10 @@ def port(v: str) -> str | None:
     return None if v.isdigit() and 0 < int(v) < 65536 else "a TCP port number"
 
 
+def count(v: str) -> str | None:
+    return None if v.isdigit() and 0 < int(v) <= 100 else "a whole number from 1 to 100"
+
+
 def seconds(v: str) -> str | None:
     return None if re.match(r"^[0-9]+(\.[0-9]+)?$", v) and float(v) > 0 else "a number of seconds"
 
@@ -212,7 +216,19 @@ SETTINGS: tuple[Setting, ...] = (
     *_resources("redis", "50m", "64Mi", "500m", "256Mi"),
     # Models and GPU
     Setting("OLLAMA_MODELS", "llama3.1:8b,mistral:7b", "models pulled at deploy time (comma-separated)", models),
+    Setting(
+        "OLLAMA_PULL_STALL_SECONDS", "60", "a model download without progress this long is dropped and resumed", seconds
+    ),
+    Setting("OLLAMA_PULL_ATTEMPTS", "4", "tries per model pull (a retry resumes finished layers)", count),
     Setting("GPU_ENABLED", "false", "true: Ollama asks for nvidia.com/gpu and runtimeClassName nvidia", boolean),
+    # Smoke checks (inv smoke)
+    Setting(
+        "SMOKE_TIMEOUT", "120", "seconds eventually-true checks (certificate issued, pods ready) keep retrying", seconds
+    ),
+    Setting("SMOKE_CA_BUNDLE", "", "CA file to trust for the public checks instead of the system's (a private CA)"),
+    Setting(
+        "SMOKE_RESOLVE", "", "HOST:PORT:ADDR entries, comma-separated: reach hosts at ADDR without DNS (curl --resolve)"
+    ),
     # Accounts
     Setting("POSTGRES_USER", "openwebui", "PostgreSQL user of Open WebUI", dns_label),
     Setting("POSTGRES_DB", "openwebui", "PostgreSQL database of Open WebUI", dns_label),

@@ -73,21 +73,46 @@ def test_credentials_are_refused_in_ci():
     assert "not printed when CI=true" in done.stdout
 
 
-def test_deploy_then_redeploy_reports_no_changes(kube, env_dir):
+def test_deploy_pulls_models_then_redeploy_reports_no_changes(kube, env_dir, tmp_path):
+    from tests.testbed.fake_ollama import FakeOllama
+
+    settings_text = (env_dir / "test.env").read_text()
+    namespace = settings_text.split("STACK_NAMESPACE=")[1].split()[0]
+    # Ollama's pods get the address of a test Ollama (speaking the real API) behind its Service.
+    fake = FakeOllama({"llama3.1:8b": [300_000, 1000], "mistral:7b": [200_000]})
+    server = fake.serve(kube.serve_behind_pods(namespace, {"app.kubernetes.io/name": "ollama"}, 11434))
     env = {"K3STACK_ENV_DIR": str(env_dir), "KUBECONFIG": str(kube.kubeconfig), "CI": "true"}
-    first = inv("deploy", "--env", "test", "--timeout", "90", env=env)
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "deployment.apps/ollama created" in first.stdout
-    assert "deployment.apps/ollama (cli-" in first.stdout  # rollout progress lines
-    second = inv("deploy", "--env", "test", "--json", env=env)
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert "==> no changes:" in second.stdout
-    assert '"changed": false' in second.stdout
-    status = inv("status", "--env", "test", env=env)
-    assert status.returncode == 0, status.stdout + status.stderr
-    assert "deployment.apps/open-webui" in status.stdout
-    gone = inv("destroy", "--env", "test", "--yes", "--purge", env=env)
-    assert gone.returncode == 0, gone.stdout + gone.stderr
+    try:
+        first = inv("deploy", "--env", "test", "--timeout", "90", env=env)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "deployment.apps/ollama created" in first.stdout
+        assert "deployment.apps/ollama (cli-" in first.stdout  # rollout progress lines
+        assert "model llama3.1:8b created (" in first.stdout
+        assert "2 model(s) pulled" in first.stdout
+        second = inv("deploy", "--env", "test", "--json", env=env)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "==> no changes:" in second.stdout
+        assert '"changed": false' in second.stdout
+        assert '"action": "present"' in second.stdout
+        listed = inv("models.list", "--env", "test", env=env)
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert "mistral:7b" in listed.stdout
+        status = inv("status", "--env", "test", env=env)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "deployment.apps/open-webui" in status.stdout
+
+        junit = tmp_path / "smoke.xml"
+        cluster = inv("smoke", "--env", "test", "--only", "cluster", "--junit", str(junit), env=env)
+        assert cluster.returncode == 0, cluster.stdout + cluster.stderr
+        assert junit.read_text().count("<testcase") >= 3
+        inside = inv("smoke", "--env", "test", "--only", "in-cluster", "--timeout", "2", "--json", env=env)
+        assert inside.returncode == 1, inside.stdout + inside.stderr  # Open WebUI is not served here
+        assert '"ok": false' in inside.stdout
+        assert "Traceback" not in inside.stdout + inside.stderr
+        gone = inv("destroy", "--env", "test", "--yes", "--purge", env=env)
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+    finally:
+        server.shutdown()
 
 
 def test_bootstrap_kubeconfig_and_reset_through_the_cli(ssh_hosts, tmp_path):
