@@ -157,3 +157,32 @@ def test_bootstrap_kubeconfig_and_reset_through_the_cli(ssh_hosts, tmp_path):
     assert reset.returncode == 0, reset.stdout + reset.stderr
     assert f"{host.sudo_user}@{host.ip} changed (server) uninstalled" in reset.stdout
     assert host.exec("ls /etc/rancher 2>/dev/null || true").strip() == ""
+
+
+def test_up_runs_bootstrap_deploy_and_smoke_and_stops_at_the_failing_stage(ssh_hosts, tmp_path):
+    from tests.testbed import standin
+
+    hosts = ssh_hosts(1)
+    host = hosts[0]
+    standin.prepare_host(host)
+    installer = tmp_path / "install.sh"
+    installer.write_bytes(standin.installer_script())
+    (tmp_path / "site.env").write_text(
+        f"DOMAIN={host.ip}.sslip.io\nACME_EMAIL=ops@example.com\nSERVERS={host.ip}\nSSH_KEY={hosts.client_key}\n"
+        f"SSH_KNOWN_HOSTS={hosts.known_hosts}\nK3S_INSTALL_URL={installer.as_uri()}\n"
+        f"K3S_INSTALL_SHA256={standin.installer_sha256()}\nKUBECONFIG_PATH={tmp_path / 'kubeconfig'}\n"
+        "OLLAMA_MODELS=\nSMOKE_TIMEOUT=3\n"
+    )
+    junit = tmp_path / "smoke.xml"
+    done = inv("up", "--env", "site", "--junit", str(junit), env={"K3STACK_ENV_DIR": str(tmp_path), "CI": "true"})
+    out = done.stdout + done.stderr
+    # Bootstrap and deploy went through on the stand-in K3s; smoke ran and failed (no Ollama,
+    # no Open WebUI, no public ingress here), so `up` exits 1 with the smoke report.
+    assert "==> 1/3 bootstrap" in out
+    assert "==> 2/3 deploy" in out
+    assert "deployment.apps/open-webui created" in out
+    assert "==> 3/3 smoke" in out
+    assert done.returncode == 1, out
+    assert "Traceback" not in out
+    assert junit.exists()
+    assert 'failures="0"' not in junit.read_text()
