@@ -24,11 +24,9 @@ CLUSTER_HELP = {
 def _reported(console):
     """Known failures become one clear message and exit status 1; no traceback."""
     from k3stack.apply import ApplyError
-    from k3stack.bootstrap import BootstrapError
+    from k3stack.errors import BootstrapError, KubeconfigError, RemoteError
     from k3stack.kube import KubeError
-    from k3stack.kubeconfig import KubeconfigError
     from k3stack.manifests import RenderError
-    from k3stack.remote.connection import RemoteError
     from k3stack.rollout import RolloutError
     from k3stack.secrets import SecretsError
     from k3stack.settings import SettingsError

@@ -85,7 +85,7 @@ def measure(bed: KubeBed, work: Path, copies: int, runs: int) -> dict:
         (env_dir / f"{name}.env").chmod(0o600)
         names.append(name)
     env = {**os.environ, "K3STACK_ENV_DIR": str(env_dir), "KUBECONFIG": str(bed.kubeconfig), "CI": "true"}
-    inv = [sys.executable, "-m", "invoke", "deploy", *[a for n in names for a in ("--env", n)]]
+    inv = [sys.executable, "-m", "invoke", "deploy", "--no-pull", *[a for n in names for a in ("--env", n)]]
     timed(inv, env)  # first deploy: everything created and ready
 
     # The kubectl user's copy of the same stacks, in their own namespaces (so the two field

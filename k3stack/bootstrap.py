@@ -23,6 +23,7 @@ from pathlib import Path
 from . import kubeconfig as kcfg
 from . import manifests as mf
 from .console import Console
+from .errors import BootstrapError
 from .remote import k3s, preflight
 from .remote.connection import Host, RemoteError, SshOptions, Target
 from .remote.facts import Facts, gather
@@ -30,10 +31,6 @@ from .settings import CHANNELS, Settings, split_list
 
 STAGING_CA = "https://acme-staging-v02.api.letsencrypt.org/directory"
 PRODUCTION_CA = "https://acme-v02.api.letsencrypt.org/directory"
-
-
-class BootstrapError(RuntimeError):
-    """Bootstrap cannot go on; the message says which host or setting and what to do."""
 
 
 @dataclass(frozen=True)

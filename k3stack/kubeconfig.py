@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 import yaml
 from cryptography import x509
 
+from .errors import KubeconfigError
+
 K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
 SECTIONS = (("clusters", "cluster"), ("users", "user"), ("contexts", "context"))
 # What to do when the serving certificate lacks the address. K3s keeps its serving certificate
@@ -40,10 +42,6 @@ SAN_FIX = (
     " `inv bootstrap`; if the certificate still lacks it, K3s kept its old one: run"
     " `systemctl stop k3s && k3s certificate rotate && systemctl start k3s` on each server"
 )
-
-
-class KubeconfigError(ValueError):
-    """A kubeconfig (or the API server behind it) is not usable; str() names the file, problem and fix."""
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,9 @@ from pathlib import Path
 
 import paramiko
 
+from ..errors import RemoteError
+
 ROOT_UNKNOWN, ROOT_DIRECT, ROOT_SUDO_NOPASS, ROOT_SUDO_PASSWORD = range(4)
-
-
-class RemoteError(RuntimeError):
-    """A host could not be reached or a command failed; the message names the host and the fix."""
 
 
 @dataclass(frozen=True)
