@@ -534,6 +534,7 @@ def models_list(c, env=None, kubeconfig=None, context=None, json=False):
         "trust_installer": "run the installer even though K3S_INSTALL_SHA256 is not set (prints its checksum)",
         "insecure": SMOKE_HELP["insecure"],
         "junit": SMOKE_HELP["junit"],
+        "only": SMOKE_HELP["only"] + " (default: all)",
         "timeout": "seconds to wait at each stage",
     },
 )
@@ -548,6 +549,7 @@ def up(
     trust_installer=False,
     insecure=False,
     junit=None,
+    only="",
     timeout=600,
 ):
     """Everything: bootstrap the hosts, deploy the stack, pull the models, smoke-test it; stops at the first failure."""
@@ -580,7 +582,7 @@ def up(
         pull=True,
     )
     console.step("3/3 smoke")
-    _run_smoke(console, env, kubeconfig, context, False, junit, insecure, None, None, None, "")
+    _run_smoke(console, env, kubeconfig, context, False, junit, insecure, None, None, None, only)
 
 
 @task(

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import socket
 import time
 import urllib.parse
 import urllib.request
@@ -319,7 +320,10 @@ def specs(
 
 
 def _node_name(target: Target) -> str:
-    return "local" if target.local else target.address.replace(":", "-").replace(".", "-").lower()
+    """Hosts are named by address (cloud images often share a hostname); this machine by its name."""
+    if target.local:
+        return socket.gethostname().split(".")[0].lower()
+    return target.address.replace(":", "-").replace(".", "-").lower()
 
 
 def bootstrap(
