@@ -291,3 +291,13 @@ def test_a_jump_host_carries_the_connection(bed):
         assert not any(p.startswith(f"{b.hosts[0].ip.rsplit('.', 1)[0]}.1:") for p in peers), peers
     finally:
         servers[0].close()
+
+
+def test_passwordless_sudo_needs_no_password_setting(bed):
+    b = bed(1)
+    host = b.hosts[0]
+    rule = "/etc/sudoers.d/k3stack-test"
+    host.exec(f"echo '{host.sudo_user} ALL=(ALL) NOPASSWD:ALL' > {rule} && chmod 440 {rule}")
+    report = b.run(SSH_USER=host.sudo_user)
+    assert [n.action for n in report.nodes] == ["changed"]
+    assert host.exec(f"stat -c '%U %a' {k3s.CONFIG_DROPIN}").strip() == "root 600"
