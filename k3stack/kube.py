@@ -113,7 +113,9 @@ class Kube:
         timeout: float = 30,
     ) -> dict:
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        payload = json.dumps(body) if body is not None else None
+        # The client serialises JSON bodies itself; other types (apply-patch+yaml) go as given
+        # text, and JSON is YAML, so those get our dump.
+        payload = body if body is None or "json" in content_type else json.dumps(body)
         query = list(query)  # sent again on every retry
         delay = 0.2
         for attempt in range(self.retries + 1):

@@ -30,6 +30,10 @@ def api_server(tmp_path):
             self.end_headers()
             self.wfile.write(payload)
 
+        def do_PATCH(self):
+            seen.append(self.rfile.read(int(self.headers["Content-Length"])).decode())
+            self.do_GET()
+
         def log_message(self, *args):
             pass
 
@@ -76,3 +80,10 @@ def test_401_is_explained(api_server):
     answers += [(401, {"message": "Unauthorized"})]
     with pytest.raises(Exception, match=r"did not accept our credentials \(401\).*`inv kubeconfig`"):
         kube.list("v1", "Namespace")
+
+
+@pytest.mark.parametrize("content_type", ["application/merge-patch+json", "application/apply-patch+yaml"])
+def test_bodies_are_sent_as_one_json_document(api_server, content_type):
+    kube, _, seen = api_server
+    kube.request("PATCH", "/api/v1/namespaces/x", body={"metadata": {"labels": {"a": "b"}}}, content_type=content_type)
+    assert json.loads(seen[0]) == {"metadata": {"labels": {"a": "b"}}}
