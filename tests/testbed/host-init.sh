@@ -2,7 +2,7 @@
 # PID 1 of a test host: runs inside `ip netns exec NS unshare --mount --uts --pid --fork`, so
 # every mount below is private to the host and vanishes with it. Builds a copy-on-write root
 # (overlay over / on a tmpfs), gives it a hostname, host key, users and sshd, then becomes sshd.
-# Inputs (environment): HOST_NAME HOST_IP HOST_DIR CLIENT_PUB SUDO_USER_NAME SUDO_PASSWORD
+# Inputs (environment): HOST_NAME HOST_IP HOST_DIR CLIENT_PUB SUDO_USER_NAME SUDO_PASSWORD HOST_SHARED_PATHS
 set -euo pipefail
 fs=$HOST_DIR/fs
 mount -t tmpfs -o size=32g,mode=755 "k3stack-testbed-$HOST_NAME" "$fs"
@@ -14,6 +14,16 @@ mount --rbind /sys "$r/sys"
 mount --rbind /dev "$r/dev"
 mount -t tmpfs -o mode=755 tmpfs "$r/run"
 mount -t tmpfs -o mode=1777 tmpfs "$r/tmp"
+# Paths of the real machine the host must see as they are (HOST_SHARED_PATHS, colon-separated),
+# even under the fresh /tmp and /run above; read-only.
+IFS=: read -ra shared <<<"${HOST_SHARED_PATHS:-}"
+for path in "${shared[@]}"; do
+  if [ -n "$path" ] && [ -d "$path" ]; then
+    mkdir -p "$r$path"
+    mount --rbind "$path" "$r$path"
+    mount -o remount,bind,ro "$r$path" 2>/dev/null || true
+  fi
+done
 hostname "$HOST_NAME"
 echo "$HOST_NAME" >"$r/etc/hostname"
 printf '127.0.0.1 localhost\n127.0.1.1 %s\n%s %s\n' "$HOST_NAME" "$HOST_IP" "$HOST_NAME" >"$r/etc/hosts"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from .local import BedError, run, start
 from .slot import Slot
 
 HERE = Path(__file__).parent
+REPO = HERE.parents[1]
 SUDO_USER = "deploy"
 
 
@@ -82,6 +84,9 @@ class HostFactory:
             **os.environ,
             "HOST_NAME": name,
             "HOST_IP": ip,
+            # Seen inside the host at the same paths even where the host has its own tmpfs (a
+            # checkout or venv under /tmp): the stand-in K3s runs this interpreter on this code.
+            "HOST_SHARED_PATHS": ":".join(dict.fromkeys([str(REPO), sys.prefix])),
             "HOST_DIR": str(host_dir),
             "CLIENT_PUB": f"{self.client_key}.pub",
             "SUDO_USER_NAME": SUDO_USER,
