@@ -160,8 +160,11 @@ def _restart(spec: NodeSpec, facts: Facts, timeout: float) -> None:
     )
     if waited.exited == 0:
         return
+    # systemd's journal, else the log file openrc's service (and the test bed's shim) writes.
     log = host.run(
-        f"journalctl -u {unit} -n 5 --no-pager 2>/dev/null || tail -n 5 /var/log/{unit}*.log 2>/dev/null", check=False
+        f"{{ journalctl -u {unit} -n 5 --no-pager 2>/dev/null; tail -n 5 /var/log/{unit}.log 2>/dev/null; }}"
+        " | grep -v '^-- No entries --$'",
+        check=False,
     ).stdout.strip()
     why = "stopped" if waited.exited == 3 else f"not ready after {timeout:.0f}s"
     raise RemoteError(f"{host.name}: {unit} {why}; its log ends: {' | '.join(log.splitlines()[-3:]) or '(empty)'}")
