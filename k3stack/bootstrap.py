@@ -277,6 +277,7 @@ def specs(
     token: str,
     installer: bytes,
     manifests: dict[str, bytes],
+    airgap: Airgap | None = None,
 ) -> list[k3s.NodeSpec]:
     first = servers[0].target
     address = api_address(settings, first)
@@ -290,7 +291,6 @@ def specs(
             ]
         )
     )
-    airgap = Path(settings["K3S_AIRGAP_BINARY"]).expanduser().read_bytes() if settings["K3S_AIRGAP_BINARY"] else None
     result = []
     for index, host in enumerate(servers + agents):
         role = host.target.role
@@ -313,10 +313,37 @@ def specs(
                 installer,
                 config,
                 manifests if role == "server" else {},
-                airgap,
+                airgap.binary if airgap else None,
+                airgap.images if airgap else None,
             )
         )
     return result
+
+
+@dataclass(frozen=True)
+class Airgap:
+    binary: bytes | None = field(default=None, repr=False)
+    images: tuple[str, bytes] | None = field(default=None, repr=False)
+
+
+def load_airgap(settings: Settings) -> Airgap | None:
+    """K3S_AIRGAP_BINARY / K3S_AIRGAP_IMAGES read here, before any host is touched."""
+
+    def read(name: str) -> bytes | None:
+        path = settings[name]
+        if not path:
+            return None
+        try:
+            return Path(path).expanduser().read_bytes()
+        except OSError as exc:
+            raise BootstrapError(f"{name}={path}: cannot read it ({exc.strerror}); fix the path or unset it") from None
+
+    binary, images = read("K3S_AIRGAP_BINARY"), read("K3S_AIRGAP_IMAGES")
+    if images is not None and binary is None:
+        raise BootstrapError("K3S_AIRGAP_IMAGES is set without K3S_AIRGAP_BINARY: an airgap install needs both")
+    if binary is None:
+        return None
+    return Airgap(binary, (Path(settings["K3S_AIRGAP_IMAGES"]).name, images) if images is not None else None)
 
 
 def _node_name(target: Target) -> str:
@@ -338,6 +365,7 @@ def bootstrap(
     check_release(settings)
     manifests = traefik_manifests(settings)  # a render error stops us before any host is touched
     installer = fetch_installer(settings, trust=options.trust_installer, console=console)
+    airgap = load_airgap(settings)
     servers_t, agents_t = inventory(settings, options)
     ssh = ssh_options(settings, options)
     servers = [Host(t, ssh) for t in servers_t]
@@ -346,7 +374,7 @@ def bootstrap(
         facts = connect_and_check(settings, servers + agents, options, console, report, resolver)
         token = join_token(settings, servers[0], facts[servers[0].name])
         console.add_secrets([token])
-        plan = {s.host.name: s for s in specs(settings, servers, agents, token, installer, manifests)}
+        plan = {s.host.name: s for s in specs(settings, servers, agents, token, installer, manifests, airgap)}
 
         def run(host: Host) -> k3s.NodeResult:
             return k3s.apply(plan[host.name], facts[host.name], timeout=options.timeout)

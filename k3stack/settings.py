@@ -187,6 +187,7 @@ SETTINGS: tuple[Setting, ...] = (
         "K3S_INSTALL_SHA256", "", "sha256 of the installer script (empty: refused unless --trust-installer)", sha256_hex
     ),
     Setting("K3S_AIRGAP_BINARY", "", "local k3s binary to upload instead of downloading on the hosts (airgap)"),
+    Setting("K3S_AIRGAP_IMAGES", "", "local k3s-airgap-images-<arch>.tar(.zst|.gz) to upload with it (airgap)"),
     Setting("API_ENDPOINT", "", "address clients use for the API server (empty: the first server's address)"),
     Setting("K3S_TLS_SAN", "", "extra names/addresses for the API server certificate, comma-separated"),
     Setting("K3S_NODE_LABELS", "", "labels for every node, key=value, comma-separated"),

@@ -21,6 +21,7 @@ from .facts import STATE_FILE, TOKEN_FILE, Facts
 CONFIG_DROPIN = "/etc/rancher/k3s/config.yaml.d/50-k3stack.yaml"
 MANIFEST_DIR = "/var/lib/rancher/k3s/server/manifests"
 INSTALLER = "/var/lib/k3stack/install.sh"
+IMAGES_DIR = "/var/lib/rancher/k3s/agent/images"  # K3s imports image tarballs found here at start
 KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
 API_PORT = 6443
 
@@ -40,6 +41,7 @@ class NodeSpec:
     config: bytes = field(repr=False)  # the drop-in; holds the token
     manifests: dict[str, bytes] = field(default_factory=dict, repr=False)  # file name → content (servers)
     airgap_binary: bytes | None = field(default=None, repr=False)
+    airgap_images: tuple[str, bytes] | None = field(default=None, repr=False)  # (file name, content)
 
     @property
     def unit(self) -> str:
@@ -54,6 +56,8 @@ class NodeSpec:
         }
         if self.airgap_binary is not None:
             parts["binary"] = sha256(self.airgap_binary)
+        if self.airgap_images is not None:
+            parts["images"] = sha256(self.airgap_images[1])
         return parts
 
 
@@ -113,6 +117,9 @@ def apply(spec: NodeSpec, facts: Facts, *, timeout: float = 120) -> NodeResult:
     host.upload(spec.config, CONFIG_DROPIN, 0o600)
     for name, content in spec.manifests.items():
         host.upload(content, f"{MANIFEST_DIR}/{name}", 0o600)
+    if spec.airgap_images is not None and ("images" in changed or not facts.state):
+        name, content = spec.airgap_images
+        host.upload(content, f"{IMAGES_DIR}/{name}", 0o644)
     reinstall = bool({"release", "installer", "binary"} & set(changed)) or not facts.k3s_version
     if reinstall:
         _install(spec)

@@ -4,6 +4,8 @@ systemctl shim, and a REAL kube-apiserver behind each server's address)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import subprocess
 from pathlib import Path
@@ -301,3 +303,28 @@ def test_passwordless_sudo_needs_no_password_setting(bed):
     report = b.run(SSH_USER=host.sudo_user)
     assert [n.action for n in report.nodes] == ["changed"]
     assert host.exec(f"stat -c '%U %a' {k3s.CONFIG_DROPIN}").strip() == "root 600"
+
+
+def test_airgap_uploads_the_binary_and_images_and_skips_the_download(bed):
+    b = bed(2)
+    online, offline = b.hosts
+    b.run([online])
+    # The "k3s binary" users download once: here the stand-in's, taken from a host that has it.
+    binary = b.tmp / "k3s"
+    binary.write_bytes(online.exec("base64 /usr/local/bin/k3s").encode())
+    # (marked, so a copy the installer downloaded or wrote itself would not pass for it)
+    binary.write_bytes(base64.b64decode(binary.read_bytes()) + b"\n# airgap copy\n")
+    images = b.tmp / "k3s-airgap-images-amd64.tar.zst"
+    images.write_bytes(b"not really a tarball, but bytes that must arrive intact")
+    airgap = {"K3S_AIRGAP_BINARY": str(binary), "K3S_AIRGAP_IMAGES": str(images)}
+    report = b.run([offline], **airgap)
+    assert [n.action for n in report.nodes] == ["changed"]
+    landed = offline.exec(f"base64 -w0 {k3s.IMAGES_DIR}/{images.name}")
+    assert base64.b64decode(landed) == images.read_bytes()
+    assert offline.exec("sha256sum /usr/local/bin/k3s").split()[0] == hashlib.sha256(binary.read_bytes()).hexdigest()
+    assert [n.action for n in b.run([offline], **airgap).nodes] == ["ok"]
+
+    with pytest.raises(boot.BootstrapError, match=r"K3S_AIRGAP_BINARY=/nonexistent/k3s: cannot read it"):
+        b.run([offline], K3S_AIRGAP_BINARY="/nonexistent/k3s")
+    with pytest.raises(boot.BootstrapError, match="K3S_AIRGAP_IMAGES is set without K3S_AIRGAP_BINARY"):
+        b.run([offline], K3S_AIRGAP_IMAGES=str(images))
