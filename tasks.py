@@ -485,9 +485,11 @@ def _run_smoke(console, env, kubeconfig, context, json, junit, insecure, ca_bund
         **CLUSTER_HELP,
         "model": "a model to pull, e.g. llama3.1:8b; repeatable (default: OLLAMA_MODELS)",
         "json": "print the pull report as JSON",
+        "in_cluster": "pull from a Job next to Ollama (k8s/jobs/) and follow it, instead of streaming here",
+        "timeout": "seconds to wait for the in-cluster Job",
     },
 )
-def models_pull(c, env=None, kubeconfig=None, context=None, model=None, json=False):
+def models_pull(c, env=None, kubeconfig=None, context=None, model=None, json=False, in_cluster=False, timeout=3600):
     """Pull models into Ollama through the API server (progress, resume, verify); present ones are skipped."""
     from k3stack import settings
     from k3stack.kube import Kube
@@ -497,10 +499,18 @@ def models_pull(c, env=None, kubeconfig=None, context=None, model=None, json=Fal
     with _reported(console):
         loaded = settings.load(env)
         kube = Kube(kubeconfig, context or loaded["KUBE_CONTEXT"] or None)
+        names = model or loaded.models
         try:
-            report = pull_models(Ollama.from_settings(kube, loaded), model or loaded.models, console)
+            if in_cluster:
+                from k3stack.pulljob import pull_in_cluster
+
+                action = pull_in_cluster(kube, loaded, names, console, timeout=float(timeout))
+                if json:
+                    console.json({"ok": True, "job": action, "models": names})
+                return
+            report = pull_models(Ollama.from_settings(kube, loaded), names, console)
         except OllamaError as exc:
-            raise _failure(console, str(exc)) from None
+            raise _failure(console, f"{exc}" + (f" ({exc.hint})" if exc.hint else "")) from None
     if json:
         console.json(report.to_json())
     if not report.ok:

@@ -115,6 +115,17 @@ def job_status(obj: dict | None, chart: str) -> Status:
     return Status(False, f"install job {obj['metadata']['name']} running", desired=1)
 
 
+def plain_job_status(obj: dict) -> Status:
+    """A Job of our own (not a chart's): complete, failed, or how far it got."""
+    name, status = obj["metadata"]["name"], obj.get("status") or {}
+    failed = _condition(obj, "Failed")
+    if failed and failed.get("status") == "True":
+        return Status(False, f"job {name} failed: {failed.get('message', '')}", failed=True, desired=1)
+    if status.get("succeeded", 0) >= (obj.get("spec") or {}).get("completions", 1):
+        return Status(True, f"job {name} complete", ready=1, desired=1)
+    return Status(False, f"job {name} running ({status.get('failed', 0)} failed attempt(s))", desired=1)
+
+
 class Waiter:
     def __init__(self, kube: Kube, interval: float = 0.5):
         self.kube = kube
@@ -130,6 +141,8 @@ class Waiter:
             return statefulset_status(obj)
         if target.kind == "DaemonSet":
             return daemonset_status(obj)
+        if target.kind == "Job":
+            return plain_job_status(obj)
         job_name = (obj.get("status") or {}).get("jobName") or f"helm-install-{target.name}"
         failed = _condition(obj, "Failed")
         if failed and failed.get("status") == "True":

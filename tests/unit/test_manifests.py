@@ -94,3 +94,15 @@ def test_gpu_switch_adds_runtime_class_and_limit():
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     plain = next(m for m in mf.render(variables()) if m.kind == "Deployment" and m.name == "ollama")
     assert "runtimeClassName" not in plain.obj["spec"]["template"]["spec"]
+
+
+def test_the_in_cluster_pull_job_is_valid_and_named_by_its_models():
+    from k3stack import pulljob
+
+    loaded = settings.load(
+        env_dir=Path("/nonexistent"), environ={"DOMAIN": "203.0.113.10.sslip.io", "ACME_EMAIL": "ops@example.com"}
+    )
+    job = pulljob.job_manifest(loaded, ["llama3.1:8b", "mistral:7b"])
+    assert mf.validate([job], loaded["K8S_VERSION"]) == []
+    assert job.name == pulljob.job_manifest(loaded, ["llama3.1:8b", "mistral:7b"]).name
+    assert job.name != pulljob.job_manifest(loaded, ["mistral:7b"]).name
