@@ -328,3 +328,13 @@ def test_airgap_uploads_the_binary_and_images_and_skips_the_download(bed):
         b.run([offline], K3S_AIRGAP_BINARY="/nonexistent/k3s")
     with pytest.raises(boot.BootstrapError, match="K3S_AIRGAP_IMAGES is set without K3S_AIRGAP_BINARY"):
         b.run([offline], K3S_AIRGAP_IMAGES=str(images))
+
+
+@pytest.mark.parametrize("release", ["v1.31.12+k3s1", "v1.36.4+k3s1"])
+def test_the_traefik_config_installs_on_traefik_v2_and_v3_releases(bed, release):
+    # The stand-in's helm-controller installs the chart of the release (27.x = Traefik v2 up to
+    # K3s 1.31, 34.x+ = v3 after) with our values, and crash-loops on keys that chart rejects.
+    b = bed(1)
+    report = b.run(K3S_VERSION=release)
+    assert [n.action for n in report.nodes] == ["changed"]
+    assert "helmchart.helm.cattle.io/traefik ready" in b.output.getvalue()
