@@ -71,6 +71,9 @@ HOSTS_HELP = {
 def _bootstrap_options(host, agent, user, port, trust_new_host_keys, **more):
     from k3stack.bootstrap import Options
 
+    if port and not str(port).isdigit():
+        _console().error(f"--port {port}: not a TCP port number")
+        raise Exit(code=1)
     return Options(
         hosts=tuple(host or ()),
         agents=tuple(agent or ()),
@@ -349,9 +352,13 @@ def render(c, env=None, out=None, show_secrets=False, validate=False):
                 chosen = [m for m in objects if m.source.split("/")[0] == target]
                 if chosen:
                     path = directory / f"{target}.yaml"
-                    path.write_text(mf.to_yaml(chosen))
+                    # With secrets shown, the file is private from its first byte (even if it
+                    # existed before with a looser mode).
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if show_secrets else 0o644)
                     if show_secrets:
-                        path.chmod(0o600)
+                        os.fchmod(fd, 0o600)
+                    with os.fdopen(fd, "w") as written:
+                        written.write(mf.to_yaml(chosen))
             console.step(f"wrote {len(objects)} objects to {directory}/")
         else:
             sys.stdout.write(mf.to_yaml(objects))

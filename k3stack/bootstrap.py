@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import os
 import secrets
 import socket
@@ -21,10 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import paramiko
+
 from . import kubeconfig as kcfg
 from . import manifests as mf
 from .console import Console
-from .errors import BootstrapError
+from .errors import BootstrapError, KubeconfigError
 from .remote import k3s, preflight
 from .remote.connection import Host, RemoteError, SshOptions, Target
 from .remote.facts import Facts, gather
@@ -66,14 +69,20 @@ def parse_target(entry: str, *, user: str, port: int, role: str) -> Target:
         return Target("local", os.environ.get("USER", "root"), 0, role)
     if "@" in entry:
         user, entry = entry.split("@", 1)
+    port_text = ""
     if entry.startswith("["):
         address, _, rest = entry[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else port
+        port_text = rest[1:] if rest.startswith(":") else ""
     elif entry.count(":") == 1:
         address, port_text = entry.split(":")
-        port = int(port_text)
     else:
         address = entry
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise BootstrapError(f"host {entry!r}: port {port_text!r} is not a TCP port; write [user@]host[:port]")
+        port = int(port_text)
+    if not address:
+        raise BootstrapError(f"host {entry!r}: no address; write [user@]host[:port]")
     return Target(address, user, port, role)
 
 
@@ -107,6 +116,9 @@ def ssh_options(settings: Settings, options: Options) -> SshOptions:
             raise BootstrapError(f"SSH_HOST_KEYS entry {item!r}: expected host=SHA256:<fingerprint> (ssh-keygen -lf)")
         pinned[host] = print_
     jump = settings["SSH_JUMP_HOST"]
+    key = settings["SSH_KEY"]
+    if key and not Path(key).expanduser().is_file():
+        raise BootstrapError(f"SSH_KEY={key}: no such file; point it at your private key, or unset it to use ssh-agent")
     return SshOptions(
         key_file=settings["SSH_KEY"],
         known_hosts=settings["SSH_KNOWN_HOSTS"],
@@ -136,9 +148,10 @@ def fetch_installer(settings: Settings, *, trust: bool, console: Console) -> byt
     try:
         with urllib.request.urlopen(url, timeout=30) as reply:
             data = reply.read()
-    except OSError as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         raise BootstrapError(
-            f"K3S_INSTALL_URL={url}: cannot fetch the installer ({exc}); check the URL and network"
+            f"K3S_INSTALL_URL={url}: cannot fetch the installer ({exc or type(exc).__name__}); "
+            "check the URL and network"
         ) from None
     digest = hashlib.sha256(data).hexdigest()
     expected = settings["K3S_INSTALL_SHA256"]
@@ -181,7 +194,7 @@ def _parallel(hosts: Iterable[Host], work: Callable[[Host], object]) -> dict[str
     def guarded(host: Host):
         try:
             return work(host)
-        except (RemoteError, OSError) as exc:
+        except (RemoteError, KubeconfigError, OSError, EOFError, paramiko.SSHException) as exc:
             return exc
 
     with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
@@ -210,7 +223,9 @@ def connect_and_check(
                 f"{host.name}: trusted new host key {host.trusted_key} (saved to {settings['SSH_KNOWN_HOSTS']})"
             )
         facts[host.name] = got
-        report.findings += preflight.check_host(host.name, got, role=host.target.role, ours=bool(got.state))
+        report.findings += preflight.check_host(
+            host.name, got, role=host.target.role, ours=bool(got.state), download=not settings["K3S_AIRGAP_BINARY"]
+        )
     first = hosts[0].target
     names = [settings["CHAT_HOST"], settings["MONITOR_HOST"]]
     if first.local and not settings["API_ENDPOINT"]:
@@ -362,14 +377,12 @@ def bootstrap(
 ) -> Report:
     started = time.monotonic()
     report = Report()
+    # Everything that can be checked here is, cheapest first, before any host is touched.
     check_release(settings)
-    manifests = traefik_manifests(settings)  # a render error stops us before any host is touched
-    installer = fetch_installer(settings, trust=options.trust_installer, console=console)
+    servers, agents = _hosts(settings, options)
+    manifests = traefik_manifests(settings)
     airgap = load_airgap(settings)
-    servers_t, agents_t = inventory(settings, options)
-    ssh = ssh_options(settings, options)
-    servers = [Host(t, ssh) for t in servers_t]
-    agents = [Host(t, ssh) for t in agents_t]
+    installer = fetch_installer(settings, trust=options.trust_installer, console=console)
     try:
         facts = connect_and_check(settings, servers + agents, options, console, report, resolver)
         token = join_token(settings, servers[0], facts[servers[0].name])
@@ -401,10 +414,7 @@ def bootstrap(
             raise BootstrapError(f"{bad.host}: {bad.detail}")
         report.kubeconfig = fetch_kubeconfig(settings, servers[0], options, console)
     finally:
-        for host in servers + agents:
-            # Closing a broken connection must not hide the error that broke it.
-            with contextlib.suppress(Exception):
-                host.close()
+        _close(servers + agents)
     wait_for_cluster(
         report.kubeconfig.path, settings["KUBECONFIG_CONTEXT"], len(servers) + len(agents), options.timeout, console
     )
@@ -440,13 +450,22 @@ def fetch_kubeconfig(settings: Settings, first: Host, options: Options, console:
 
 def wait_for_cluster(kubeconfig: Path, context: str, nodes: int, timeout: float, console: Console) -> None:
     """Every node Ready and Traefik's chart installed (its helm-install job done)."""
-    from .kube import Kube
+    from .kube import ApiError, Kube, KubeError
     from .rollout import RolloutError, Waiter
     from .rollout import Target as Workload
 
-    kube = Kube(str(kubeconfig), context)
+    kube = Kube(str(kubeconfig), context, retries=2)
     deadline = time.monotonic() + timeout
     console.step(f"waiting for {nodes} node(s) to be Ready")
+    try:
+        kube.list("v1", "Node")
+    except KubeError as exc:
+        if isinstance(exc, ApiError):
+            raise
+        # Installed and checked through the first server itself; the endpoint (a DNS name or a
+        # balancer) may simply not be reachable from here yet.
+        console.warn(f"K3s is installed, but not reachable through the kubeconfig yet: {exc}")
+        return
     ready: list[str] = []
     while True:
         listed = kube.list("v1", "Node")
@@ -482,6 +501,13 @@ def wait_for_cluster(kubeconfig: Path, context: str, nodes: int, timeout: float,
         console.result(workload.describe(), "ready")
 
 
+def _close(hosts: list[Host]) -> None:
+    for host in hosts:
+        # Closing a broken connection must not hide the error that broke it.
+        with contextlib.suppress(Exception):
+            host.close()
+
+
 def _hosts(settings: Settings, options: Options) -> tuple[list[Host], list[Host]]:
     servers, agents = inventory(settings, options)
     ssh = ssh_options(settings, options)
@@ -512,9 +538,7 @@ def reset(settings: Settings, options: Options, console: Console) -> list[k3s.No
                 results.append(outcome)
                 console.result(outcome.host, outcome.action, f"({outcome.role}) {outcome.detail}")
     finally:
-        for host in servers + agents:
-            with contextlib.suppress(Exception):
-                host.close()
+        _close(servers + agents)
     path = Path(options.kubeconfig_path or settings["KUBECONFIG_PATH"]).expanduser()
     forgotten = kcfg.forget(path, settings["KUBECONFIG_CONTEXT"])
     console.result(

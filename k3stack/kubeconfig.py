@@ -21,6 +21,8 @@ import os
 import secrets
 import socket
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -222,6 +224,22 @@ def write(path: Path, config: dict, *, merge_into_existing: bool) -> WriteResult
     as `<path>.bak` (0600). An existing file that is not a kubeconfig is refused, never clobbered.
     """
     path = Path(path).expanduser()
+    with _file_errors(path):
+        return _write(path, config, merge_into_existing)
+
+
+@contextmanager
+def _file_errors(path: Path) -> Iterator[None]:
+    """A kubeconfig we may not read or write (often root's, left by `sudo cp`) is one clear line."""
+    try:
+        yield
+    except OSError as exc:
+        raise KubeconfigError(
+            f"{path}: {exc.strerror or exc}; fix: make it yours (e.g. sudo chown $USER {path}) or pass another path"
+        ) from None
+
+
+def _write(path: Path, config: dict, merge_into_existing: bool) -> WriteResult:
     if path.is_symlink():  # a ~/.kube/config symlinked elsewhere: update the target, keep the link
         path = path.resolve()
     old_bytes = path.read_bytes() if path.exists() else None
@@ -248,6 +266,11 @@ def forget(path: Path, name: str) -> WriteResult:
     """Remove the cluster, user and context called `name` (what `write` added), keeping the rest;
     the current context is cleared when it was that one. A missing file or entry changes nothing."""
     path = Path(path).expanduser()
+    with _file_errors(path):
+        return _forget(path, name)
+
+
+def _forget(path: Path, name: str) -> WriteResult:
     if path.is_symlink():
         path = path.resolve()
     if not path.exists():

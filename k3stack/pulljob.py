@@ -1,8 +1,9 @@
 """`inv models.pull --in-cluster`: the model pulls as a Job next to Ollama (k8s/jobs/ollama-pull.yaml),
 followed like a rollout — for CD runners that should not hold a connection open for a download.
 
-The Job's name carries a hash of the image and model list: the same list is the same Job (done
-once, `unchanged` afterwards), a new list a new Job. A failed Job is replaced on the next run.
+The Job's name carries a hash of the image and model list: the same list is the same Job
+(`unchanged` while it is kept — a day after it finished, then it runs again and finds the models
+present), a new list a new Job. A failed Job is replaced on the next run.
 """
 
 from __future__ import annotations

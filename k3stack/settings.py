@@ -193,7 +193,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("K3S_NODE_LABELS", "", "labels for every node, key=value, comma-separated"),
     Setting("K3S_NODE_TAINTS", "", "taints for agent nodes, key=value:Effect, comma-separated"),
     Setting(
-        "K3S_DISABLE", "", "bundled K3s components to disable, comma-separated (never traefik: the stack needs it)"
+        "K3S_DISABLE",
+        "",
+        "bundled K3s components to disable, comma-separated (never traefik: the stack needs it)",
+        lambda v: (
+            "components other than traefik (the stack's ingresses need it)" if "traefik" in split_list(v) else None
+        ),
     ),
     Setting("KUBECONFIG_PATH", "~/.kube/config", "where bootstrap writes (merges) the cluster's kubeconfig"),
     Setting("KUBECONFIG_CONTEXT", "k3stack", "context name bootstrap gives the cluster in that kubeconfig", dns_label),

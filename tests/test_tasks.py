@@ -186,3 +186,20 @@ def test_up_runs_bootstrap_deploy_and_smoke_and_stops_at_the_failing_stage(ssh_h
     assert "Traceback" not in out
     assert junit.exists()
     assert 'failures="0"' not in junit.read_text()
+
+
+def test_bad_flags_and_secret_files(env_dir, tmp_path):
+    bad_port = inv(
+        "bootstrap", "--env", "test", "--host", "203.0.113.10", "--port", "ssh", env={"K3STACK_ENV_DIR": str(env_dir)}
+    )
+    assert bad_port.returncode == 1
+    assert "--port ssh: not a TCP port number" in bad_port.stdout
+    assert "Traceback" not in bad_port.stdout + bad_port.stderr
+    out = tmp_path / "rendered"
+    out.mkdir()
+    (out / "k3stack.yaml").write_text("an older render, world-readable\n")
+    (out / "k3stack.yaml").chmod(0o644)
+    done = inv("render", "--env", "test", "--out", str(out), "--show-secrets", env={"K3STACK_ENV_DIR": str(env_dir)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert oct((out / "k3stack.yaml").stat().st_mode & 0o777) == "0o600"
+    assert "kind: Secret" in (out / "k3stack.yaml").read_text()

@@ -9,6 +9,7 @@ the settings by Fabric's responder, never put on a command line.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import os
@@ -68,6 +69,11 @@ class CommandResult:
         return self.exited == 0
 
 
+def https_url(address: str, port: int) -> str:
+    """https://address:port, with an IPv6 address in brackets."""
+    return f"https://[{address}]:{port}" if ":" in address else f"https://{address}:{port}"
+
+
 def fingerprint(key: paramiko.PKey) -> str:
     """OpenSSH's spelling: SHA256:<base64 without padding>."""
     return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
@@ -114,6 +120,7 @@ class Host:
         self._conn = None
         self._root = ROOT_UNKNOWN
         self._staging_dir: str | None = None
+        self._jump: Host | None = None
         self._staged: list[str] = []
         self.trusted_key: str | None = None
 
@@ -135,7 +142,9 @@ class Host:
         )
         gateway = None
         if self.options.jump is not None:
-            gateway = Host(self.options.jump, SshOptions(**{**self.options.__dict__, "jump": None}))._connection()
+            # Same host-key rules for the bastion; a key trusted there is reported like any other.
+            self._jump = Host(self.options.jump, dataclasses.replace(self.options, jump=None))
+            gateway = self._jump._connection()
         conn = Connection(
             self.target.address,
             user=self.target.user,
@@ -152,6 +161,8 @@ class Host:
         conn.client.set_missing_host_key_policy(policy)
         self._open(conn)
         self.trusted_key = policy.trusted
+        if self._jump is not None and self._jump.trusted_key:
+            self.trusted_key = f"{self.trusted_key or 'known'}; jump host {self._jump.name}: {self._jump.trusted_key}"
         self._conn = conn
 
     def _connection(self):
@@ -193,6 +204,9 @@ class Host:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._jump is not None:  # Fabric does not close a gateway with the connection
+            self._jump.close()
+            self._jump = None
 
     # -- commands ----------------------------------------------------------------------------
     def _raw(self, command: str, *, sudo_password: bool = False) -> CommandResult:
@@ -272,7 +286,13 @@ class Host:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
         else:
-            self._connection().put(io.BytesIO(data), remote=name)
+            try:
+                self._connection().put(io.BytesIO(data), remote=name)
+            except (OSError, paramiko.SSHException, EOFError) as exc:
+                raise RemoteError(
+                    f"{self.name}: cannot copy {path} over SFTP ({exc or type(exc).__name__}); "
+                    "sshd there must offer the sftp subsystem (Subsystem sftp in sshd_config)"
+                ) from None
         quoted = shlex.quote(path)
         self.run(
             f'set -e; d=$(dirname {quoted}); mkdir -p "$d"; t="$d/.k3stack.$$"; '

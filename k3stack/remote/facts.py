@@ -27,7 +27,12 @@ mkdir -p /var/lib/rancher 2>/dev/null
 echo "disk_free_kb=$(df -Pk /var/lib/rancher 2>/dev/null | awk 'NR==2 {print $4}')"
 echo "memory_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
 echo "clock=$(date +%s)"
-echo "listeners=$( (ss -Hltnp 2>/dev/null || true) | awk '{n=split($4, a, ":"); print a[n] "/" $6}' | tr '\n' ' ')"
+if command -v ss >/dev/null 2>&1; then
+  listeners=$(ss -Hltnp | awk '{n=split($4, a, ":"); print a[n] "/" $6}')
+else  # busybox (Alpine): netstat's columns
+  listeners=$(netstat -ltnp 2>/dev/null | awk 'NR > 2 {n=split($4, a, ":"); print a[n] "/" $7}')
+fi
+echo "listeners=$(echo "$listeners" | tr '\n' ' ')"
 echo "k3s_version=$( (k3s --version 2>/dev/null || true) | head -n1 | awk '{print $3}')"
 for unit in k3s k3s-agent; do
   if command -v systemctl >/dev/null 2>&1; then

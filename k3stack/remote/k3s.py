@@ -8,6 +8,7 @@ touched. The join token lives only in the 0600 config drop-in, never in argv, un
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shlex
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .connection import Host, RemoteError
+from .connection import Host, RemoteError, https_url
 from .facts import STATE_FILE, TOKEN_FILE, Facts
 
 CONFIG_DROPIN = "/etc/rancher/k3s/config.yaml.d/50-k3stack.yaml"
@@ -47,7 +48,15 @@ class NodeSpec:
     def unit(self) -> str:
         return "k3s" if self.role == "server" else "k3s-agent"
 
+    @functools.cached_property
+    def digests(self) -> dict[str, str]:
+        """Per-part hashes, computed once (airgap files can be hundreds of MB)."""
+        return self._digests()
+
     def parts(self) -> dict[str, str]:
+        return self.digests
+
+    def _digests(self) -> dict[str, str]:
         parts = {
             "release": f"{self.role} {self.version}",
             "installer": sha256(self.installer),
@@ -84,7 +93,7 @@ def node_config(
     """The K3s config drop-in (keys are K3s's flag names)."""
     config: dict = {"token": token, "node-name": node_name}
     if first_server:
-        config["server"] = f"https://{first_server}:{API_PORT}"
+        config["server"] = https_url(first_server, API_PORT)
     if role == "server":
         if cluster_init:
             config["cluster-init"] = True
@@ -123,16 +132,15 @@ def apply(spec: NodeSpec, facts: Facts, *, timeout: float = 120) -> NodeResult:
     reinstall = bool({"release", "installer", "binary"} & set(changed)) or not facts.k3s_version
     if reinstall:
         _install(spec)
-    _restart(spec, facts, timeout)
+    # K3s applies changed files in its manifests directory itself: no restart for those alone.
+    restart = changed != ["manifests"] or spec.unit not in facts.active_units
+    if restart:
+        _restart(spec, facts, timeout)
     state = {"parts": spec.parts(), "role": spec.role}
     host.upload(json.dumps(state, sort_keys=True).encode(), STATE_FILE, 0o600)
     first = not facts.state
-    return NodeResult(
-        host.name,
-        spec.role,
-        "changed",
-        "installed" if first else "changed: " + ", ".join(changed) + " (restarted once)",
-    )
+    how = " (restarted once)" if restart else " (applied by K3s, no restart)"
+    return NodeResult(host.name, spec.role, "changed", "installed" if first else "changed: " + ", ".join(changed) + how)
 
 
 def _install(spec: NodeSpec) -> None:
@@ -157,7 +165,8 @@ def _restart(spec: NodeSpec, facts: Facts, timeout: float) -> None:
     host, unit = spec.host, spec.unit
     restart = f"rc-service {unit} restart" if facts.init == "openrc" else f"systemctl restart {unit}"
     host.run(restart, what=f"restarting {unit}")
-    ready = f"[ -f {KUBECONFIG} ] && ss -Hltn | grep -q ':{API_PORT} '" if spec.role == "server" else "true"
+    listening = f"{{ ss -Hltn 2>/dev/null || netstat -ltn 2>/dev/null; }} | grep -q ':{API_PORT} '"
+    ready = f"[ -f {KUBECONFIG} ] && {listening}" if spec.role == "server" else "true"
     active = f"rc-service {unit} status" if facts.init == "openrc" else f"systemctl is-active --quiet {unit}"
     waited = host.run(
         f"i=0; while [ $i -lt {int(timeout)} ]; do "

@@ -30,8 +30,9 @@ class Finding:
     fix: str = ""
 
 
-def check_host(name: str, facts: Facts, *, role: str, ours: bool) -> list[Finding]:
-    """`ours`: K3s on this host was installed by k3stack, so its own ports are expected busy."""
+def check_host(name: str, facts: Facts, *, role: str, ours: bool, download: bool = True) -> list[Finding]:
+    """`ours`: K3s on this host was installed by k3stack, so its own ports are expected busy;
+    `download`: the installer downloads K3s (not airgap), so curl or wget is needed."""
     found: list[Finding] = []
 
     def add(check: str, ok: bool, detail: str, fix: str, warn_only: bool = False) -> None:
@@ -46,7 +47,8 @@ def check_host(name: str, facts: Facts, *, role: str, ours: bool) -> list[Findin
     )
     add("arch", facts.arch in ARCHES, facts.arch, "K3s ships amd64, arm64 and armhf builds only")
     add("init", facts.init in ("systemd", "openrc"), facts.init, "K3s needs systemd or openrc to supervise it")
-    add("downloader", bool(facts.downloader), facts.downloader or "none", "install curl (apt-get install curl)")
+    if download:
+        add("downloader", bool(facts.downloader), facts.downloader or "none", "install curl (apt-get install curl)")
     add(
         "disk",
         facts.disk_free_gb >= MIN_DISK_GB,

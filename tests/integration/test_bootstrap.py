@@ -8,6 +8,7 @@ import base64
 import hashlib
 import io
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -338,3 +339,20 @@ def test_the_traefik_config_installs_on_traefik_v2_and_v3_releases(bed, release)
     report = b.run(K3S_VERSION=release)
     assert [n.action for n in report.nodes] == ["changed"]
     assert "helmchart.helm.cattle.io/traefik ready" in b.output.getvalue()
+
+
+def test_a_traefik_config_change_alone_is_applied_by_k3s_without_a_restart(bed):
+    b = bed(1)
+    host = b.hosts[0]
+    b.run()
+    report = b.run(ACME_EMAIL="certs@example.com")
+    assert [(n.action, n.detail) for n in report.nodes] == [
+        ("changed", "changed: manifests (applied by K3s, no restart)")
+    ]
+    assert standin.restarts(host, "k3s") == 1
+    # K3s (here: the stand-in's deploy controller) picked up the changed file by itself.
+    kube = Kube(str(b.kubeconfig), "k3stack")
+    deadline = time.monotonic() + 30
+    while "certs@example.com" not in str(kube.get("helm.cattle.io/v1", "HelmChartConfig", "traefik", "kube-system")):
+        assert time.monotonic() < deadline, "the new HelmChartConfig was not applied"
+        time.sleep(0.5)

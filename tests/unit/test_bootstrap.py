@@ -195,3 +195,27 @@ def test_desired_state_parts_decide_what_changed():
     assert k3s.changed_parts(spec, dataclasses.replace(applied, active_units=())) == ["not running"]
     upgraded = dataclasses.replace(spec, version="v1.36.4+k3s1")
     assert k3s.changed_parts(upgraded, applied) == ["release"]
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.1:22x", "[2001:db8::1]:99999", "root@:22"])
+def test_bad_host_entries_are_one_line_errors(entry):
+    with pytest.raises(boot.BootstrapError, match=r"write \[user@\]host\[:port\]"):
+        boot.parse_target(entry, user="root", port=22, role="server")
+
+
+def test_joining_an_ipv6_first_server_brackets_the_address():
+    assert config_of(first_server="2001:db8::1")["server"] == "https://[2001:db8::1]:6443"
+
+
+def test_traefik_cannot_be_disabled_and_a_missing_ssh_key_is_named(tmp_path):
+    with pytest.raises(settings.SettingsError, match="K3S_DISABLE='servicelb,traefik': expected components other"):
+        load(K3S_DISABLE="servicelb,traefik")
+    with pytest.raises(boot.BootstrapError, match=r"SSH_KEY=/nonexistent/id_ed25519: no such file"):
+        boot.ssh_options(load(SSH_KEY="/nonexistent/id_ed25519"), boot.Options())
+
+
+def test_an_installer_url_that_cannot_be_fetched_is_named():
+    with pytest.raises(boot.BootstrapError, match=r"K3S_INSTALL_URL=.*cannot fetch the installer"):
+        boot.fetch_installer(load(K3S_INSTALL_URL="not a url"), trust=True, console=None)
+    with pytest.raises(boot.BootstrapError, match=r"K3S_INSTALL_URL=file:///nonexistent/install.sh: cannot fetch"):
+        boot.fetch_installer(load(K3S_INSTALL_URL="file:///nonexistent/install.sh"), trust=True, console=None)

@@ -508,3 +508,14 @@ def test_write_treats_an_empty_file_as_no_config(tmp_path):
     assert result.changed
     assert yaml.safe_load(path.read_text()) == _config("prod", "NEW")
     assert result.backup.read_text() == ""
+
+
+def test_a_kubeconfig_path_that_cannot_be_written_is_one_line(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where a directory should be")
+    config = kubeconfig.rewrite(k3s_yaml(), server=SERVER, name="k3stack", source="k3s.yaml")
+    with pytest.raises(KubeconfigError, match=r"not-a-dir/config: Not a directory; fix: make it yours"):
+        kubeconfig.write(blocker / "config", config, merge_into_existing=True)
+    (tmp_path / "dir" / "config").mkdir(parents=True)  # a directory where the file should be
+    with pytest.raises(KubeconfigError, match=r"fix: make it yours"):
+        kubeconfig.forget(tmp_path / "dir" / "config", "k3stack")
