@@ -119,7 +119,9 @@ def test_models_already_present_are_skipped_and_names_normalised(ollama):
     fake.install("tinyllama")
     report = client.pull_all(["tinyllama", "tinyllama:latest", "mistral:7b"])
     assert [(r.model, r.action) for r in report.results] == [("tinyllama:latest", "present"), ("mistral:7b", "pulled")]
-    assert fake.pull_requests == ["mistral:7b"]
+    # The present model is never requested; each request for the other is one of its attempts
+    # (a loaded CI machine can make a pull stall and be retried, which is the code working).
+    assert fake.pull_requests == ["mistral:7b"] * report.results[1].attempts
     assert report.ok
 
 
@@ -182,10 +184,17 @@ def test_a_model_listed_with_another_size_fails_verification(ollama):
 def test_two_models_pull_concurrently(ollama):
     client, fake = ollama
     fake.rate = 8 * MB  # llama ~0.6 s, mistral ~0.5 s on their own
-    report = client.pull_all(["llama3.1:8b", "mistral:7b"])
+    seen: dict[str, list[float]] = {}
+
+    def track(progress: ol.Progress) -> None:
+        seen.setdefault(progress.model, []).append(time.monotonic())
+
+    report = client.pull_all(["llama3.1:8b", "mistral:7b"], track)
     assert report.ok
-    # At once, not one after the other (bench/smoke measures the ratio to the slower pull).
-    assert report.seconds < 0.8 * sum(r.seconds for r in report.results)
+    # At once, not one after the other: each stream began before the other ended (bench/smoke
+    # measures the ratio to the slower pull).
+    (a_first, *_, a_last), (b_first, *_, b_last) = seen.values()
+    assert max(a_first, b_first) < min(a_last, b_last)
 
 
 def test_pull_models_prints_plain_progress_and_one_line_per_model(ollama):
