@@ -38,7 +38,10 @@ def serve(sock: socket.socket, handler: type[BaseHTTPRequestHandler], app) -> Th
 
 
 class JsonHandler(BaseHTTPRequestHandler):
-    """HTTP/1.1 with keep-alive, JSON in and out, silent."""
+    """HTTP/1.1, JSON in and out, silent. Every answer closes its connection: a kept-alive backend
+    connection that the API server's proxy reuses just as this server drops it fails that request
+    (the client retries, as it should against a real Ollama) — which would make tests that count
+    attempts depend on timing."""
 
     protocol_version = "HTTP/1.1"
 
@@ -68,6 +71,8 @@ class JsonHandler(BaseHTTPRequestHandler):
         for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.close_connection = True
         self.end_headers()
         self.wfile.write(body)
 
@@ -204,6 +209,8 @@ class _OllamaHandler(JsonHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.close_connection = True
         self.end_headers()
         try:
             self._stream(name, error)
