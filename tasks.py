@@ -45,14 +45,20 @@ def _console():
     return Console()
 
 
+def _kube(loaded, kubeconfig, context):
+    """A connection to the cluster: --kubeconfig/--context, else KUBE_CONTEXT, else the current one."""
+    from k3stack.kube import Kube
+
+    return Kube(kubeconfig, context or loaded["KUBE_CONTEXT"] or None)
+
+
 def _cluster(console, env, kubeconfig, context):
     """Settings, a connection and the plan (secrets resolved, manifests rendered): all checks
     that need no write happen here, before anything is applied."""
     from k3stack import deploy, settings
-    from k3stack.kube import Kube
 
     loaded = settings.load(env)
-    kube = Kube(kubeconfig, context or loaded["KUBE_CONTEXT"] or None)
+    kube = _kube(loaded, kubeconfig, context)
     plan = deploy.make_plan(loaded, deploy.read_secret_from(kube))
     console.add_secrets(plan.secrets.values.values())
     return loaded, kube, plan
@@ -499,13 +505,12 @@ def _run_smoke(console, env, kubeconfig, context, json, junit, insecure, ca_bund
 def models_pull(c, env=None, kubeconfig=None, context=None, model=None, json=False, in_cluster=False, timeout=3600):
     """Pull models into Ollama through the API server (progress, resume, verify); present ones are skipped."""
     from k3stack import settings
-    from k3stack.kube import Kube
     from k3stack.ollama import Ollama, OllamaError, pull_models
 
     console = _console()
     with _reported(console):
         loaded = settings.load(env)
-        kube = Kube(kubeconfig, context or loaded["KUBE_CONTEXT"] or None)
+        kube = _kube(loaded, kubeconfig, context)
         names = model or loaded.models
         try:
             if in_cluster:
@@ -528,12 +533,11 @@ def models_pull(c, env=None, kubeconfig=None, context=None, model=None, json=Fal
 def models_list(c, env=None, kubeconfig=None, context=None, json=False):
     """List the models Ollama has, and which configured ones are missing."""
     from k3stack import ollama, settings
-    from k3stack.kube import Kube
 
     console = _console()
     with _reported(console):
         loaded = settings.load(env)
-        kube = Kube(kubeconfig, context or loaded["KUBE_CONTEXT"] or None)
+        kube = _kube(loaded, kubeconfig, context)
         try:
             present = ollama.Ollama.from_settings(kube, loaded).models()
         except ollama.OllamaError as exc:

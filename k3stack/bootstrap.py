@@ -214,9 +214,7 @@ def connect_and_check(
     for host in hosts:
         got = gathered[host.name]
         if isinstance(got, Exception):
-            report.findings.append(
-                preflight.Finding(host.name, "connect", "fail", str(got).removeprefix(f"{host.name}: "))
-            )
+            report.findings.append(preflight.Finding(host.name, "connect", "fail", _reason(host.name, got)))
             continue
         if host.trusted_key:
             console.warn(
@@ -404,7 +402,7 @@ def bootstrap(
             for name, outcome in _parallel(wave, run).items():
                 if isinstance(outcome, Exception):
                     failed = True
-                    outcome = k3s.NodeResult(name, plan[name].role, "failed", str(outcome).removeprefix(f"{name}: "))
+                    outcome = k3s.NodeResult(name, plan[name].role, "failed", _reason(name, outcome))
                 report.nodes.append(outcome)
         console.table(
             "hosts", ["host", "role", "result", "detail"], [[n.host, n.role, n.action, n.detail] for n in report.nodes]
@@ -501,6 +499,11 @@ def wait_for_cluster(kubeconfig: Path, context: str, nodes: int, timeout: float,
         console.result(workload.describe(), "ready")
 
 
+def _reason(host: str, exc: Exception) -> str:
+    """An error's message without the host name it starts with (the table's first column has it)."""
+    return str(exc).removeprefix(f"{host}: ")
+
+
 def _close(hosts: list[Host]) -> None:
     for host in hosts:
         # Closing a broken connection must not hide the error that broke it.
@@ -534,7 +537,7 @@ def reset(settings: Settings, options: Options, console: Console) -> list[k3s.No
             for name, outcome in _parallel(wave, lambda h: (h.connect(), k3s.reset(h, h.target.role))[1]).items():
                 if isinstance(outcome, Exception):
                     role = next(h.target.role for h in wave if h.name == name)
-                    outcome = k3s.NodeResult(name, role, "failed", str(outcome).removeprefix(f"{name}: "))
+                    outcome = k3s.NodeResult(name, role, "failed", _reason(name, outcome))
                 results.append(outcome)
                 console.result(outcome.host, outcome.action, f"({outcome.role}) {outcome.detail}")
     finally:
