@@ -2,10 +2,27 @@
 proxy (only a kubeconfig needed: no port-forward, no public exposure of Ollama).
 
 `pull_models` pulls several models at once, skips those already present, shows progress, and
-survives a flaky download: a stream that makes no progress for `stall_seconds` is dropped and
-the pull retried with backoff (Ollama keeps finished layers, so a retry resumes). An {"error"}
-line in the stream fails the attempt with Ollama's message; an unknown model fails at once.
-Every pull is verified against /api/tags afterwards.
+survives a flaky download. What Ollama 0.32 really does (server/routes.go, server/images.go,
+server/download.go, api/types.go, types/model/name.go) and what this module does about it:
+
+- Names are `[host/][namespace/]model[:tag]`, upper case allowed, compared case-insensitively;
+  /api/tags lists the shortest form (`registry.ollama.ai/library/mistral:7b` and
+  `library/mistral:7b` are `mistral:7b`, a missing tag is `:latest`, `hf.co/<org>/<repo>:<quant>`
+  stays). `parse_name` is Ollama's grammar, `normalise` the listed form, `model_key` the key that
+  "already present" and verification compare.
+- POST /api/pull answers HTTP 200 and streams NDJSON: "pulling manifest", a `pulling <digest>`
+  line per layer and one for the config blob, "verifying sha256 digest", "writing manifest", maybe
+  "removing unused layers" or "couldn't remove unused layers: …" (housekeeping, not a failure),
+  "success". Zero fields are left out (`completed` before the first byte). Progress lines come
+  every ~60 ms whether bytes arrived or not, so a stall is judged by bytes (`StallWatch`): a
+  download without new bytes for `stall_seconds` is dropped and retried; Ollama keeps finished
+  layers and partial parts, so the retry resumes. A failure after the stream started is an
+  {"error"} line on that HTTP 200.
+- One retry policy (`retry_policy`: exponential backoff with jitter) for what another try can fix
+  (`transient`): connection errors, timeouts, 5xx, stalls, Ollama's own download errors. A bad
+  request (400 "invalid model name", "missing request body"), any other 4xx, a model that needs
+  MLX, a manifest that does not exist (no such model or tag) are final: no retry, a hint instead.
+- Every pull is verified against /api/tags afterwards.
 """
 
 from __future__ import annotations
@@ -16,21 +33,49 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from .console import Console, human_size
-from .kube import Kube, KubeError, ProxyResponse
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from .console import human_size
+
+if TYPE_CHECKING:  # the Kubernetes client is a heavy import: settings validation needs none of it
+    from .console import Console
+    from .kube import Kube, ProxyResponse
 
 SERVICE = "ollama"
 PORT = 11434
-# Ollama's words for "no such model in the registry" (manifest fetch 404s).
-UNKNOWN_MODEL_MARKERS = ("file does not exist", "manifest unknown", "not found")
-# Errors a retry cannot fix.
-PERMANENT_MARKERS = ("no space left on device", "invalid model name", "unauthorized")
+READ_ATTEMPTS = 3  # tries of one GET (version, tags): a proxied request can fail on a reused connection
+MAX_PAUSE = 60.0  # seconds: the longest pause between two tries
+
 LIBRARY_HINT = "check the name and tag at https://ollama.com/library (e.g. llama3.1:8b)"
+NAME_HINT = (
+    "Ollama's model names are [host/][namespace/]model[:tag] of letters, digits, _ - . "
+    "(e.g. llama3.1:8b, hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M)"
+)
+MLX_HINT = (
+    "this tag ships safetensors weights only, which Ollama runs with MLX (Apple silicon), not on "
+    "this Linux server: pick a GGUF tag of the model (e.g. a q4_K_M one)"
+)
+# Ollama's words for "no such model in the registry" (its manifest fetch 404s).
+UNKNOWN_MODEL_MARKERS = ("file does not exist", "manifest unknown", "not found")
+# Ollama's words for failures another try cannot fix, whatever the HTTP status (it sends some
+# inside its HTTP 200 stream), with what to do about each.
+FINAL_MARKERS: dict[str, str] = {
+    "invalid model name": NAME_HINT,
+    "missing request body": "k3stack sent a pull without a body: please report this",
+    "requires mlx support": MLX_HINT,
+    "pull model manifest: file does not exist": LIBRARY_HINT,
+    "manifest unknown": LIBRARY_HINT,
+    "no space left on device": "Ollama's volume is full: raise OLLAMA_STORAGE or remove models",
+    "unauthorized": "the registry refuses this model without credentials",
+    "insecure protocol": "an http:// registry needs Ollama's insecure pulls, which k3stack does not ask for",
+}
 
 
 class OllamaError(RuntimeError):
-    """Ollama could not do what was asked; `hint` says what to do about it."""
+    """Ollama could not do what was asked; `hint` says what to do about it, `retry` whether
+    another try may succeed (see `transient`)."""
 
     def __init__(self, message: str, hint: str = "", *, retry: bool = True):
         super().__init__(message)
@@ -47,10 +92,209 @@ class StallError(OllamaError):
     pass
 
 
+# -- names (Ollama's types/model/name.go) -----------------------------------------------------------
+DEFAULT_HOST = "registry.ollama.ai"
+DEFAULT_NAMESPACE = "library"
+DEFAULT_TAG = "latest"
+_PART_LIMITS = {"host": 350, "namespace": 80, "model": 80, "tag": 80}
+_ALNUM_ = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+_PART_EXTRA = {"host": "-.:", "namespace": "-", "model": "-.", "tag": "-."}  # allowed after the first character
+
+
+@dataclass(frozen=True)
+class ModelName:
+    """A model name split as Ollama splits it, with Ollama's defaults filled in."""
+
+    host: str
+    namespace: str
+    model: str
+    tag: str
+
+    def shortest(self) -> str:
+        """The form /api/tags lists (Name.DisplayShortest): the default host and namespace left
+        out, the tag always there."""
+        if self.host.lower() != DEFAULT_HOST:
+            prefix = f"{self.host}/{self.namespace}/"
+        elif self.namespace.lower() != DEFAULT_NAMESPACE:
+            prefix = f"{self.namespace}/"
+        else:
+            prefix = ""
+        return f"{prefix}{self.model}:{self.tag}"
+
+
+def _cut(s: str, sep: str) -> tuple[str, str | None]:
+    """cutPromised: split at the last `sep`; (s, None) without one. A side left empty stays "",
+    which no part accepts (Ollama's MissingPart)."""
+    i = s.rfind(sep)
+    return (s, None) if i < 0 else (s[:i], s[i + 1 :])
+
+
+def _part_problem(kind: str, value: str) -> str | None:
+    if not value:
+        return f"the {kind} is empty"
+    if len(value) > _PART_LIMITS[kind]:
+        return f"the {kind} is longer than {_PART_LIMITS[kind]} characters"
+    if value[0] not in _ALNUM_:
+        return f"the {kind} {value!r} must start with a letter, a digit or _"
+    wrong = sorted({c for c in value if c not in _ALNUM_ and c not in _PART_EXTRA[kind]})
+    if wrong:
+        return f"the {kind} {value!r} may not contain {' '.join(repr(c) for c in wrong)}"
+    return None
+
+
+def parse_name(name: str) -> ModelName:
+    """Split a model name with Ollama's own grammar (types/model/name.go, ParseName and
+    Name.IsValid, Ollama 0.32): `[scheme://][host/][namespace/]model[:tag]`, where
+    host is 1–350 of `A-Za-z0-9_-.:`, namespace 1–80 of `A-Za-z0-9_-`, model and tag 1–80 of
+    `A-Za-z0-9_-.`, each starting with a letter, digit or `_`; upper case allowed. A tag is
+    whatever follows the last `:` after the last `/` (so `host:5000/ns/model` has a port, no tag).
+    Missing parts take Ollama's defaults: registry.ollama.ai, library, latest.
+
+    >>> parse_name("hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M").shortest()
+    'hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M'
+
+    Raises ValueError saying which part is wrong (Ollama answers 400 "invalid model name")."""
+    s, tag, namespace, host = name, None, None, None
+    if s.rfind(":") > s.rfind("/"):
+        s, tag = _cut(s, ":")
+    s, model = _cut(s, "/")
+    if model is None:
+        model = s
+    else:
+        s, namespace = _cut(s, "/")
+        if namespace is None:
+            namespace = s
+        else:
+            host = s.split("://", 1)[-1]  # a scheme (https://) is allowed and dropped
+    parts = {
+        "host": DEFAULT_HOST if host is None else host,
+        "namespace": DEFAULT_NAMESPACE if namespace is None else namespace,
+        "model": model,
+        "tag": DEFAULT_TAG if tag is None else tag,
+    }
+    for kind, value in parts.items():
+        problem = _part_problem(kind, value)
+        if problem:
+            raise ValueError(problem)
+    return ModelName(**parts)
+
+
+def name_problem(name: str) -> str | None:
+    """None when Ollama accepts `name` as a model name, else why not (for settings checks)."""
+    try:
+        parse_name(name)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def normalise(name: str) -> str:
-    """Ollama's canonical name: /api/tags lists `mistral` as `mistral:latest`."""
+    """The name as /api/tags lists it: `mistral` is `mistral:latest`, `registry.ollama.ai/library/
+    mistral:7b` is `mistral:7b`. A name Ollama would refuse only gets `:latest` if it has no tag."""
     name = name.strip()
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+    try:
+        return parse_name(name).shortest()
+    except ValueError:
+        return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def model_key(name: str) -> str:
+    """What two names must share to be the same model to Ollama (it compares names ignoring case)."""
+    return normalise(name).lower()
+
+
+def missing_models(wanted: Iterable[str], listed: Iterable[str]) -> list[str]:
+    """The `wanted` models (normalised) that `listed` (names from /api/tags) does not have."""
+    present = {model_key(n) for n in listed}
+    return [name for name in dict.fromkeys(normalise(n) for n in wanted) if model_key(name) not in present]
+
+
+# -- what is worth another try ----------------------------------------------------------------------
+def transient(message: str, status: int | None = None) -> bool:
+    """Is a failure worth another try? `status`: the HTTP status of the answer; None when the
+    connection failed or broke, or for an {"error"} line inside Ollama's HTTP 200 stream.
+
+    Final: Ollama's words for a bad request or a model that cannot be pulled here (FINAL_MARKERS:
+    invalid name, missing body, needs MLX, no such manifest, disk full, no access), whatever the
+    status; and every 4xx but 408 and 429. Worth another try: connection errors, timeouts, stalls,
+    5xx, 408/429, and Ollama's own download errors ("max retries exceeded", "digest mismatch":
+    a new pull resumes)."""
+    lowered = message.lower()
+    if any(marker in lowered for marker in FINAL_MARKERS):
+        return False
+    if status is None or status < 400:
+        return True
+    return status >= 500 or status in (408, 429)
+
+
+def _failure(model: str, message: str, status: int | None) -> OllamaError:
+    lowered = message.lower()
+    if "pull model manifest" in lowered and any(m in lowered for m in UNKNOWN_MODEL_MARKERS):
+        return UnknownModelError(model, message)
+    if status == 404 and any(m in lowered for m in UNKNOWN_MODEL_MARKERS[:2]):
+        return UnknownModelError(model, message)
+    hint = next((hint for marker, hint in FINAL_MARKERS.items() if marker in lowered), "")
+    text = f"{model}: Ollama: {message}" if status is None else f"{model}: HTTP {status}: {message}"
+    return OllamaError(text, hint, retry=transient(message, status))
+
+
+def _stream_error(model: str, message: str) -> OllamaError:
+    """An {"error"} line in the pull stream (HTTP 200)."""
+    return _failure(model, message, None)
+
+
+def _http_error(model: str, response: ProxyResponse) -> OllamaError:
+    """A non-200 answer to the pull, from Ollama (400 for a bad request) or from the API server's
+    proxy (5xx: no endpoints yet, a backend connection that broke)."""
+    return _failure(model, response.message(), response.status)
+
+
+def retry_policy(
+    attempts: int,
+    backoff: float,
+    sleep: Callable[[float], None] = time.sleep,
+    before_sleep: Callable[[RetryCallState], None] | None = None,
+) -> Retrying:
+    """k3stack's one retry policy towards Ollama: up to `attempts` tries while the failure is an
+    OllamaError with `retry` set (see `transient`); pause n is backoff·2^(n-1) plus up to
+    `backoff` at random (jitter: parallel pulls do not retry in step), at most MAX_PAUSE seconds.
+    The last failure is raised as it is."""
+    return Retrying(
+        stop=stop_after_attempt(max(1, attempts)),
+        wait=wait_exponential_jitter(multiplier=backoff, max=MAX_PAUSE, jitter=backoff),
+        retry=retry_if_exception(lambda exc: isinstance(exc, OllamaError) and exc.retry),
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+# -- the stall watchdog -----------------------------------------------------------------------------
+class StallWatch:
+    """Tells a stalled download from a slow one by BYTES, never by lines: Ollama repeats its
+    progress line every ~60 ms whether bytes arrived or not (server/download.go, a ticker), so a
+    stalled pull keeps its stream busy and only the byte count shows progress. Armed while Ollama
+    is pulling (status "pulling …"); other statuses (verifying, writing: Ollama may then be silent
+    for minutes) restart the clock, and the stream's read timeout is the limit there."""
+
+    def __init__(self, limit: float, clock: Callable[[], float] = time.monotonic):
+        self.limit = limit
+        self.clock = clock
+        self.completed: int | None = None
+        self.since = clock()
+        self.armed = True
+
+    def observe(self, status: str, completed: int) -> None:
+        """One line of the stream: its status and the bytes completed over all layers so far."""
+        armed = status.startswith("pulling")
+        if completed != self.completed or not (armed and self.armed):  # new bytes, or (re)armed
+            self.since = self.clock()
+        self.completed = completed
+        self.armed = armed
+
+    def stalled(self) -> bool:
+        """No new bytes for longer than `limit` while pulling."""
+        return self.armed and self.clock() - self.since > self.limit
 
 
 @dataclass(frozen=True)
@@ -117,9 +361,9 @@ OnProgress = Callable[[Progress], None]
 class Ollama:
     """The stack's Ollama, reached as Service `service`:`port` in `namespace`.
 
-    `stall_seconds`: a download making no progress for this long is dropped and retried.
-    `attempts`: tries per model (a retry resumes); `backoff`: first pause between tries,
-    doubled each time. `silence_seconds`: how long Ollama may say nothing while it verifies
+    `stall_seconds`: a download without new bytes this long is dropped and retried.
+    `attempts`: tries per model (a retry resumes); `backoff`: the first pause between tries
+    (see `retry_policy`). `silence_seconds`: how long Ollama may say nothing while it verifies
     and writes a model (it sends no lines then; big models take minutes)."""
 
     def __init__(
@@ -162,15 +406,24 @@ class Ollama:
         return f"service {self.service}:{self.port} in namespace {self.namespace}"
 
     # -- reading ------------------------------------------------------------------------------------
-    def _get(self, path: str) -> dict:
+    def _get(self, path: str, attempts: int = READ_ATTEMPTS) -> dict:
+        """GET through the proxy, retried by the policy (a kept-alive backend connection can
+        break just as the proxy reuses it; Ollama restarting answers 5xx for a moment)."""
+        return retry_policy(attempts, self.backoff, self.sleep)(self._get_once, path)
+
+    def _get_once(self, path: str) -> dict:
+        from .kube import KubeError
+
         try:
             response = self.kube.proxy("GET", self.namespace, self.service, self.port, path, timeout=30)
         except KubeError as exc:
             raise OllamaError(f"Ollama ({self.where}): {exc}", "is the cluster reachable?") from None
         if response.status != 200:
+            message = response.message()
             raise OllamaError(
-                f"Ollama ({self.where}) GET /{path}: HTTP {response.status} {response.message()}",
+                f"Ollama ({self.where}) GET /{path}: HTTP {response.status} {message}",
                 "is Ollama deployed and ready? `inv status` shows it; `inv deploy` starts it",
+                retry=transient(message, response.status),
             )
         data = response.json()
         if not isinstance(data, dict):
@@ -187,7 +440,7 @@ class Ollama:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return self.version()
+                return str(self._get("api/version", attempts=1).get("version", ""))
             except OllamaError:
                 if time.monotonic() + interval > deadline:
                     raise
@@ -213,48 +466,64 @@ class Ollama:
     def pull_all(
         self, names: Iterable[str], on_progress: OnProgress | None = None, *, skip_present: bool = True
     ) -> PullReport:
-        """Pull every model not yet present, all at once. Raises OllamaError only when Ollama
-        cannot be reached at all; a model's own failure is its result (the others go on)."""
+        """Pull every model not yet present, all at once. A name Ollama would refuse fails at once
+        without asking it. Raises OllamaError only when Ollama cannot be reached at all; a model's
+        own failure is its result (the others go on)."""
         started = time.monotonic()
-        wanted = list(dict.fromkeys(normalise(n) for n in names))
-        present = {m.name: m for m in self.models()} if skip_present else {}
-        results: dict[str, PullResult] = {
-            name: PullResult(name, "present", size=present[name].size) for name in wanted if name in present
-        }
-        missing = [name for name in wanted if name not in results]
+        wanted: dict[str, str] = {}  # key -> the name as written (first spelling wins)
+        for name in names:
+            wanted.setdefault(model_key(name), name.strip())
+        results: dict[str, PullResult] = {}
+        for key, name in wanted.items():
+            problem = name_problem(name)
+            if problem:
+                error = f"{name}: invalid model name ({problem})"
+                results[key] = PullResult(normalise(name), "failed", error=error, hint=NAME_HINT)
+        if skip_present and len(results) < len(wanted):
+            present = {model_key(m.name): m for m in self.models()}
+            for key, name in wanted.items():
+                if key in present and key not in results:
+                    results[key] = PullResult(normalise(name), "present", size=present[key].size)
+        missing = [key for key in wanted if key not in results]
         if missing:
             with ThreadPoolExecutor(max_workers=len(missing), thread_name_prefix="pull") as pool:
-                for result in pool.map(lambda n: self.pull(n, on_progress), missing):
-                    results[result.model] = result
-        return PullReport([results[name] for name in wanted], time.monotonic() - started)
+                pulled = pool.map(lambda key: self.pull(wanted[key], on_progress), missing)
+                results.update(zip(missing, pulled, strict=True))
+        return PullReport([results[key] for key in wanted], time.monotonic() - started)
 
     def pull(self, name: str, on_progress: OnProgress | None = None) -> PullResult:
-        """Pull one model (retrying, resuming) and verify it through /api/tags."""
-        name = normalise(name)
+        """Pull one model (retrying what `transient` allows, resuming) and verify it through
+        /api/tags. The name goes to Ollama as written; results and progress use `normalise`."""
+        name = name.strip()
+        shown = normalise(name)
         report = on_progress or (lambda p: None)
         started = time.monotonic()
-        delay = self.backoff
-        error: OllamaError | None = None
-        for attempt in range(1, self.attempts + 1):
-            try:
-                size = self._attempt(name, attempt, report)
-                self._verify(name, size)
-            except OllamaError as exc:
-                error = exc
-                if not exc.retry or attempt == self.attempts:
-                    break
-                report(Progress(name, f"retrying in {delay:.0f}s: {exc}", attempt=attempt))
-                self.sleep(delay)
-                delay = min(delay * 2, 60)
-                continue
-            report(Progress(name, "success", size, size, attempt, done=True))
-            return PullResult(name, "pulled", time.monotonic() - started, attempt, size)
-        assert error is not None
-        report(Progress(name, f"failed: {error}", attempt=attempt, done=True))
-        return PullResult(name, "failed", time.monotonic() - started, attempt, error=str(error), hint=error.hint)
+        tries = 0
 
-    def _attempt(self, name: str, attempt: int, report: OnProgress) -> int:
-        """One POST /api/pull, followed to "success"; returns the model's size (sum of layers)."""
+        def attempt() -> int:
+            nonlocal tries
+            tries += 1
+            size = self._attempt(name, shown, tries, report)
+            self._verify(shown, size)
+            return size
+
+        def retrying(state: RetryCallState) -> None:
+            pause = state.next_action.sleep if state.next_action else 0.0
+            failure = state.outcome.exception() if state.outcome else None
+            report(Progress(shown, f"retrying in {pause:.1f}s: {failure}", attempt=state.attempt_number))
+
+        try:
+            size = retry_policy(self.attempts, self.backoff, self.sleep, retrying)(attempt)
+        except OllamaError as exc:
+            report(Progress(shown, f"failed: {exc}", attempt=tries, done=True))
+            return PullResult(shown, "failed", time.monotonic() - started, tries, error=str(exc), hint=exc.hint)
+        report(Progress(shown, "success", size, size, tries, done=True))
+        return PullResult(shown, "pulled", time.monotonic() - started, tries, size)
+
+    def _attempt(self, name: str, shown: str, attempt: int, report: OnProgress) -> int:
+        """One POST /api/pull, followed to "success"; returns the model's size (all blobs)."""
+        from .kube import KubeError
+
         try:
             with self.kube.proxy_stream(
                 "POST",
@@ -267,25 +536,32 @@ class Ollama:
             ) as response:
                 if response.status != 200:
                     response.body = response.read()
-                    raise _http_error(name, response)
-                return self._follow(name, attempt, response, report)
+                    raise _http_error(shown, response)
+                return self._follow(shown, attempt, response, report)
         except KubeError as exc:
-            raise OllamaError(f"{name}: {exc}") from None
+            raise OllamaError(f"{shown}: {exc}") from None
 
     def _follow(self, name: str, attempt: int, response: ProxyResponse, report: OnProgress) -> int:
-        layers: dict[str, tuple[int, int]] = {}  # digest -> (completed, total)
-        state = {"at": time.monotonic(), "done": -1, "downloading": True}
+        from .kube import KubeError
+
+        blobs: dict[str, tuple[int, int]] = {}  # digest -> (completed, total): layers and the config blob
+        watch = StallWatch(self.stall_seconds)
+        lock = threading.Lock()
         finished = threading.Event()
+        stalled = threading.Event()
 
         def watchdog() -> None:
-            # A stalled download still holds the connection open: only a watchdog can tell.
+            # A stalled download keeps the connection open (and busy): only a watchdog can tell.
             while not finished.wait(min(1.0, self.stall_seconds / 10)):
-                if state["downloading"] and time.monotonic() - state["at"] > self.stall_seconds:
-                    state["stalled"] = True
+                with lock:
+                    expired = watch.stalled()
+                if expired:
+                    stalled.set()
                     response.abort()
                     return
 
         threading.Thread(target=watchdog, name=f"stall-{name}", daemon=True).start()
+        stall = StallError(f"{name}: no new bytes for {self.stall_seconds:.0f}s (stalled download)")
         status = ""
         try:
             for raw in response.lines():
@@ -293,60 +569,45 @@ class Ollama:
                     line = json.loads(raw)
                 except ValueError:
                     continue  # not NDJSON (a proxy's error page): the end of stream decides
+                if not isinstance(line, dict):
+                    continue
                 if "error" in line:
                     raise _stream_error(name, str(line["error"]))
                 status = str(line.get("status", ""))
-                if "digest" in line:
-                    layers[line["digest"]] = (int(line.get("completed") or 0), int(line.get("total") or 0))
-                completed = sum(c for c, _ in layers.values())
-                total = sum(t for _, t in layers.values())
-                if completed != state["done"] or not status.startswith("pulling "):
-                    state.update(at=time.monotonic(), done=completed)
-                state["downloading"] = status.startswith("pulling")
+                digest = line.get("digest")
+                if digest:  # zero fields are omitted: no `completed` before the first byte
+                    known_total = blobs.get(digest, (0, 0))[1]
+                    blobs[digest] = (int(line.get("completed") or 0), int(line.get("total") or known_total))
+                completed = sum(c for c, _ in blobs.values())
+                total = sum(t for _, t in blobs.values())
+                with lock:
+                    watch.observe(status, completed)
                 report(Progress(name, status, completed, total, attempt))
                 if status == "success":
                     return total
         except KubeError as exc:
-            if state.get("stalled"):
-                raise StallError(f"{name}: no progress for {self.stall_seconds:.0f}s (stalled download)") from None
+            if stalled.is_set():
+                raise stall from None
             raise OllamaError(f"{name}: {exc}") from None
         finally:
             finished.set()
-        if state.get("stalled"):
-            raise StallError(f"{name}: no progress for {self.stall_seconds:.0f}s (stalled download)")
+        if stalled.is_set():
+            raise stall
         raise OllamaError(f"{name}: the pull stream ended without success (last status: {status or 'none'})")
 
     def _verify(self, name: str, size: int) -> None:
-        listed = {m.name: m for m in self.models()}
-        if name not in listed:
+        listed = {model_key(m.name): m for m in self.models()}
+        model = listed.get(model_key(name))
+        if model is None:
             raise OllamaError(
                 f"{name}: the pull said success but /api/tags does not list it",
                 "look at Ollama's log (kubectl logs deploy/ollama); the volume may be full",
             )
-        if size and listed[name].size != size:
+        if size and model.size != size:
             raise OllamaError(
-                f"{name}: /api/tags lists {listed[name].size} bytes but the pull fetched {size}",
+                f"{name}: /api/tags lists {model.size} bytes but the pull fetched {size}",
                 "the model on the volume does not match what was downloaded; pull it again",
             )
-
-
-def _stream_error(model: str, message: str) -> OllamaError:
-    lowered = message.lower()
-    if "pull model manifest" in lowered and any(m in lowered for m in UNKNOWN_MODEL_MARKERS):
-        return UnknownModelError(model, message)
-    if any(m in lowered for m in PERMANENT_MARKERS):
-        return OllamaError(f"{model}: Ollama: {message}", retry=False)
-    return OllamaError(f"{model}: Ollama: {message}")
-
-
-def _http_error(model: str, response: ProxyResponse) -> OllamaError:
-    message = response.message()
-    if response.status == 404 and any(m in message.lower() for m in UNKNOWN_MODEL_MARKERS[:2]):
-        return UnknownModelError(model, message)
-    if 400 <= response.status < 500 and response.status not in (408, 429):
-        return OllamaError(f"{model}: HTTP {response.status}: {message}", retry=False)
-    # 5xx through the proxy: Ollama restarting, no endpoints yet; worth another try.
-    return OllamaError(f"{model}: HTTP {response.status}: {message}")
 
 
 # -- for the tasks ---------------------------------------------------------------------------------
@@ -356,7 +617,7 @@ def pull_models(ollama: Ollama, names: Iterable[str], console: Console) -> PullR
     names = list(names)
     console.step(f"pulling {len(names)} model(s) through {ollama.where}")
     ollama.wait_ready()
-    with console.pull_progress([normalise(n) for n in names]) as on_progress:
+    with console.pull_progress(list(dict.fromkeys(normalise(n) for n in names))) as on_progress:
         report = ollama.pull_all(names, on_progress)
     for result in report.results:
         if result.action == "present":
@@ -376,10 +637,10 @@ def pull_models(ollama: Ollama, names: Iterable[str], console: Console) -> PullR
 
 def model_rows(models: list[Model], wanted: Iterable[str] = ()) -> list[list[str]]:
     """`inv models.list`: name, size, modified, and whether the settings ask for it."""
-    wanted_set = {normalise(n) for n in wanted}
-    rows = [[m.name, human_size(m.size), m.modified[:19], "yes" if m.name in wanted_set else ""] for m in models]
-    present = {m.name for m in models}
-    rows += [[name, "-", "-", "yes (missing)"] for name in sorted(wanted_set - present)]
+    wanted = list(wanted)
+    keys = {model_key(n) for n in wanted}
+    rows = [[m.name, human_size(m.size), m.modified[:19], "yes" if model_key(m.name) in keys else ""] for m in models]
+    rows += [[name, "-", "-", "yes (missing)"] for name in sorted(missing_models(wanted, [m.name for m in models]))]
     return rows
 
 

@@ -15,7 +15,7 @@ from . import manifests as mf
 from .apply import FIELD_MANAGER
 from .console import Console
 from .kube import Kube
-from .ollama import Ollama, OllamaError, normalise
+from .ollama import Ollama, OllamaError, missing_models
 from .rollout import RolloutError, Target, Waiter
 from .settings import Settings
 
@@ -49,7 +49,8 @@ def pull_in_cluster(kube: Kube, settings: Settings, names: list[str], console: C
         Waiter(kube, interval=2).wait([_target(job)], timeout)
     except RolloutError as exc:
         raise OllamaError(str(exc), "the Job's log shows which model failed: kubectl logs job/" + name) from None
-    missing = sorted({normalise(n) for n in names} - {m.name for m in Ollama.from_settings(kube, settings).models()})
+    listed = [m.name for m in Ollama.from_settings(kube, settings).models()]
+    missing = sorted(missing_models(names, listed))  # as /api/tags lists them, compared ignoring case
     if missing:
         raise OllamaError(
             f"job {name} completed but Ollama does not list {', '.join(missing)}",

@@ -82,7 +82,9 @@ def k8s_minor(v: str) -> str | None:
 
 
 def models(v: str) -> str | None:
-    bad = [m for m in split_list(v) if not _MODEL.match(m)]
+    from .ollama import name_problem  # Ollama's own name grammar (types/model/name.go)
+
+    bad = [m for m in split_list(v) if name_problem(m)]
     return f"comma-separated Ollama model names such as llama3.1:8b (not {', '.join(bad)})" if bad else None
 
 

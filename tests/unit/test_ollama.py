@@ -3,7 +3,11 @@ and reading the NDJSON stream."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import threading
+import time
 
 import pytest
 import urllib3
@@ -11,13 +15,142 @@ import urllib3
 from k3stack import ollama as ol
 from k3stack.console import Console
 from k3stack.kube import ProxyResponse, ProxyTimeoutError
+from tests.testbed import fake_ollama
+
+PART80 = "8" * 80
+PART350 = "3" * 350
+
+# Ollama's own table (types/model/name_test.go) plus the forms k3stack's users write. Valid means
+# Ollama's ParseName(name).IsValid(): missing parts take the defaults.
+VALID = [
+    "mistral",
+    "llama3.1:8b",
+    "Mistral:7B",  # upper case is allowed
+    "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M",
+    "registry.ollama.ai/library/dolphin-mistral:7b-v2.6-dpo-laser-q6_K",
+    "library/mistral:7b",
+    "scheme://host:port/namespace/model:tag",
+    "host:port/namespace/model",
+    "registry.example.com:5000/team/model",
+    "_why/_the/_lucky:_stiff",
+    "h/n/m:t",
+    "host:https/namespace/model:tag",
+    f"{PART80}/{PART80}/{PART80}:{PART80}",
+    f"{PART350}/{PART80}/{PART80}:{PART80}",
+]
+INVALID = [
+    "",
+    "^",
+    "mm:",
+    "/nn/mm",
+    "//",
+    "//mm",
+    "hh//",
+    "@t",
+    "m@d",
+    "-hh/nn/mm:tt",
+    "hh/-nn/mm:tt",
+    "hh/nn/-mm:tt",
+    "hh/nn/mm:-tt",
+    "host/name:space/model:tag",
+    "hf.co/Llama-3.2-1B-GGUF",  # two parts: hf.co would be the namespace, which has no dots
+    "a/b/c/d",  # one part too many
+    "bad name",
+    f"{PART80}8",
+    f"{PART350}3/{PART80}/{PART80}:{PART80}",
+]
+
+
+@pytest.mark.parametrize("name", VALID)
+def test_ollamas_grammar_accepts(name):
+    assert ol.name_problem(name) is None
+
+
+@pytest.mark.parametrize("name", INVALID)
+def test_ollamas_grammar_refuses(name):
+    assert ol.name_problem(name)
+
+
+def test_a_refused_name_says_which_part_is_wrong():
+    assert ol.name_problem("hf.co/repo") == "the namespace 'hf.co' may not contain '.'"
+    assert ol.name_problem("mistral:") == "the tag is empty"
+    assert ol.name_problem("-x") == "the model '-x' must start with a letter, a digit or _"
 
 
 def test_names_are_normalised_like_api_tags():
     assert ol.normalise("mistral") == "mistral:latest"
     assert ol.normalise("llama3.1:8b") == "llama3.1:8b"
+    assert ol.normalise("registry.ollama.ai/library/mistral:7b") == "mistral:7b"
+    assert ol.normalise("library/mistral:7b") == "mistral:7b"
+    assert ol.normalise("REGISTRY.ollama.ai/Library/mistral") == "mistral:latest"
+    assert ol.normalise("registry.ollama.ai/bob/model") == "bob/model:latest"
+    assert ol.normalise("hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M") == (
+        "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M"
+    )
+    assert ol.normalise("https://hf.co/org/repo") == "hf.co/org/repo:latest"
     assert ol.normalise("registry.example.com:5000/team/model") == "registry.example.com:5000/team/model:latest"
     assert ol.normalise(" qwen2:7b ") == "qwen2:7b"
+    assert ol.normalise("not a name") == "not a name:latest"  # never raises (smoke normalises listings)
+
+
+def test_names_are_one_model_whatever_their_case_and_form():
+    assert ol.model_key("Mistral:7B") == ol.model_key("registry.ollama.ai/library/mistral:7b") == "mistral:7b"
+    assert ol.model_key("tinyllama") == ol.model_key("library/TinyLlama:latest")
+    assert ol.model_key("bob/model") != ol.model_key("model")
+    listed = ["mistral:7b", "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M", "tinyllama:latest"]
+    wanted = ["registry.ollama.ai/library/Mistral:7b", "tinyllama", "hf.co/bartowski/llama-3.2-1b-instruct-gguf:q4_k_m"]
+    assert ol.missing_models(wanted, listed) == []
+    assert ol.missing_models(["llama3.1", "mistral:7b", "llama3.1:latest"], listed) == ["llama3.1:latest"]
+
+
+@pytest.mark.parametrize("name", VALID + INVALID + ["tinyllama", "Library/X:Y", "a.b:1/c/d:e", "https://x/y/z"])
+def test_the_test_ollama_reads_names_as_k3stack_does(name):
+    # The test Ollama has its own copy of Ollama's grammar: the two must agree, or a test would
+    # pass against a server that accepts what the real one refuses.
+    from tests.testbed import fake_ollama
+
+    assert (fake_ollama.parse(name) is not None) == (ol.name_problem(name) is None)
+    if ol.name_problem(name) is None:
+        assert fake_ollama.shortest(name) == ol.normalise(name)
+
+
+def test_settings_check_model_names_with_ollamas_grammar():
+    from k3stack import settings
+
+    assert settings.models("llama3.1:8b, hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M,Mistral:7B") is None
+    assert "(not hf.co/repo, bad name)" in settings.models("mistral,hf.co/repo,bad name")
+
+
+# -- what is worth another try ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("message", "status", "again"),
+    [
+        # final: Ollama's words, whatever the status (some come inside its HTTP 200 stream)
+        ("invalid model name", 400, False),
+        ("missing request body", 400, False),
+        ("this model requires MLX support, but the MLX runtime is not available", None, False),
+        ("pull model manifest: file does not exist", None, False),
+        ("pull model manifest: file does not exist", 500, False),
+        ("write /root/.ollama/models/blobs/sha256-1: no space left on device", None, False),
+        ("unauthorized: access denied", None, False),
+        # final: a 4xx answer (the API server's, too: no such service, no right to proxy)
+        ('services "ollama" not found', 404, False),
+        ("forbidden", 403, False),
+        ("bad request", 400, False),
+        # worth another try
+        ("max retries exceeded: unexpected EOF", None, True),
+        ("digest mismatch, file must be downloaded again", None, True),
+        ("cannot reach ollama:11434 (connection reset by peer)", None, True),
+        ("error trying to reach service: EOF", 503, True),
+        ('no endpoints available for service "ollama"', 503, True),
+        ("Bad Gateway", 502, True),
+        ("internal error", 500, True),
+        ("timeout", 408, True),
+        ("slow down", 429, True),
+    ],
+)
+def test_transient_or_final(message, status, again):
+    assert ol.transient(message, status) is again
 
 
 def test_stream_errors_are_classified():
@@ -27,9 +160,46 @@ def test_stream_errors_are_classified():
     assert "ollama.com/library" in unknown.hint
     full = ol._stream_error("x:1b", "write /root/.ollama/models/blobs/sha256-1: no space left on device")
     assert not full.retry
+    assert "OLLAMA_STORAGE" in full.hint
+    mlx = ol._stream_error("qwen3.6:27b-nvfp4", "this model requires MLX support, but the MLX runtime is not available")
+    assert not mlx.retry
+    assert "GGUF tag" in mlx.hint
     transient = ol._stream_error("x:1b", "max retries exceeded: unexpected EOF")
     assert transient.retry
     assert str(transient) == "x:1b: Ollama: max retries exceeded: unexpected EOF"
+
+
+def test_the_retry_policy_backs_off_exponentially_with_jitter():
+    pauses: list[float] = []
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        raise ol.OllamaError("x: HTTP 503", retry=True)
+
+    with pytest.raises(ol.OllamaError, match="HTTP 503"):
+        ol.retry_policy(5, 1.0, pauses.append)(flaky)
+    assert len(calls) == 5
+    assert len(pauses) == 4
+    for n, pause in enumerate(pauses):
+        assert 2**n <= pause <= 2**n + 1  # backoff·2^n, plus up to `backoff` at random
+    capped: list[float] = []
+    with pytest.raises(ol.OllamaError):
+        ol.retry_policy(10, 8.0, capped.append)(flaky)
+    assert max(capped) == ol.MAX_PAUSE
+
+
+def test_the_retry_policy_stops_at_a_final_error():
+    pauses: list[float] = []
+    calls = []
+
+    def refused():
+        calls.append(1)
+        raise ol._failure("x", "invalid model name", 400)
+
+    with pytest.raises(ol.OllamaError, match="invalid model name"):
+        ol.retry_policy(4, 1.0, pauses.append)(refused)
+    assert (len(calls), pauses) == (1, [])
 
 
 def test_model_rows_mark_configured_and_missing_models():
@@ -106,3 +276,240 @@ def test_a_read_timeout_in_a_stream_is_a_proxy_timeout():
 
     with pytest.raises(ProxyTimeoutError, match="no data for the read timeout"):
         list(ProxyResponse(200, {}, Silent()).lines())
+
+
+# -- the stall watchdog: bytes, not lines ----------------------------------------------------------------
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_stall_is_judged_by_bytes_not_lines():
+    clock = Clock()
+    watch = ol.StallWatch(10, clock)
+    watch.observe("pulling manifest", 0)
+    watch.observe("pulling 0123456789ab", 1000)
+    for _ in range(200):  # Ollama repeats the line every 60 ms while no byte arrives
+        clock.now += 0.06
+        watch.observe("pulling 0123456789ab", 1000)
+    assert watch.stalled()  # 12 s of lines, not one new byte
+
+
+def test_new_bytes_keep_a_slow_download_alive():
+    clock = Clock()
+    watch = ol.StallWatch(10, clock)
+    for n in range(30):
+        clock.now += 9
+        watch.observe("pulling 0123456789ab", n)  # one byte every 9 s: slow, not stalled
+        assert not watch.stalled()
+    clock.now += 10.5
+    assert watch.stalled()  # silence counts too
+
+
+def test_a_new_layer_without_bytes_is_no_progress():
+    clock = Clock()
+    watch = ol.StallWatch(10, clock)
+    watch.observe("pulling aaaaaaaaaaaa", 5000)
+    clock.now += 6
+    watch.observe("pulling bbbbbbbbbbbb", 5000)  # the next layer's first line: no `completed` yet
+    clock.now += 6
+    assert watch.stalled()
+
+
+def test_verifying_and_writing_are_not_stalls():
+    clock = Clock()
+    watch = ol.StallWatch(10, clock)
+    watch.observe("pulling 0123456789ab", 1000)
+    clock.now += 9
+    watch.observe("verifying sha256 digest", 1000)
+    clock.now += 600  # a big model takes minutes to verify, without a line
+    assert not watch.stalled()
+    watch.observe("pulling manifest", 1000)  # armed again, with a fresh clock
+    assert not watch.stalled()
+    clock.now += 11
+    assert watch.stalled()
+
+
+class Repeating:
+    """A pull stream through the proxy that repeats one line every few ms (Ollama while a download
+    is stalled) until the connection is dropped."""
+
+    def __init__(self, lines: list[bytes], repeat: bytes):
+        self.pieces = list(lines)
+        self.repeat = repeat
+        self.dropped = threading.Event()
+        self.sent = 0
+
+    def read1(self, size: int) -> bytes:
+        if self.dropped.is_set():
+            raise OSError("connection dropped")
+        time.sleep(0.005)
+        self.sent += 1
+        return self.pieces.pop(0) if self.pieces else self.repeat
+
+    def shutdown(self) -> None:
+        self.dropped.set()
+
+
+def line(**fields) -> bytes:
+    return json.dumps(fields).encode() + b"\n"
+
+
+def test_a_stream_of_repeated_lines_without_new_bytes_times_out():
+    raw = Repeating(
+        [line(status="pulling manifest"), line(status="pulling 0123456789ab", digest="sha256:0123", total=9000)],
+        line(status="pulling 0123456789ab", digest="sha256:0123", total=9000, completed=4000),
+    )
+    client = ol.Ollama(None, "ns", stall_seconds=0.3)  # type: ignore[arg-type]
+    events: list[ol.Progress] = []
+    started = time.monotonic()
+    with pytest.raises(ol.StallError, match="no new bytes for 0s"):
+        client._follow("m:1", 1, ProxyResponse(200, {}, raw), events.append)
+    assert time.monotonic() - started < 3
+    assert raw.dropped.is_set()  # the watchdog dropped the connection
+    assert raw.sent > 30  # many lines arrived: lines alone never count as progress
+    assert {e.completed for e in events[2:]} == {4000}
+
+
+class Moving:
+    """A slow stream whose byte count grows on every line, then ends with success."""
+
+    def __init__(self, seconds: float):
+        self.deadline = time.monotonic() + seconds
+        self.completed = 0
+        self.finished = False
+
+    def read1(self, size: int) -> bytes:
+        time.sleep(0.01)
+        if self.finished:
+            return b""
+        if time.monotonic() > self.deadline:
+            self.finished = True
+            return line(status="success")
+        self.completed += 1
+        return line(status="pulling 0123456789ab", digest="sha256:0123", total=10**9, completed=self.completed)
+
+    def shutdown(self) -> None:
+        raise AssertionError("a moving download was dropped")
+
+
+def test_a_slow_download_with_new_bytes_is_not_dropped():
+    client = ol.Ollama(None, "ns", stall_seconds=0.2)  # type: ignore[arg-type]
+    assert client._follow("m:1", 1, ProxyResponse(200, {}, Moving(0.8)), lambda p: None) == 10**9
+
+
+def test_zero_fields_left_out_and_the_config_blob_count():
+    raw = Chunks(
+        [
+            line(status="pulling manifest"),
+            line(status="pulling aaaaaaaaaaaa", digest="sha256:aaaa", total=1000),  # no `completed` yet
+            line(status="pulling aaaaaaaaaaaa", digest="sha256:aaaa", total=1000, completed=1000),
+            line(status="pulling cccccccccccc", digest="sha256:cccc", total=487, completed=487),  # config blob
+            line(status="verifying sha256 digest"),
+            line(status="writing manifest"),
+            line(status="removing unused layers"),
+            line(status="couldn't remove unused layers: permission denied"),
+            line(status="success"),
+        ]
+    )
+    events: list[ol.Progress] = []
+    client = ol.Ollama(None, "ns", stall_seconds=5)  # type: ignore[arg-type]
+    assert client._follow("m:1", 1, ProxyResponse(200, {}, raw), events.append) == 1487
+    assert [(e.completed, e.total) for e in events[:4]] == [(0, 0), (0, 1000), (1000, 1000), (1487, 1487)]
+    assert events[-1].status == "success"
+
+
+def test_an_error_line_on_http_200_fails_the_attempt():
+    raw = Chunks([line(status="pulling manifest"), line(error="this model requires MLX support, but no")])
+    client = ol.Ollama(None, "ns")  # type: ignore[arg-type]
+    with pytest.raises(ol.OllamaError, match="m:1: Ollama: this model requires MLX support") as failed:
+        client._follow("m:1", 1, ProxyResponse(200, {}, raw), lambda p: None)
+    assert not failed.value.retry
+
+
+# -- pulls against a scripted API server: what is retried, what is final --------------------------------
+class Body(Chunks):
+    def read(self) -> bytes:
+        data = b"".join(self.pieces)
+        self.pieces = []
+        return data
+
+
+SUCCESS = b"".join(
+    [
+        line(status="pulling manifest"),
+        line(status="pulling aaaaaaaaaaaa", digest="sha256:aaaa", total=1000, completed=1000),
+        line(status="success"),
+    ]
+)
+
+
+class ScriptedKube:
+    """Answers POST /api/pull from a script of (status, body) and GET /api/tags from `listed`."""
+
+    def __init__(self, answers: list[tuple[int, bytes]], listed: dict[str, int]):
+        self.answers = list(answers)
+        self.listed = listed
+        self.pulls: list[str] = []
+
+    def proxy(self, method, namespace, service, port, path, **options):
+        answer = ProxyResponse(200, {}, None)
+        models = [{"name": name, "size": size} for name, size in self.listed.items()]
+        answer.body = json.dumps({"models": models}).encode()
+        return answer
+
+    @contextlib.contextmanager
+    def proxy_stream(self, method, namespace, service, port, path, body=None, **options):
+        self.pulls.append(body["model"])
+        status, payload = self.answers.pop(0)
+        yield ProxyResponse(status, {}, Body([payload]))
+
+
+def scripted(answers, listed=None):
+    kube = ScriptedKube(answers, listed if listed is not None else {"m:1": 1000})
+    pauses: list[float] = []
+    return ol.Ollama(kube, "ns", attempts=4, backoff=1, sleep=pauses.append), kube, pauses  # type: ignore[arg-type]
+
+
+def test_a_400_is_final():
+    client, kube, pauses = scripted([(400, b'{"error":"invalid model name"}')])
+    result = client.pull("m:1")
+    assert (result.action, result.attempts, kube.pulls, pauses) == ("failed", 1, ["m:1"], [])
+    assert result.error == "m:1: HTTP 400: invalid model name"
+    assert result.hint == ol.NAME_HINT
+
+
+def test_an_mlx_only_model_is_final():
+    mlx = line(status="pulling manifest") + line(error=fake_ollama.MLX_ERROR)
+    client, _, pauses = scripted([(200, mlx)])
+    result = client.pull("m:1")
+    assert (result.action, result.attempts, pauses) == ("failed", 1, [])
+    assert "MLX" in result.error
+
+
+def test_a_5xx_from_the_proxy_is_retried_with_backoff():
+    client, _, pauses = scripted([(503, b'{"message":"error trying to reach service: EOF"}'), (200, SUCCESS)])
+    events: list[ol.Progress] = []
+    result = client.pull("m:1", events.append)
+    assert (result.action, result.attempts, result.size) == ("pulled", 2, 1000)
+    assert len(pauses) == 1
+    assert 1 <= pauses[0] <= 2
+    assert any(e.status.startswith("retrying in ") and "HTTP 503" in e.status for e in events)
+
+
+def test_names_go_to_ollama_as_written_and_are_found_by_their_listed_form():
+    client, kube, _ = scripted([(200, SUCCESS)] * 4, {"Mistral:7b": 1000, "hf.co/org/repo:Q4_K_M": 5})
+    report = client.pull_all(["registry.ollama.ai/library/mistral:7B", "hf.co/org/repo:q4_k_m", "m:1", "bad name"])
+    assert [(r.model, r.action) for r in report.results] == [
+        ("mistral:7B", "present"),
+        ("hf.co/org/repo:q4_k_m", "present"),
+        ("m:1", "failed"),  # pulled, but /api/tags does not list it
+        ("bad name:latest", "failed"),
+    ]
+    assert report.results[3].error == "bad name: invalid model name (the model 'bad name' may not contain ' ')"
+    # Only m:1 was asked for (4 tries: a model missing after "success" is worth another); the
+    # present models and the invalid name never reached Ollama.
+    assert kube.pulls == ["m:1"] * 4
