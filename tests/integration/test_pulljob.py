@@ -19,6 +19,7 @@ from tests.testbed.fake_ollama import FakeOllama
 
 pytestmark = pytest.mark.timeout(180)
 MODELS = ["tinyllama", "mistral:7b"]
+HF = "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M"
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def stack(kube):
     namespace = f"t-pulljob-{uuid.uuid4().hex[:6]}"
     client = Kube(str(kube.kubeconfig))
     client.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}, field_manager="test")
-    fake = FakeOllama({"tinyllama": [1000], "mistral:7b": [2000]})
+    fake = FakeOllama({"tinyllama": [1000], "mistral:7b": [2000], HF: [3000]})
     server = fake.serve(kube.serve_behind_pods(namespace, {"app.kubernetes.io/name": "ollama"}, 11434))
     service_behind(client, namespace, "ollama", 11434)
     loaded = settings.load(
@@ -64,6 +65,17 @@ def test_a_model_missing_after_the_job_is_an_error(stack):
     fake.install("tinyllama")
     with pytest.raises(OllamaError, match=r"completed but Ollama does not list mistral:7b"):
         pulljob.pull_in_cluster(client, loaded, MODELS, console, timeout=60)
+
+
+def test_models_are_found_in_the_form_ollama_lists_them(stack):
+    client, loaded, fake, console, out, _ = stack
+    # As written in OLLAMA_MODELS; /api/tags lists TinyLlama:latest, mistral:7b and the hf.co name.
+    names = ["registry.ollama.ai/library/TinyLlama", "library/mistral:7b", HF]
+    for model in names:
+        fake.install(model)
+    assert [m["name"] for m in fake.tags()["models"]] == ["TinyLlama:latest", HF, "mistral:7b"]
+    assert pulljob.pull_in_cluster(client, loaded, [*names, "tinyllama:latest"], console, timeout=60) == "created"
+    assert "(every model listed by Ollama)" in out.getvalue()
 
 
 def test_a_job_that_does_not_finish_says_why(stack):

@@ -7,9 +7,11 @@ server/images.go, server/download.go, api/types.go, types/model/name.go), quirks
   "pulling manifest"; per layer, and then for the config blob, `pulling <digest[7:19]>` lines with
   digest/total/completed, ZERO FIELDS LEFT OUT (api.ProgressResponse's omitempty: no `completed`
   before the first byte), one line per `tick` (Ollama's 60 ms ticker) WHETHER OR NOT BYTES
-  ARRIVED, so a stalled download repeats the same line; a blob already on disk gets one line with
-  completed = total; "verifying sha256 digest", "writing manifest", "removing unused layers" when
-  a re-pull replaced layers (or "couldn't remove unused layers: …"), "success". A failure after
+  ARRIVED, so a stalled download repeats the same line; a blob that finishes between two ticks gets
+  no further line (its last line shows it incomplete; a small blob may get none at all, with
+  `first_byte_ticks` 0); a blob already on disk gets one line with completed = total; "verifying
+  sha256 digest", "writing manifest", "removing unused layers" when a re-pull replaced layers (or
+  "couldn't remove unused layers: …"), "success". A failure after
   "pulling manifest" is an {"error"} line on that HTTP 200: no such model (NOT_FOUND), a
   safetensors-only model (MLX_ERROR), injected download errors. Partially downloaded blobs stay, so
   another POST resumes instead of re-sending.
@@ -21,8 +23,9 @@ server/images.go, server/download.go, api/types.go, types/model/name.go), quirks
   does; `connections` counts the TCP connections accepted.
 
 Faults a test can inject: a stall (progress lines repeat with no new bytes, until the client drops
-the stream or for `seconds`), {"error"} lines on HTTP 200, a model listed with another size than
-was pulled, a connection dropped without an answer (`drop_next`), and latency per path.
+the stream or for `seconds`), {"error"} lines on HTTP 200, a new version of a model (`update`: a
+re-pull replaces layers) and a failing clean-up (`prune_error`), a connection dropped without an
+answer (`drop_next`), and latency per path.
 `serve(sock)` answers on a socket from `kube.serve_behind_pods`, so the API server's service
 proxy reaches it exactly as it reaches the real Ollama.
 """
@@ -214,8 +217,10 @@ class FakeOllama:
         self.drops: Counter[str] = Counter()  # path -> requests still to drop
         self.stalls: dict[str, tuple[int, float | None]] = {}  # name -> (after bytes, seconds or None)
         self.errors: dict[str, list[tuple[int, str]]] = {}  # name -> [(after bytes, message)], one per POST
-        self.mismatch: set[str] = set()
         self.prune_error: str | None = None  # "couldn't remove unused layers: <this>"
+        # Ticks before a blob's first byte arrives (its lines then have no `completed`). With 0, a
+        # blob fetched within one tick never shows in the stream at all, as happens with Ollama.
+        self.first_byte_ticks = 1
         self.latency: dict[str, float] = {}  # path -> seconds before answering
 
     # -- injections -----------------------------------------------------------------------------
@@ -354,6 +359,15 @@ class _OllamaHandler(JsonHandler):
         self._pull(name)
 
     # -- the pull stream ------------------------------------------------------------------------
+    @staticmethod
+    def _due(fault: tuple | None, pulled: int) -> bool:
+        return fault is not None and pulled >= fault[0]
+
+    def _got(self, blob: Layer, size: int) -> None:
+        with self.app.lock:
+            self.app.blobs[blob.digest] = self.app.blobs.get(blob.digest, 0) + size
+            self.app.sent[blob.digest] += size
+
     def _line(self, data: dict) -> None:
         """One NDJSON line as Go's encoder writes api.ProgressResponse: zero fields left out."""
         data = {key: value for key, value in data.items() if value or key == "status"}
@@ -401,12 +415,21 @@ class _OllamaHandler(JsonHandler):
                 continue
             pulled += done
             stalled_since: float | None = None
+            waiting = app.first_byte_ticks  # ticks before the first byte (a line without `completed`)
             while done < blob.size:
+                step = min(max(1, int(app.rate * app.tick)), blob.size - done)
+                if not waiting and done + step == blob.size and not self._due(stall, pulled):
+                    # Done before the next tick: Ollama's Wait() returns on `done` without another
+                    # line, so this blob's last line (if any) never shows it complete.
+                    time.sleep(step / app.rate)
+                    self._got(blob, step)
+                    pulled += step
+                    break
                 time.sleep(app.tick)
-                if error is not None and pulled >= error[0]:
+                if self._due(error, pulled):
                     self._line({"error": error[1]})
                     return
-                if stall is not None and pulled >= stall[0]:
+                if self._due(stall, pulled):
                     stalled_since = stalled_since or time.monotonic()
                     limit = stall[1] if stall[1] is not None else 30.0
                     if time.monotonic() - stalled_since < limit:
@@ -415,12 +438,12 @@ class _OllamaHandler(JsonHandler):
                     if stall[1] is None:
                         raise ConnectionAbortedError("stalled stream abandoned")
                     stall = None
-                step = min(max(1, int(app.rate * app.tick)), blob.size - done)
-                done += step
-                pulled += step
-                with app.lock:
-                    app.blobs[blob.digest] = done
-                    app.sent[blob.digest] += step
+                if waiting:
+                    waiting -= 1
+                else:
+                    self._got(blob, step)
+                    done += step
+                    pulled += step
                 self._line({**progress, "completed": done})
         if error is not None:
             self._line({"error": error[1]})
@@ -429,7 +452,7 @@ class _OllamaHandler(JsonHandler):
         self._line({"status": "writing manifest"})
         digests = [blob.digest for blob in app.blobs_of(key)]
         with app.lock:
-            app.installed[stored] = app.size(key) + (1 if key in app.mismatch else 0)
+            app.installed[stored] = app.size(key)
             app.manifests[stored] = digests
         unused = previous - set(digests) - {d for other in app.manifests.values() for d in other}
         if unused:

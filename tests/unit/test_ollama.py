@@ -513,3 +513,10 @@ def test_names_go_to_ollama_as_written_and_are_found_by_their_listed_form():
     # Only m:1 was asked for (4 tries: a model missing after "success" is worth another); the
     # present models and the invalid name never reached Ollama.
     assert kube.pulls == ["m:1"] * 4
+
+
+def test_the_size_is_what_api_tags_lists_not_what_the_stream_showed():
+    # The stream showed one 1000-byte layer; the config blob came between two ticks, unseen.
+    client, _, _ = scripted([(200, SUCCESS)], {"m:1": 1487})
+    result = client.pull("m:1")
+    assert (result.action, result.attempts, result.size) == ("pulled", 1, 1487)
