@@ -576,8 +576,7 @@ class Ollama:
                 status = str(line.get("status", ""))
                 digest = line.get("digest")
                 if digest:  # zero fields are omitted: no `completed` before the first byte
-                    known_total = blobs.get(digest, (0, 0))[1]
-                    blobs[digest] = (int(line.get("completed") or 0), int(line.get("total") or known_total))
+                    blobs[digest] = (int(line.get("completed") or 0), int(line.get("total") or 0))
                 completed = sum(c for c, _ in blobs.values())
                 total = sum(t for _, t in blobs.values())
                 with lock:

@@ -53,6 +53,7 @@ INVALID = [
     "hh/nn/-mm:tt",
     "hh/nn/mm:-tt",
     "host/name:space/model:tag",
+    "llama3.1:8b:q4",  # the tag is what follows the last colon: the model part has one
     "hf.co/Llama-3.2-1B-GGUF",  # two parts: hf.co would be the namespace, which has no dots
     "a/b/c/d",  # one part too many
     "bad name",
@@ -183,6 +184,7 @@ def test_the_retry_policy_backs_off_exponentially_with_jitter():
     assert len(pauses) == 4
     for n, pause in enumerate(pauses):
         assert 2**n <= pause <= 2**n + 1  # backoff·2^n, plus up to `backoff` at random
+    assert any(pause > 2**n for n, pause in enumerate(pauses))  # jitter: not all at the lower bound
     capped: list[float] = []
     with pytest.raises(ol.OllamaError):
         ol.retry_policy(10, 8.0, capped.append)(flaky)
@@ -454,8 +456,16 @@ class ScriptedKube:
         self.answers = list(answers)
         self.listed = listed
         self.pulls: list[str] = []
+        self.get_failures: list[tuple[int, bytes]] = []  # answered to GETs before the listing
+        self.gets = 0
 
     def proxy(self, method, namespace, service, port, path, **options):
+        self.gets += 1
+        if self.get_failures:
+            status, body = self.get_failures.pop(0)
+            answer = ProxyResponse(status, {}, None)
+            answer.body = body
+            return answer
         answer = ProxyResponse(200, {}, None)
         models = [{"name": name, "size": size} for name, size in self.listed.items()]
         answer.body = json.dumps({"models": models}).encode()
@@ -520,3 +530,14 @@ def test_the_size_is_what_api_tags_lists_not_what_the_stream_showed():
     client, _, _ = scripted([(200, SUCCESS)], {"m:1": 1487})
     result = client.pull("m:1")
     assert (result.action, result.attempts, result.size) == ("pulled", 1, 1487)
+
+
+def test_a_read_that_fails_on_a_reused_connection_is_tried_again():
+    client, kube, pauses = scripted([])
+    kube.get_failures = [(503, b'{"message":"error trying to reach service: EOF"}')]
+    assert [m.name for m in client.models()] == ["m:1"]
+    assert (kube.gets, len(pauses)) == (2, 1)
+    kube.get_failures = [(403, b'{"message":"forbidden"}')]
+    with pytest.raises(ol.OllamaError, match="HTTP 403 forbidden"):
+        client.models()  # final: not tried again
+    assert (kube.gets, len(pauses)) == (3, 1)
