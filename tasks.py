@@ -45,6 +45,33 @@ def _console():
     return Console()
 
 
+def _usage(text: str) -> Exit:
+    """A bad flag value: one line on stderr, exit 2 (a usage error, as argparse and kubectl do)."""
+    _console().error(text)
+    return Exit(code=2)
+
+
+def _seconds(value, flag: str = "--timeout") -> float:
+    """A duration flag in seconds (invoke passes text); a usage error unless a positive number."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise _usage(f"{flag} {value}: expected a number of seconds greater than 0, e.g. {flag} 600")
+    return seconds
+
+
+def _groups(only: str) -> list[str]:
+    """--only cluster,public → the smoke groups, checked before anything connects."""
+    from k3stack.smoke import GROUPS
+
+    groups = [g.strip() for g in (only or "").split(",") if g.strip()]
+    if unknown := [g for g in groups if g not in GROUPS]:
+        raise _usage(f"--only {only}: unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+    return groups
+
+
 def _kube(loaded, kubeconfig, context):
     """A connection to the cluster: --kubeconfig/--context, else KUBE_CONTEXT, else the current one."""
     from k3stack.kube import Kube
@@ -131,7 +158,7 @@ def bootstrap(
     trust_new_host_keys=False,
     trust_installer=False,
     strict_dns=False,
-    timeout=300,
+    timeout="300",
     kubeconfig=None,
 ):
     """Install K3s (+ Traefik with Let's Encrypt) on the hosts over SSH and bring the kubeconfig home."""
@@ -143,7 +170,7 @@ def bootstrap(
         trust_new_host_keys,
         trust_installer=trust_installer,
         strict_dns=strict_dns,
-        timeout=float(timeout),
+        timeout=_seconds(timeout),
         kubeconfig_path=kubeconfig,
     )
     _run_bootstrap(_console(), env, options)
@@ -223,11 +250,12 @@ def deploy(
     force=False,
     prune=True,
     wait=True,
-    timeout=600,
+    timeout="600",
     json=False,
     pull=True,
 ):
     """Apply the stack in k8s/ to the cluster (server-side apply), wait until it is ready, pull the models."""
+    timeout = _seconds(timeout)
     _run_deploy(
         _console(),
         env or [None],
@@ -261,7 +289,7 @@ def _run_deploy(console, envs, kubeconfig, context, *, dry_run, force, prune, wa
             dry_run=dry_run,
             prune=prune,
             wait=wait,
-            timeout=float(timeout),
+            timeout=_seconds(timeout),
         )
         pulled = []
         if pull and wait and not dry_run:
@@ -348,9 +376,21 @@ def render(c, env=None, out=None, show_secrets=False, validate=False):
                 for m in objects
             ]
         if validate:
-            problems = mf.validate(objects, loaded["K8S_VERSION"])
+            try:
+                import kubernetes_validate  # noqa: F401 - a dev requirement; checked before use
+            except ImportError:
+                console.error("render --validate needs kubernetes-validate — fix: pip install -r requirements-dev.txt")
+                raise Exit(code=1) from None
+            custom: list = []
+            problems = mf.validate(objects, loaded["K8S_VERSION"], skipped=custom)
             if problems:
                 raise mf.RenderError(problems)
+            kinds = sorted({m.kind for m in custom})
+            console.note(
+                f"valid: {len(objects) - len(custom)} objects checked strictly against Kubernetes "
+                f"{loaded['K8S_VERSION']}"
+                + (f"; {len(custom)} custom resources ({', '.join(kinds)}) have no bundled schema" if custom else "")
+            )
         if out:
             directory = Path(out)
             directory.mkdir(parents=True, exist_ok=True)
@@ -464,7 +504,8 @@ def smoke(
     only="",
 ):
     """Prove the stack works end to end: cluster, Ollama and Open WebUI inside; HTTPS, login, websocket outside."""
-    _run_smoke(_console(), env, kubeconfig, context, json, junit, insecure, ca_bundle, resolve, timeout, only)
+    timeout = _seconds(timeout) if timeout is not None else None
+    _run_smoke(_console(), env, kubeconfig, context, json, junit, insecure, ca_bundle, resolve, timeout, _groups(only))
 
 
 def _run_smoke(console, env, kubeconfig, context, json, junit, insecure, ca_bundle, resolve, timeout, only):
@@ -477,13 +518,12 @@ def _run_smoke(console, env, kubeconfig, context, json, junit, insecure, ca_bund
         if ca_bundle:
             overrides["ca_bundle"] = ca_bundle
         if timeout:
-            overrides["deadline"] = float(timeout)
+            overrides["deadline"] = timeout
         try:
             if resolve:
                 overrides["connect_to"] = sm.parse_connect_to(resolve)
             config = sm.SmokeConfig.from_settings(loaded, plan.secrets.values, **overrides)
-            groups = [g.strip() for g in only.split(",") if g.strip()]
-            result = sm.smoke(kube, config, console, only=groups)
+            result = sm.smoke(kube, config, console, only=only)
         except ValueError as exc:
             raise _failure(console, f"smoke: {exc}") from None
     rep.emit(result, console, as_json=json, junit=junit)
@@ -502,12 +542,13 @@ def _run_smoke(console, env, kubeconfig, context, json, junit, insecure, ca_bund
         "timeout": "seconds to wait for the in-cluster Job",
     },
 )
-def models_pull(c, env=None, kubeconfig=None, context=None, model=None, json=False, in_cluster=False, timeout=3600):
+def models_pull(c, env=None, kubeconfig=None, context=None, model=None, json=False, in_cluster=False, timeout="3600"):
     """Pull models into Ollama through the API server (progress, resume, verify); present ones are skipped."""
     from k3stack import settings
     from k3stack.ollama import Ollama, OllamaError, pull_models
 
     console = _console()
+    timeout = _seconds(timeout)
     with _reported(console):
         loaded = settings.load(env)
         kube = _kube(loaded, kubeconfig, context)
@@ -516,7 +557,7 @@ def models_pull(c, env=None, kubeconfig=None, context=None, model=None, json=Fal
             if in_cluster:
                 from k3stack.pulljob import pull_in_cluster
 
-                action = pull_in_cluster(kube, loaded, names, console, timeout=float(timeout))
+                action = pull_in_cluster(kube, loaded, names, console, timeout=timeout)
                 if json:
                     console.json({"ok": True, "job": action, "models": names})
                 return
@@ -571,10 +612,11 @@ def up(
     insecure=False,
     junit=None,
     only="",
-    timeout=600,
+    timeout="600",
 ):
     """Everything: bootstrap the hosts, deploy the stack, pull the models, smoke-test it; stops at the first failure."""
     console = _console()
+    timeout, groups = _seconds(timeout), _groups(only)  # bad flags fail before any host is touched
     options = _bootstrap_options(
         host,
         agent,
@@ -582,7 +624,7 @@ def up(
         port,
         trust_new_host_keys,
         trust_installer=trust_installer,
-        timeout=float(timeout),
+        timeout=timeout,
     )
     console.step("1/3 bootstrap")
     loaded, report = _run_bootstrap(console, env, options)
@@ -603,7 +645,21 @@ def up(
         pull=True,
     )
     console.step("3/3 smoke")
-    _run_smoke(console, env, kubeconfig, context, False, junit, insecure, None, None, None, only)
+    _run_smoke(console, env, kubeconfig, context, False, junit, insecure, None, None, None, groups)
+
+
+@task(name="setup")
+def setup_tests(c):
+    """Install what the tests need (system packages, linters, the test bed's builds); seconds when done."""
+    from tests.provision import is_root, provision
+
+    console = _console()
+    console.step("setting up the test prerequisites" + ("" if is_root() else " (not root: checking only)"))
+    outcomes = provision(lambda o: console.result(o.step, o.status, o.detail))
+    if any(o.status == "failed" for o in outcomes):
+        raise Exit(code=1)
+    if any(o.status == "missing" for o in outcomes):
+        console.warn("missing prerequisites: their tests skip (or fail under CI); run `inv setup` as root")
 
 
 @task(
@@ -611,14 +667,22 @@ def up(
     help={
         "k": "only tests matching this pytest -k expression",
         "path": "a test file or folder (default: all of tests/)",
-        "require_testbed": "fail, not skip, when the kube/ssh test bed cannot run (CI sets this)",
+        "require_testbed": "fail, not skip, when a tier or tool cannot run (default when CI=true)",
+        "setup": "install what the tests need first, as `inv setup` does (default: on; --no-setup skips it)",
     },
 )
-def run_tests(c, k=None, path="tests", require_testbed=False):
-    """Run the test suite: unit tests, then a real Kubernetes API and real SSH hosts (needs root)."""
+def run_tests(c, k=None, path="tests", require_testbed=False, setup=True):
+    """Run the test suite (lint, unit, a real Kubernetes API, real SSH hosts), set up first."""
+    if setup:
+        setup_tests(c)
     env = {"K3STACK_REQUIRE_TESTBED": "1"} if require_testbed else {}
     args = [sys.executable, "-m", "pytest", path] + (["-k", k] if k else [])
-    c.run(shlex.join(args), env=env, pty=False)
+    result = c.run(shlex.join(args), env=env, pty=False, warn=True)
+    if result.exited == 5:  # pytest: no test was collected — a broken suite, never a pass
+        _console().error(f"no tests collected from {path}" + (f" with -k {k!r}" if k else ""))
+        raise Exit(code=1)
+    if result.exited:
+        raise Exit(code=result.exited)
 
 
 @task
@@ -633,5 +697,19 @@ models = Collection("models")
 models.add_task(models_pull, name="pull")
 models.add_task(models_list, name="list")
 ns = Collection(
-    bootstrap, kubeconfig, reset, deploy, diff, render, status, destroy, credentials, smoke, up, run_tests, lint, models
+    bootstrap,
+    kubeconfig,
+    reset,
+    deploy,
+    diff,
+    render,
+    status,
+    destroy,
+    credentials,
+    smoke,
+    up,
+    setup_tests,
+    run_tests,
+    lint,
+    models,
 )

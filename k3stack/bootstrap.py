@@ -214,7 +214,7 @@ def connect_and_check(
     for host in hosts:
         got = gathered[host.name]
         if isinstance(got, Exception):
-            report.findings.append(preflight.Finding(host.name, "connect", "fail", _reason(host.name, got)))
+            report.findings.append(preflight.connect_failure(host.name, got))
             continue
         if host.trusted_key:
             console.warn(

@@ -36,12 +36,31 @@ ACTION_STYLE = {
 
 
 class Console:
-    def __init__(self, *, stream=None, interactive: bool | None = None, plain_interval: float = 10.0):
-        stream = stream or sys.stdout
+    """The one printer. Results and tables go to `stream` (stdout); errors and warnings to
+    `err_stream` (stderr), so `inv render > objects.yaml` keeps problems out of the file and on
+    the screen. Given only `stream` (tests), both go there. Error and warning lines are never
+    hard-wrapped, so a long URL or path in them stays copyable."""
+
+    def __init__(self, *, stream=None, err_stream=None, interactive: bool | None = None, plain_interval: float = 10.0):
+        if stream is None:
+            stream, err_stream = sys.stdout, err_stream or sys.stderr
+        err_stream = err_stream or stream
+        ci = os.environ.get("CI", "").lower() in ("true", "1")
         if interactive is None:
-            interactive = stream.isatty() and os.environ.get("CI", "").lower() not in ("true", "1")
+            interactive = stream.isatty() and not ci
         self.interactive = interactive
-        self._rich = RichConsole(
+        self._rich = self._make(stream, interactive)
+        if err_stream is stream:
+            self._err = self._rich
+        else:
+            self._err = self._make(err_stream, err_stream.isatty() and not ci)
+        self._secrets: set[str] = set()
+        self._lock = threading.RLock()  # lines from worker threads (parallel pulls) stay whole
+        self.plain_interval = plain_interval  # seconds between two progress lines in CI
+
+    @staticmethod
+    def _make(stream, interactive: bool) -> RichConsole:
+        return RichConsole(
             file=stream,
             force_terminal=interactive,
             no_color=not interactive,
@@ -49,9 +68,6 @@ class Console:
             soft_wrap=not interactive,
             width=None if interactive else 200,
         )
-        self._secrets: set[str] = set()
-        self._lock = threading.RLock()  # lines from worker threads (parallel pulls) stay whole
-        self.plain_interval = plain_interval  # seconds between two progress lines in CI
 
     # -- redaction -------------------------------------------------------------------------
     def add_secrets(self, values: Iterable[str]) -> None:
@@ -70,11 +86,19 @@ class Console:
     def step(self, text: str) -> None:
         self.line(f"==> {text}", style="bold")
 
+    def note(self, text: str) -> None:
+        """A status line that is not the task's output (it goes where errors go: stderr)."""
+        self._problem(f"==> {text}", style="bold")
+
     def error(self, text: str) -> None:
-        self.line(f"error: {text}", style="bold red")
+        self._problem(f"error: {text}", style="bold red")
 
     def warn(self, text: str) -> None:
-        self.line(f"warning: {text}", style="yellow")
+        self._problem(f"warning: {text}", style="yellow")
+
+    def _problem(self, text: str, style: str) -> None:
+        with self._lock:
+            self._err.print(self.redact(text), style=style, markup=False, soft_wrap=True)
 
     def json(self, data) -> None:
         self._rich.file.write(self.redact(json.dumps(data, indent=2, sort_keys=True)) + "\n")

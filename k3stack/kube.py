@@ -5,6 +5,7 @@ plain dicts, exactly what it applies and what the server returns."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections import Counter
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import urllib3
+import yaml
 from kubernetes import client, config
 from kubernetes.config.config_exception import ConfigException
 
@@ -52,6 +54,25 @@ class Resource:
         return "/".join(parts)
 
 
+def _kubeconfig_source(kubeconfig: str | None) -> str:
+    """Which file(s) a kubeconfig is read from, as kubectl picks them (--kubeconfig, else every
+    path in $KUBECONFIG, else ~/.kube/config), named for messages. Raises KubeError naming the
+    path(s) and where they came from when none of them exists."""
+    if kubeconfig:
+        paths, origin = [kubeconfig], "--kubeconfig"
+    elif os.environ.get("KUBECONFIG"):
+        paths, origin = [p for p in os.environ["KUBECONFIG"].split(os.pathsep) if p], "$KUBECONFIG"
+    else:
+        paths, origin = [os.path.expanduser("~/.kube/config")], "the default"
+    shown = os.pathsep.join(paths) + f" (from {origin})"
+    if not any(os.path.isfile(p) for p in paths):
+        raise KubeError(
+            f"kubeconfig {shown}: does not exist — fix: `inv kubeconfig` fetches one from the server, "
+            "or pass --kubeconfig PATH"
+        )
+    return shown
+
+
 # The kinds k3stack ships, so applying them needs no discovery round trips.
 KNOWN: dict[tuple[str, str], Resource] = {
     ("v1", "Namespace"): Resource("/api/v1", "namespaces", False),
@@ -80,6 +101,7 @@ class Kube:
     """A cluster reached through a kubeconfig (path or default) and optional context."""
 
     def __init__(self, kubeconfig: str | None = None, context: str | None = None, *, retries: int = 5):
+        where = _kubeconfig_source(kubeconfig)
         try:
             configuration = client.Configuration()
             config.load_kube_config(
@@ -89,8 +111,7 @@ class Kube:
             # invisible to the request count: this class does the retrying.
             configuration.retries = False
             self.api = client.ApiClient(configuration)
-        except (ConfigException, OSError, TypeError) as exc:
-            where = kubeconfig or "~/.kube/config (or $KUBECONFIG)"
+        except (ConfigException, OSError, TypeError, AttributeError, yaml.YAMLError) as exc:
             raise KubeError(
                 f"kubeconfig {where}: {exc} — fix: `inv kubeconfig` fetches one from the server, "
                 f"or pass --kubeconfig PATH / set KUBE_CONTEXT"

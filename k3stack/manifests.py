@@ -217,9 +217,11 @@ def phases(manifests: Iterable[Manifest]) -> list[list[Manifest]]:
     return [grouped[p] for p in sorted(grouped)]
 
 
-def validate(manifests: Iterable[Manifest], k8s_version: str) -> list[str]:
+def validate(manifests: Iterable[Manifest], k8s_version: str, skipped: list[Manifest] | None = None) -> list[str]:
     """Strict schema validation (kubernetes-validate) for the Kubernetes minor users run.
-    Returns problems; custom resources (no bundled schema) are skipped."""
+    Returns problems, one line each; custom resources (no bundled schema) are skipped and,
+    when `skipped` is given, appended to it. Raises ImportError without kubernetes-validate
+    (a dev requirement)."""
     import kubernetes_validate  # a dev/CI dependency: imported only when validating
 
     problems = []
@@ -227,6 +229,8 @@ def validate(manifests: Iterable[Manifest], k8s_version: str) -> list[str]:
         try:
             kubernetes_validate.validate(m.obj, k8s_version, strict=True)
         except kubernetes_validate.SchemaNotFoundError:
+            if skipped is not None:
+                skipped.append(m)
             continue
         except kubernetes_validate.ValidationError as exc:
             path = ".".join(str(p) for p in exc.path)

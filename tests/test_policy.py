@@ -2,8 +2,8 @@
 and every skipped check carries its reason (a `checkov.io/skipN: CKV_K8S_xx=reason` annotation on
 the object in k8s/, with a comment saying why next to it).
 
-checkov lives in its own venv (requirements-tools.txt; .ci/run installs it). Where it is missing
-these tests skip with the install command, except under CI (CI=true) or with
+checkov lives in its own venv (requirements-tools.txt; `inv setup` installs it). Where it is missing
+these tests skip naming `inv setup`, except under CI (CI=true) or with
 K3STACK_REQUIRE_TESTBED=1, where a missing checkov fails.
 """
 
@@ -17,24 +17,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.prereqs import unavailable
+
 ROOT = Path(__file__).resolve().parents[1]
 CHECKOV = ROOT / "tools" / ".venv" / "bin" / "checkov"
-INSTALL_HINT = "python3 -m venv tools/.venv && tools/.venv/bin/pip install -r requirements-tools.txt"
 SETTINGS = {"DOMAIN": "203.0.113.10.sslip.io", "ACME_EMAIL": "ops@example.com"}
 
 
 def require_checkov() -> None:
-    if CHECKOV.exists():
-        return
-    message = f"checkov not installed ({CHECKOV.relative_to(ROOT)} missing); install: {INSTALL_HINT}"
-    if os.environ.get("CI", "").lower() in ("true", "1") or os.environ.get("K3STACK_REQUIRE_TESTBED", "") not in (
-        "",
-        "0",
-        "false",
-        "no",
-    ):
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    if not CHECKOV.exists():
+        unavailable(f"checkov not installed ({CHECKOV.relative_to(ROOT)} missing)")
 
 
 def checkov(directory: Path) -> dict:

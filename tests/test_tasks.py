@@ -50,7 +50,8 @@ def test_bad_settings_exit_1_with_the_problem_and_no_traceback(tmp_path):
     (tmp_path / "bad.env").write_text("DOMAIN=not a domain\nACME_EMAIL=ops@example.com\n")
     done = inv("render", "--env", "bad", env={"K3STACK_ENV_DIR": str(tmp_path)})
     assert done.returncode == 1
-    assert "DOMAIN='not a domain': expected a DNS name" in done.stdout
+    assert "DOMAIN='not a domain': expected a DNS name" in done.stderr
+    assert done.stdout == ""  # `inv render > file` would otherwise write the error into the file
     assert "Traceback" not in done.stdout + done.stderr
 
 
@@ -64,13 +65,13 @@ def test_render_redacts_secret_data_unless_asked(env_dir):
 def test_destroy_needs_yes():
     done = inv("destroy")
     assert done.returncode == 1
-    assert "run again with --yes" in done.stdout
+    assert "run again with --yes" in done.stdout + done.stderr
 
 
 def test_credentials_are_refused_in_ci():
     done = inv("credentials", env={"CI": "true"})
     assert done.returncode == 1
-    assert "not printed when CI=true" in done.stdout
+    assert "not printed when CI=true" in done.stdout + done.stderr
 
 
 def test_deploy_pulls_models_then_redeploy_reports_no_changes(kube, env_dir, tmp_path):
@@ -134,7 +135,10 @@ def test_bootstrap_kubeconfig_and_reset_through_the_cli(ssh_hosts, tmp_path):
 
     refused = inv("bootstrap", "--env", "site", env={"K3STACK_ENV_DIR": str(tmp_path)})
     assert refused.returncode == 1
-    assert "deploy is not root and sudo needs a password; set SUDO_PASSWORD" in refused.stdout
+    assert "deploy is not root and `sudo -n true` fails" in refused.stderr
+    assert re.search(
+        r"fix: connect as root \(SSH_USER=root\), allow passwordless sudo .* set SUDO_PASSWORD", refused.stderr
+    )
     assert "Traceback" not in refused.stdout + refused.stderr
 
     first = inv("bootstrap", "--env", "site", env=env)
@@ -193,7 +197,7 @@ def test_bad_flags_and_secret_files(env_dir, tmp_path):
         "bootstrap", "--env", "test", "--host", "203.0.113.10", "--port", "ssh", env={"K3STACK_ENV_DIR": str(env_dir)}
     )
     assert bad_port.returncode == 1
-    assert "--port ssh: not a TCP port number" in bad_port.stdout
+    assert "--port ssh: not a TCP port number" in bad_port.stderr
     assert "Traceback" not in bad_port.stdout + bad_port.stderr
     out = tmp_path / "rendered"
     out.mkdir()
@@ -203,3 +207,94 @@ def test_bad_flags_and_secret_files(env_dir, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert oct((out / "k3stack.yaml").stat().st_mode & 0o777) == "0o600"
     assert "kind: Secret" in (out / "k3stack.yaml").read_text()
+
+
+# -- the frictions a new user met (issue 10): one line each, on stderr, no traceback ------------------
+def one_line_error(done: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    assert done.returncode == code, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, done.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("deploy", "--timeout", "abc"),
+        ("deploy", "--timeout", "-5"),
+        ("bootstrap", "--timeout", "nan"),
+        ("up", "--timeout", "0"),
+        ("models.pull", "--timeout", "1h"),
+        ("smoke", "--timeout", "soon"),
+    ],
+)
+def test_a_bad_number_is_a_usage_error_before_anything_happens(env_dir, args):
+    done = inv(*args, "--env", "test", env={"K3STACK_ENV_DIR": str(env_dir), "KUBECONFIG": "/nonexistent"})
+    one_line_error(done, 2, f"--timeout {args[-1]}: expected a number of seconds")
+
+
+def test_unknown_smoke_group_is_refused_before_connecting(env_dir):
+    # KUBECONFIG points nowhere: had it tried to connect, the error would be about the kubeconfig
+    for args in (("smoke", "--only", "public,bogus"), ("up", "--only", "bogus", "--host", "203.0.113.9")):
+        done = inv(*args, "--env", "test", env={"K3STACK_ENV_DIR": str(env_dir), "KUBECONFIG": "/nonexistent"})
+        one_line_error(done, 2, "unknown group(s) bogus", "choose from cluster, in-cluster, public")
+
+
+def test_missing_kubeconfig_is_named(env_dir, tmp_path):
+    environ = {"K3STACK_ENV_DIR": str(env_dir), "KUBECONFIG": "/nonexistent"}
+    done = inv("status", "--env", "test", env=environ)
+    one_line_error(done, 1, "kubeconfig /nonexistent (from $KUBECONFIG): does not exist", "fix: ")
+    done = inv("status", "--env", "test", "--kubeconfig", str(tmp_path / "nope"), env=environ)
+    one_line_error(done, 1, f"kubeconfig {tmp_path / 'nope'} (from --kubeconfig): does not exist")
+    broken = tmp_path / "broken"
+    broken.write_text("apiVersion: v1\nclusters: [\n")  # truncated YAML
+    done = inv("status", "--env", "test", "--kubeconfig", str(broken), env=environ)
+    one_line_error(done, 1, f"kubeconfig {broken} (from --kubeconfig)")
+
+
+def test_render_keeps_problems_out_of_stdout_and_says_what_it_validated(env_dir):
+    done = inv("render", "--env", "test", "--validate", env={"K3STACK_ENV_DIR": str(env_dir)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("---\n")  # only YAML on stdout
+    assert re.search(
+        r"valid: \d+ objects checked strictly against Kubernetes 1\.\d+; \d+ custom resources", done.stderr
+    )
+
+
+def test_render_validate_without_the_dev_requirements_names_them(env_dir, tmp_path):
+    # a module named kubernetes_validate that fails to import, first on the path: as if not installed
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "kubernetes_validate.py").write_text("raise ImportError('not installed')\n")
+    environ = {"K3STACK_ENV_DIR": str(env_dir), "PYTHONPATH": str(shadow)}
+    done = inv("render", "--env", "test", "--validate", env=environ)
+    one_line_error(done, 1, "needs kubernetes-validate", "pip install -r requirements-dev.txt")
+
+
+def test_error_lines_are_not_wrapped_in_a_terminal(env_dir):
+    """Under a terminal (rich would wrap at its width) a long error stays one line, copyable."""
+    import pty
+
+    path = "/nonexistent/" + "very-long-directory-name/" * 8 + "kubeconfig"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("K3STACK_", "KUBECONFIG", "CI"))}
+    environ.update({"K3STACK_ENV_DIR": str(env_dir), "COLUMNS": "60", "TERM": "xterm"})
+    pid, fd = pty.fork()
+    if pid == 0:  # child: inv with stdout and stderr on the terminal
+        os.chdir(REPO)
+        os.execve(sys.executable, [*INV, "status", "--env", "test", "--kubeconfig", path], environ)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.waitpid(pid, 0)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", output.decode(errors="replace"))
+    lines = [line for line in text.splitlines() if "error:" in line]
+    assert len(lines) == 1, text
+    assert path in lines[0], text

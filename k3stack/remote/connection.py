@@ -185,16 +185,16 @@ class Host:
                 ) from None
             except paramiko.AuthenticationException:
                 raise RemoteError(
-                    f"{self.name}: SSH login refused for user {self.target.user}; check SSH_USER/SSH_KEY "
-                    f"(key file or ssh-agent) and that the key is in the user's authorized_keys"
+                    f"{self.name}: SSH login refused for user {self.target.user}",
+                    "check SSH_USER/SSH_KEY (key file or ssh-agent) and that the key is in the user's authorized_keys",
                 ) from None
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 last = str(exc) or type(exc).__name__
                 if attempt + 1 < self.options.attempts:
                     time.sleep(min(2**attempt, 5))
         raise RemoteError(
-            f"{self.name}: cannot connect on port {self.target.port} ({last}) after {self.options.attempts} attempts; "
-            "check the address, SSH_PORT and that sshd runs and the firewall lets you in"
+            f"{self.name}: cannot connect on port {self.target.port} ({last}) after {self.options.attempts} attempts",
+            "check the address, SSH_PORT and that sshd runs and the firewall lets you in",
         )
 
     def close(self) -> None:
@@ -224,11 +224,13 @@ class Host:
         except Exception as exc:  # invoke's AuthFailure (wrong sudo password) and transport errors
             if type(exc).__name__ == "AuthFailure":
                 raise RemoteError(
-                    f"{self.name}: sudo refused the password for {self.target.user}; fix SUDO_PASSWORD "
-                    "(or allow passwordless sudo, or connect as root)"
+                    f"{self.name}: sudo refused the password for {self.target.user}",
+                    "correct SUDO_PASSWORD, or allow passwordless sudo, or connect as root",
                 ) from None
             if isinstance(exc, (OSError, paramiko.SSHException, EOFError, socket.timeout)):
-                raise RemoteError(f"{self.name}: connection lost ({exc})") from None
+                raise RemoteError(
+                    f"{self.name}: connection lost ({exc})", "check the host and the network, then run again"
+                ) from None
             raise
         return CommandResult(result.stdout, result.stderr, result.exited)
 
@@ -245,8 +247,9 @@ class Host:
             self._root = ROOT_SUDO_PASSWORD
         else:
             raise RemoteError(
-                f"{self.name}: {self.target.user} is not root and sudo needs a password; set SUDO_PASSWORD "
-                "(environment or env file), allow passwordless sudo, or connect as root"
+                f"{self.name}: {self.target.user} is not root and `sudo -n true` fails (no passwordless sudo)",
+                "connect as root (SSH_USER=root), allow passwordless sudo for the user, or set SUDO_PASSWORD "
+                "(environment or env file) if the user may sudo with a password",
             )
         return self._root
 

@@ -23,8 +23,9 @@ if [ -d /run/systemd/system ]; then echo init=systemd
 elif [ -x /sbin/openrc-run ]; then echo init=openrc
 else echo init=none; fi
 echo "downloader=$(command -v curl || command -v wget || true)"
-mkdir -p /var/lib/rancher 2>/dev/null
-echo "disk_free_kb=$(df -Pk /var/lib/rancher 2>/dev/null | awk 'NR==2 {print $4}')"
+d=/var/lib/rancher  # not created here: reading facts changes nothing; measure where it will be
+while [ ! -d "$d" ]; do d=$(dirname "$d"); done
+echo "disk_free_kb=$(df -Pk "$d" 2>/dev/null | awk 'NR==2 {print $4}')"
 echo "memory_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
 echo "clock=$(date +%s)"
 if command -v ss >/dev/null 2>&1; then

@@ -30,6 +30,14 @@ class Finding:
     fix: str = ""
 
 
+def connect_failure(name: str, exc: Exception) -> Finding:
+    """A host that could not be reached or read: the error's own fix where it has one
+    (K3stackError.hint), else the generic one — a failed finding never has an empty fix."""
+    what = getattr(exc, "what", None) or str(exc)
+    hint = getattr(exc, "hint", "") or "check that the host is reachable over SSH as that user and run again"
+    return Finding(name, "connect", "fail", what.removeprefix(f"{name}: "), hint)
+
+
 def check_host(name: str, facts: Facts, *, role: str, ours: bool, download: bool = True) -> list[Finding]:
     """`ours`: K3s on this host was installed by k3stack, so its own ports are expected busy;
     `download`: the installer downloads K3s (not airgap), so curl or wget is needed."""

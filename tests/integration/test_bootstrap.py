@@ -75,7 +75,9 @@ def bed(ssh_hosts, tmp_path, monkeypatch):
 
 
 def untouched(host) -> bool:
-    return host.exec("ls /etc/rancher /var/lib/k3stack /usr/local/bin/k3s 2>/dev/null || true").strip() == ""
+    """Nothing k3stack or K3s would write exists (reading facts must not create /var/lib/rancher)."""
+    paths = "/etc/rancher /var/lib/rancher /var/lib/k3stack /usr/local/bin/k3s"
+    return host.exec(f"ls -d {paths} 2>/dev/null || true").strip() == ""
 
 
 # -- connection and preflight failures: each one line, nothing changed on any host -----------------
@@ -136,15 +138,16 @@ def test_wrong_key_unreachable_host_and_sudo_problems_are_one_line_each(bed, bed
     host = b.hosts[0]
     stranger = b.tmp / "stranger"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
-    with pytest.raises(boot.BootstrapError, match=r"SSH login refused for user root; check SSH_USER/SSH_KEY"):
+    with pytest.raises(boot.BootstrapError, match=r"SSH login refused for user root; fix: check SSH_USER/SSH_KEY"):
         b.run(SSH_KEY=str(stranger))
     nobody = str(bed_slot.allocate_ip())
     with pytest.raises(boot.BootstrapError, match=rf"root@{nobody}: .*cannot connect on port 22 .* after 3 attempts"):
         b.run(SERVERS=nobody)
     user = host.sudo_user
-    with pytest.raises(boot.BootstrapError, match=rf"{user} is not root and sudo needs a password; set SUDO_PASSWORD"):
+    refused = rf"{user} is not root and `sudo -n true` fails .*; fix: connect as root .* or set SUDO_PASSWORD"
+    with pytest.raises(boot.BootstrapError, match=refused):
         b.run(SSH_USER=user)
-    with pytest.raises(boot.BootstrapError, match=r"sudo refused the password for deploy; fix SUDO_PASSWORD"):
+    with pytest.raises(boot.BootstrapError, match=r"sudo refused the password for deploy; fix: correct SUDO_PASSWORD"):
         b.run(SSH_USER=user, SUDO_PASSWORD="not-the-password")
     assert untouched(host)
     assert "not-the-password" not in b.output.getvalue()

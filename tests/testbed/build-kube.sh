@@ -2,7 +2,7 @@
 # Builds kube-apiserver, kube-controller-manager and kube-scheduler from Debian bookworm's
 # `kubernetes` source package (the only Kubernetes source reachable from these machines) and
 # caches them under $K3STACK_TESTBED_CACHE/<source version>/bin. A cache hit does nothing.
-# Build dependencies must already be installed (see .ci/run); this script touches no system apt state.
+# Build dependencies must already be installed (`inv setup` does); this script touches no system apt state.
 set -euo pipefail
 
 cache_root=${K3STACK_TESTBED_CACHE:-$HOME/.cache/k3stack-testbed}

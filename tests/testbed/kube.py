@@ -40,7 +40,7 @@ def build_binaries() -> Path:
         if not have(p) and not Path(p).exists()
     ]
     if missing:
-        raise BedError(f"cannot build kube-apiserver: {', '.join(missing)} missing (run .ci/run's apt-get line)")
+        raise BedError(f"cannot build kube-apiserver: {', '.join(missing)} missing (fix: inv setup, as root)")
     run(["bash", str(HERE / "build-kube.sh")])
     found = cached_binaries()
     if not found:

@@ -31,7 +31,7 @@ def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdin: str
     try:
         command = sh.Command(program)
     except sh.CommandNotFound:
-        raise BedError(f"{program}: not installed (install it, e.g. with .ci/run's apt-get line)") from None
+        raise BedError(f"{program}: not installed (fix: inv setup, as root)") from None
     kwargs: dict = {"_env": dict(env) if env is not None else None, "_in": stdin}
     try:
         return str(command(*args, **{k: v for k, v in kwargs.items() if v is not None}))
@@ -50,7 +50,7 @@ def start(argv: Sequence[str], *, log_path: str, env: Mapping[str, str] | None =
     try:
         command = sh.Command(program)
     except sh.CommandNotFound:
-        raise BedError(f"{program}: not installed (install it, e.g. with .ci/run's apt-get line)") from None
+        raise BedError(f"{program}: not installed (fix: inv setup, as root)") from None
     log = open(log_path, "ab", buffering=0)  # noqa: SIM115 - sh writes to it after we return
     return command(
         *args,

@@ -1,7 +1,7 @@
 """pytest fixtures for the test bed: `kube` (a real Kubernetes API) and `ssh_hosts` (real sshd hosts).
 
 Where the bed cannot run (not root, tools missing) its tests skip with a one-line reason;
-with K3STACK_REQUIRE_TESTBED=1 (as in .ci/run) every such skip is a failure instead, so CI
+under CI=true or K3STACK_REQUIRE_TESTBED=1 (`inv test --require-testbed`) every such skip is a failure instead, so CI
 cannot pass without having run them. K3STACK_TEST_KUBECONFIG points `kube` at a cluster of
 your own (kind, k3d, ...) instead of the built-in control plane.
 """
@@ -17,19 +17,14 @@ from collections.abc import Callable, Iterator
 import pytest
 from kubernetes import client
 
+from tests.prereqs import FIX, required, unavailable
+
 from .cluster import KubeBed
 from .hosts import HostFactory, SshHosts
 from .local import BedError, have
 from .slot import Slot
 
-REQUIRE = os.environ.get("K3STACK_REQUIRE_TESTBED", "") not in ("", "0", "false", "no")
 BED_MARKERS = ("kube", "ssh")
-
-
-def unavailable(reason: str):
-    if REQUIRE:
-        pytest.fail(f"test bed required (K3STACK_REQUIRE_TESTBED=1) but unavailable: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def _interrupt(signum, frame):
@@ -56,19 +51,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
     report = yield
-    if REQUIRE and report.skipped and any(item.get_closest_marker(m) for m in BED_MARKERS):
+    if required() and report.skipped and any(item.get_closest_marker(m) for m in BED_MARKERS):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        report.longrepr = f"skipped, but K3STACK_REQUIRE_TESTBED=1 forbids skipping bed tests: {reason}"
+        report.longrepr = f"skipped, but CI / --require-testbed forbid skipping bed tests: {reason}"
     return report
 
 
 def _preconditions() -> str | None:
     if os.geteuid() != 0:
-        return "the test bed needs root (network namespaces, mounts); run as root or in .ci/run"
+        return "the test bed needs root (network namespaces, mounts)"
     for program in ("ip", "unshare", "nsenter"):
         if not have(program):
-            return f"{program} not installed (apt-get install iproute2 util-linux)"
+            return f"{program} not installed"
     return None
 
 
@@ -76,7 +71,7 @@ def _preconditions() -> str | None:
 def bed_slot() -> Iterator[Slot]:
     """This run's claim on bridge, subnet and namespace names; stale beds are swept first."""
     if reason := _preconditions():
-        unavailable(reason)
+        unavailable(reason, "run the tests as root: inv test" if "root" in reason else FIX)
     Slot.sweep_stale()
     slot = Slot.claim()
     atexit.register(slot.release)
@@ -94,7 +89,7 @@ def kube(request: pytest.FixtureRequest) -> Iterator[KubeBed]:
         yield KubeBed.external(external)
         return
     if not have("etcd"):
-        unavailable("etcd not installed (apt-get install etcd-server)")
+        unavailable("etcd not installed")
     slot = request.getfixturevalue("bed_slot")
     try:
         bed = KubeBed.start(slot)
@@ -124,7 +119,7 @@ def namespace(kube: KubeBed) -> Iterator[str]:
 def ssh_hosts(request: pytest.FixtureRequest) -> Iterator[Callable[[int], SshHosts]]:
     """`ssh_hosts(n)` → n fresh hosts (own IP, root filesystem, hostname, sshd); gone after the test."""
     if not have("sshd") and not os.path.exists("/usr/sbin/sshd"):
-        unavailable("sshd not installed (apt-get install openssh-server)")
+        unavailable("sshd not installed")
     factory = HostFactory(request.getfixturevalue("bed_slot"))
     try:
         yield factory.create

@@ -40,7 +40,7 @@ def test_a_killed_bed_is_swept_on_the_next_start(bed_slot):
     assert Path(bed_slot.path).exists()  # a live bed's slot is left alone
 
 
-def test_release_removes_bridge_namespaces_and_state():
+def test_release_removes_bridge_namespaces_and_state(bed_slot):  # bed_slot: root + ip, or skip
     slot = Slot.claim()
     netns = slot.add_netns("tmp", [slot.allocate_ip()])
     slot.release()

@@ -16,6 +16,8 @@ import yaml
 from cryptography import x509
 from kubernetes import client, config
 
+from tests.prereqs import unavailable
+
 from . import standin
 from .hosts import SshHost
 from .kube import cached_binaries
@@ -52,7 +54,7 @@ spec:
 @pytest.fixture(autouse=True)
 def _binaries():
     if cached_binaries() is None:
-        pytest.skip("no cached kube-apiserver build yet (the kube bed builds it: tests/testbed/build-kube.sh)")
+        unavailable("no cached kube-apiserver build yet (tests/testbed/build-kube.sh)")
 
 
 def wait_for(check: Callable[[], object], what: str, timeout: float = 60, interval: float = 0.2):

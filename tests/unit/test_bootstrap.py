@@ -219,3 +219,14 @@ def test_an_installer_url_that_cannot_be_fetched_is_named():
         boot.fetch_installer(load(K3S_INSTALL_URL="not a url"), trust=True, console=None)
     with pytest.raises(boot.BootstrapError, match=r"K3S_INSTALL_URL=file:///nonexistent/install.sh: cannot fetch"):
         boot.fetch_installer(load(K3S_INSTALL_URL="file:///nonexistent/install.sh"), trust=True, console=None)
+
+
+def test_a_host_that_cannot_be_reached_never_has_an_empty_fix():
+    from k3stack.errors import RemoteError
+    from k3stack.remote import preflight
+
+    with_hint = preflight.connect_failure("root@h", RemoteError("root@h: SSH login refused", "check SSH_KEY"))
+    assert (with_hint.status, with_hint.detail, with_hint.fix) == ("fail", "SSH login refused", "check SSH_KEY")
+    plain = preflight.connect_failure("root@h", OSError("root@h: no route to host"))
+    assert plain.detail == "no route to host"
+    assert plain.fix.startswith("check that the host is reachable")
