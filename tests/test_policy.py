@@ -26,7 +26,7 @@ SETTINGS = {"DOMAIN": "203.0.113.10.sslip.io", "ACME_EMAIL": "ops@example.com"}
 
 def require_checkov() -> None:
     if not CHECKOV.exists():
-        unavailable(f"checkov not installed ({CHECKOV.relative_to(ROOT)} missing)")
+        unavailable(f"checkov not installed ({CHECKOV} missing)")
 
 
 def checkov(directory: Path) -> dict:
