@@ -98,7 +98,7 @@ def ollama(bed):
     """A fresh test Ollama (nothing pulled, no faults) and a client with short stall/backoff."""
     kube_client, namespace, fake = bed
     fake.reset()
-    fake.tick = 0.02
+    fake.rate, fake.tick = 20 * MB, 0.02
     pauses: list[float] = []
     # A generous stall limit (a loaded CI machine pauses streams too); the stall test sets its own.
     client = ol.Ollama(kube_client, namespace, stall_seconds=5, attempts=3, backoff=0.5, sleep=pauses.append)
@@ -343,7 +343,7 @@ def test_pull_models_prints_plain_progress_and_one_line_per_model(ollama):
     assert not report.ok
     assert "model tinyllama:latest unchanged (already present, 1.0 MB)" in text
     assert "mistral:7b: pulling manifest" in text
-    assert " of 4.0 MB (" in text  # byte counts while downloading
+    assert " of 4.0 MB (" in text, text  # byte counts while downloading
     assert "model mistral:7b created (4.0 MB in" in text
     assert "model nope:1b failed — nope:1b: no such model" in text
     assert "hint: check the name and tag" in text

@@ -217,6 +217,7 @@ class FakeOllama:
         self.drops: Counter[str] = Counter()  # path -> requests still to drop
         self.stalls: dict[str, tuple[int, float | None]] = {}  # name -> (after bytes, seconds or None)
         self.errors: dict[str, list[tuple[int, str]]] = {}  # name -> [(after bytes, message)], one per POST
+        self.updates: dict[str, list[Layer]] = {}  # name -> the layers of its newer version
         self.prune_error: str | None = None  # "couldn't remove unused layers: <this>"
         # Ticks before a blob's first byte arrives (its lines then have no `completed`). With 0, a
         # blob fetched within one tick never shows in the stream at all, as happens with Ollama.
@@ -250,13 +251,13 @@ class FakeOllama:
         """The registry now has another version of `name` (new layers): a pull replaces it, and
         Ollama removes the layers nothing uses any more."""
         self.versions += 1
-        self.library[shortest(name)] = layers_for(f"{shortest(name)}@{self.versions}", sizes)
+        self.updates[shortest(name)] = layers_for(f"{shortest(name)}@{self.versions}", sizes)
 
     def blobs_of(self, name: str) -> list[Layer]:
         """The blobs a pull of `name` fetches: its layers, then its config blob."""
         key = _find(self.library, name)
         assert key is not None, f"{name} is not in the test library"
-        return [*self.library[key], config_for(key)]
+        return [*self.updates.get(key, self.library[key]), config_for(key)]
 
     def size(self, name: str) -> int:
         """The size /api/tags lists: every layer plus the config blob (Manifest.Size)."""
