@@ -4,7 +4,14 @@
 # tests/testbed/real/open-webui.txt to the image tag's version) into its own venv under
 # $K3STACK_TESTBED_CACHE/open-webui-<version>/. Idempotent: a second run only checks and prints
 # one "cached" line per component. Needs root (apt-get) and Python 3.11 or 3.12.
+#   --check   install nothing; exit 0 when every component is installed, 1 (naming what is missing) if not
 set -euo pipefail
+check_only=false
+case "${1:-}" in
+  --check) check_only=true ;;
+  "") ;;
+  *) echo "usage: $0 [--check]" >&2; exit 2 ;;
+esac
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache_root=${K3STACK_TESTBED_CACHE:-$HOME/.cache/k3stack-testbed}
@@ -21,7 +28,10 @@ for component in postgresql redis netdata; do
     missing+=("$pkg")
   fi
 done
-if [ ${#missing[@]} -gt 0 ]; then
+if [ ${#missing[@]} -gt 0 ] && $check_only; then
+  echo "install-components: not installed: ${missing[*]}" >&2
+fi
+if [ ${#missing[@]} -gt 0 ] && ! $check_only; then
   started=$(date +%s)
   apt_opts=(-o DPkg::Lock::Timeout=900 -qq)
   # No daemon is started by the packages' scripts: the bed starts its own, in its namespaces.
@@ -41,10 +51,16 @@ version=$(sed -n 's/^open-webui\[postgres\]==\(.*\)$/\1/p' "$pins")
 [ -n "$version" ] || { echo "install-components: no open-webui pin in $pins" >&2; exit 1; }
 venv=$cache_root/open-webui-$version
 stamp=$venv/.k3stack-installed
-want=$(sha256sum "$pins" | cut -d' ' -f1)
+# The stamp holds the sha256 of the pins themselves (comments may change without a reinstall).
+want=$(grep -v '^[[:space:]]*\(#\|$\)' "$pins" | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/open-webui" ]; then
   echo "open-webui: cached ($version in $venv)"
+  [ ${#missing[@]} -eq 0 ] || ! $check_only || exit 1
   exit 0
+fi
+if $check_only; then
+  echo "install-components: not installed: open-webui $version ($venv)" >&2
+  exit 1
 fi
 python=""
 for candidate in /usr/bin/python3.12 /usr/bin/python3.11 /usr/bin/python3; do
