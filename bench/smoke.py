@@ -1,7 +1,8 @@
-"""`inv smoke` and model pulls against the test servers, with latency injected per check: is the
-smoke run as slow as its slowest check (checks run at once) rather than the sum of them, and are
-two model pulls as slow as the slower one? One run, same test bed. Prints figures; asserts
-nothing. Needs root (the test bed).
+"""`inv smoke` and model pulls against the test bed's real stack (tests/testbed/real/), with latency
+injected into the Ollama double: is the smoke run as slow as its slowest check (checks run at
+once) rather than the sum of them, and are two model pulls as slow as the slower one? One run,
+same test bed. Prints figures; asserts nothing. Needs root (the test bed) and the real components
+(bash tests/testbed/install-components.sh).
 
     python -m bench.smoke [--latency 0.8] [--pull-seconds 2]
 """
@@ -21,30 +22,20 @@ from k3stack import smoke as sm
 from k3stack.console import Console
 from tests.testbed.cluster import KubeBed
 from tests.testbed.fake_ollama import layers_for
-from tests.testbed.fake_webui import FakeStack
+from tests.testbed.real.stack import RealStack
 from tests.testbed.slot import Slot
 
 MODELS = ["llama3.1:8b", "mistral:7b"]
 MB = 1_000_000
 
 
-def inject_latency(fake: FakeStack, slowest: float) -> None:
-    """Every HTTP check waits on its server: from 25% to 100% of `slowest` seconds."""
-    steps = {
-        "/health": 0.25,
-        "/ready": 0.4,
-        "/api/version": 1.0,
-        "/api/v1/auths/signin": 0.5,
-        "/api/models": 0.3,
-        "/ws/socket.io/": 0.7,
-    }
-    fake.webui.latency = {path: share * slowest for path, share in steps.items()}
+def inject_latency(fake: RealStack, slowest: float) -> None:
+    """The Ollama checks wait on the double (the real components answer at their own pace)."""
     fake.ollama.latency = {"/api/version": 0.6 * slowest, "/api/tags": 0.8 * slowest}
-    fake.netdata.latency = 0.35 * slowest  # twice per check: without and with credentials
 
 
-def bench_smoke(fake: FakeStack) -> None:
-    report = sm.smoke(fake.kube, fake.config)
+def bench_smoke(fake: RealStack) -> None:
+    report = sm.smoke(fake.kube, fake.smoke_config())
     if not report.ok:
         raise SystemExit(f"smoke failed on the bench: {[(r.name, r.reason) for r in report.failed]}")
     times = [r.seconds for r in report.results]
@@ -55,13 +46,13 @@ def bench_smoke(fake: FakeStack) -> None:
     print(f"  wall / slowest = {report.seconds / max(times):.2f}x (target <= 1.2x)")
 
 
-def bench_pulls(fake: FakeStack, seconds: float) -> None:
+def bench_pulls(fake: RealStack, seconds: float) -> None:
     ollama = fake.ollama
     sizes = {"llama3.1:8b": [60 * MB, 20 * MB, 1000], "mistral:7b": [50 * MB, 500]}
     ollama.library = {ol.normalise(name): layers_for(name, layers) for name, layers in sizes.items()}
     ollama.rate = 80 * MB / seconds
     ollama.step = 2 * MB
-    client = ol.Ollama(fake.kube, fake.config.stack_namespace)
+    client = ol.Ollama(fake.kube, fake.namespace)
     alone = {}
     for name in MODELS:
         ollama.reset()
@@ -91,9 +82,10 @@ def main() -> int:
     slot = Slot.claim()
     try:
         bed = KubeBed.start(slot)
-        fake = FakeStack.deploy(
-            bed, work, models=MODELS, admin_password="bench-admin-password", netdata_password="bench-netdata-pw"
+        fake = RealStack.create(
+            bed, models=MODELS, WEBUI_ADMIN_PASSWORD="bench-admin-password", NETDATA_PASSWORD="bench-netdata-pw"
         )
+        fake.deploy()
         inject_latency(fake, args.latency)
         bench_smoke(fake)
         bench_pulls(fake, args.pull_seconds)

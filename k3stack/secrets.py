@@ -24,9 +24,25 @@ LOCATIONS: dict[str, tuple[str, str, str]] = {
     "WEBUI_ADMIN_PASSWORD": ("STACK_NAMESPACE", "open-webui", "WEBUI_ADMIN_PASSWORD"),
     "NETDATA_PASSWORD": ("MONITORING_NAMESPACE", "netdata-basic-auth", "password"),
 }
-# Changing these would break what a volume already holds (PostgreSQL applies the password
-# only when it initialises an empty data directory).
-PINNED_BY_VOLUME = {"POSTGRES_PASSWORD": "postgres-data"}
+# Changing these would break what a volume already holds: PostgreSQL applies the password only
+# when it initialises an empty data directory, Open WebUI creates the admin from
+# WEBUI_ADMIN_PASSWORD only while its database has no user (later values are ignored and the old
+# password still signs in). setting -> (volume, what applies it, how to change it for real)
+PINNED_BY_VOLUME = {
+    "POSTGRES_PASSWORD": (
+        "postgres-data",
+        "the password the existing database was initialised with",
+        "PostgreSQL applies it only to an empty volume",
+        "change it inside PostgreSQL first (ALTER USER ... PASSWORD) and then set it here",
+    ),
+    "WEBUI_ADMIN_PASSWORD": (
+        "open-webui-data",
+        "the admin password of the existing Open WebUI",
+        "Open WebUI applies it only while its database has no user",
+        "change it in Open WebUI first (Settings > Account), then in the Secret "
+        "(kubectl -n NAMESPACE edit secret open-webui) and here",
+    ),
+}
 
 ReadSecret = Callable[[str, str], dict[str, str] | None]  # (namespace, name) -> decoded data or None
 
@@ -72,11 +88,10 @@ def resolve(settings: Settings, read: ReadSecret) -> StackSecrets:
         if given is not None:
             if current is not None and given != current and setting in PINNED_BY_VOLUME:
                 ns_setting, name, _ = LOCATIONS[setting]
+                volume, what, why, how = PINNED_BY_VOLUME[setting]
                 raise SecretsError(
-                    f"{setting}: differs from the password the existing database was initialised with "
-                    f"(Secret {settings[ns_setting]}/{name}); PostgreSQL applies it only to an empty volume "
-                    f"({PINNED_BY_VOLUME[setting]}). Fix: unset {setting} to keep the current one, or change it "
-                    f"inside PostgreSQL first (ALTER USER ... PASSWORD) and then set it here"
+                    f"{setting}: differs from {what} (Secret {settings[ns_setting]}/{name}); {why} ({volume}). "
+                    f"Fix: unset {setting} to keep the current one, or {how}"
                 )
             values[setting], origins[setting] = given, "settings"
         elif current is not None:
@@ -102,9 +117,10 @@ def resolve(settings: Settings, read: ReadSecret) -> StackSecrets:
         ),
         "password": values["NETDATA_PASSWORD"],
     }
+    redis = {"REDIS_PASSWORD": values["REDIS_PASSWORD"], "redis.conf": redis_conf(values["REDIS_PASSWORD"])}
     datas = {
         (stack, "postgres"): {"POSTGRES_PASSWORD": values["POSTGRES_PASSWORD"]},
-        (stack, "redis"): {"REDIS_PASSWORD": values["REDIS_PASSWORD"]},
+        (stack, "redis"): redis,
         (stack, "open-webui"): webui,
         (monitoring, "netdata-basic-auth"): netdata,
     }
@@ -119,6 +135,26 @@ def resolve(settings: Settings, read: ReadSecret) -> StackSecrets:
             "REDIS_SECRET_CHECKSUM": _checksum(datas[(stack, "redis")]),
         },
     )
+
+
+def redis_quote(value: str) -> str:
+    """One argument of a redis.conf line, by redis' own rules (sdssplitargs): double quotes, with
+    `\\` and `\"` escaped and every byte outside printable ASCII as \\xHH. A space, quote or
+    newline in a password can then neither break the file nor add a directive to it."""
+    out = []
+    for byte in value.encode():
+        if byte in b'"\\':
+            out.append("\\" + chr(byte))
+        elif 0x20 <= byte < 0x7F:
+            out.append(chr(byte))
+        else:
+            out.append(f"\\x{byte:02x}")
+    return '"' + "".join(out) + '"'
+
+
+def redis_conf(password: str) -> str:
+    """The redis.conf redis-server loads (mounted from the Secret `redis`; k8s/llm-stack/redis.yaml)."""
+    return f"# rendered by k3stack (k3stack/secrets.py)\nrequirepass {redis_quote(password)}\nappendonly yes\n"
 
 
 def _htpasswd(user: str, password: str, current: str | None) -> str:

@@ -223,7 +223,18 @@ SETTINGS: tuple[Setting, ...] = (
     *_resources("postgres", "100m", "256Mi", "1", "1Gi"),
     *_resources("redis", "50m", "64Mi", "500m", "256Mi"),
     # Models and GPU
-    Setting("OLLAMA_MODELS", "llama3.1:8b,mistral:7b", "models pulled at deploy time (comma-separated)", models),
+    Setting(
+        "OLLAMA_MODELS",
+        "llama3.1:8b,mistral:7b,nomic-embed-text:v1.5",
+        "models pulled at deploy time (comma-separated); keep OLLAMA_EMBEDDING_MODEL among them",
+        models,
+    ),
+    Setting(
+        "OLLAMA_EMBEDDING_MODEL",
+        "nomic-embed-text:v1.5",
+        "Ollama model Open WebUI embeds documents with (RAG); nothing is downloaded from Hugging Face",
+        models,
+    ),
     Setting(
         "OLLAMA_PULL_STALL_SECONDS", "60", "a model download without progress this long is dropped and resumed", seconds
     ),

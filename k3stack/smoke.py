@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import websocket  # websocket-client (also what the kubernetes client streams with)
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID, NameOID
 
@@ -32,7 +33,8 @@ from .ollama import normalise
 from .report import CheckResult, SmokeReport
 
 GROUPS = ("cluster", "in-cluster", "public")
-WEBSOCKET_PATH = "/ws/socket.io/?EIO=4&transport=polling"
+# Open WebUI's Socket.IO is websocket-only when ENABLE_WEBSOCKET_SUPPORT=true: no polling first.
+WEBSOCKET_PATH = "/ws/socket.io/?EIO=4&transport=websocket"
 NETDATA_PATH = "/api/v1/info"
 STAGING_MARK = "(STAGING)"  # Let's Encrypt staging issuers: "(STAGING) Let's Encrypt", "(STAGING) Ersatz Edamame E1"
 TRAEFIK_DEFAULT = "TRAEFIK DEFAULT CERT"
@@ -244,6 +246,40 @@ class Browser:
         if tls and not verify:
             self._insecure_allowed(host, answer.cert)
         return answer
+
+    def websocket(self, url: str) -> websocket.WebSocket:
+        """A WebSocket to `url` (wss://) over the same verified TLS as `request`, sent with the
+        Origin a browser on that host sends (Socket.IO checks it against CORS_ALLOW_ORIGIN)."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or self.config.https_port
+        address = self.config.connect_to.get((host, port), (host, port))
+        verify = not self.config.insecure
+        try:
+            raw = socket.create_connection(address, self.config.request_timeout)
+            sock = self._tls(verify).wrap_socket(raw, server_hostname=host)
+        except ssl.SSLCertVerificationError as exc:
+            raise self._bad_cert(host, address, exc) from None
+        except OSError as exc:
+            raise CheckFailed(f"GET {url}: {exc or type(exc).__name__}", _unreachable_hint(host)) from None
+        if not verify:
+            der = sock.getpeercert(binary_form=True)
+            self._insecure_allowed(host, CertInfo.from_der(der) if der else None)
+        try:
+            return websocket.create_connection(
+                url, socket=sock, timeout=self.config.request_timeout, origin=f"https://{host}", suppress_origin=False
+            )
+        except websocket.WebSocketBadStatusException as exc:
+            sock.close()
+            raise CheckFailed(
+                f"WebSocket upgrade on {parts.path} refused: HTTP {exc.status_code} "
+                f"{(exc.resp_body or b'').decode(errors='replace')[:80]!r}",
+                "Open WebUI's Socket.IO is websocket-only: whatever is between the browser and Open WebUI (a "
+                "proxy, a middleware on the Ingress) must pass WebSocket upgrades on /ws/",
+            ) from None
+        except (OSError, websocket.WebSocketException) as exc:
+            sock.close()
+            raise CheckFailed(f"WebSocket {url}: {exc or type(exc).__name__}", _unreachable_hint(host)) from None
 
     def _bad_cert(self, host: str, address: tuple[str, int], exc: ssl.SSLCertVerificationError) -> CheckFailed:
         served = self.peek_cert(host, address)
@@ -525,22 +561,28 @@ class Checks:
             )
         return f"{running}"
 
-    def signin_models(self) -> str:
-        base = f"https://{self.config.chat_host}"
+    def _signin(self) -> str:
+        """The admin's token (POST /api/v1/auths/signin through the public URL)."""
         answer = self.browser.request(
             "POST",
-            f"{base}/api/v1/auths/signin",
+            f"https://{self.config.chat_host}/api/v1/auths/signin",
             body={"email": self.config.admin_email, "password": self.config.admin_password},
         )
         token = (answer.json() or {}).get("token") if answer.status == 200 else None
         if not token:
             raise CheckFailed(
                 f"admin sign-in as {self.config.admin_email} refused: HTTP {answer.status}",
-                "Open WebUI sets the admin password only when no user exists: the password in the database "
-                "differs from WEBUI_ADMIN_PASSWORD",
+                "the password in the Secret open-webui (WEBUI_ADMIN_PASSWORD) is not the admin's: Open WebUI "
+                "applies it only while no user exists; `inv credentials` shows the one k3stack has",
                 final=answer.status in (400, 401, 403),
             )
-        answer = self.browser.request("GET", f"{base}/api/models", headers={"Authorization": f"Bearer {token}"})
+        return token
+
+    def signin_models(self) -> str:
+        token = self._signin()
+        answer = self.browser.request(
+            "GET", f"https://{self.config.chat_host}/api/models", headers={"Authorization": f"Bearer {token}"}
+        )
         data = answer.json()
         if answer.status != 200 or not isinstance(data, dict):
             raise CheckFailed(f"GET /api/models: HTTP {answer.status}", "Open WebUI's log says why")
@@ -554,18 +596,45 @@ class Checks:
         return f"signed in; {len(listed)} model(s) listed"
 
     def websocket(self) -> str:
-        answer = self.browser.request("GET", f"https://{self.config.chat_host}{WEBSOCKET_PATH}")
-        text = answer.body.decode(errors="replace")
+        """What the chat page does: a WebSocket upgrade, the Engine.IO open packet, a Socket.IO
+        connect with the signed-in token; then an event that Open WebUI sends back through its
+        websocket manager — Redis pub/sub (WEBSOCKET_MANAGER=redis), with the session in Redis —
+        so a websocket that works without Redis does not pass."""
+        token = self._signin()
+        ws = self.browser.websocket(f"wss://{self.config.chat_host}{WEBSOCKET_PATH}")
         try:
-            handshake = json.loads(text[1:]) if answer.status == 200 and text.startswith("0") else None
-        except ValueError:
-            handshake = None
-        if not isinstance(handshake, dict) or "sid" not in handshake:
-            raise CheckFailed(
-                f"no Engine.IO handshake on {WEBSOCKET_PATH.split('?')[0]}: HTTP {answer.status} {text[:80]!r}",
-                "ENABLE_WEBSOCKET_SUPPORT=true and WEBSOCKET_MANAGER=redis in Open WebUI; the Ingress must route /ws",
-            )
-        return f"Engine.IO handshake, upgrades: {', '.join(handshake.get('upgrades') or []) or 'none'}"
+            opened = _engineio_packet(ws, "0", "Engine.IO open packet")
+            ws.send("40" + json.dumps({"token": token}))
+            connected = _engineio_packet(ws, "4", "answer to the Socket.IO connect")
+            if not connected.startswith("40"):
+                raise CheckFailed(
+                    f"Socket.IO connect refused: {connected[:120]!r}",
+                    "Open WebUI did not accept the signed-in token on the websocket: is WEBUI_SECRET_KEY the "
+                    "same for every Open WebUI pod?",
+                )
+            sid = json.loads(connected[2:] or "{}").get("sid", "")
+            # What the chat page sends next; Open WebUI stores the session in Redis and acks.
+            ws.send("421" + json.dumps(["user-join", {"auth": {"token": token}}]))
+            try:
+                joined = _engineio_packet(ws, "431", "answer to user-join")
+            except CheckFailed as failure:
+                raise CheckFailed(f"websocket connected (sid {sid[:8]}…), but {failure.reason}", REDIS_HINT) from None
+            if not (json.loads(joined[3:] or "[]") or [None])[0]:
+                raise CheckFailed(
+                    "Open WebUI refused the signed-in token on the websocket (user-join answered without a user)",
+                    "is WEBUI_SECRET_KEY the same for every Open WebUI pod, and unchanged since sign-in?",
+                )
+            document = f"k3stack-smoke-{sid}"
+            ws.send("42" + json.dumps(["ydoc:document:join", {"document_id": document, "user_name": "k3stack"}]))
+            try:
+                _engineio_packet(ws, '42["ydoc:document:state"', "event back through the websocket manager")
+            except CheckFailed as failure:
+                raise CheckFailed(f"websocket connected (sid {sid[:8]}…), but {failure.reason}", REDIS_HINT) from None
+            ws.send("42" + json.dumps(["ydoc:document:leave", {"document_id": document}]))
+        finally:
+            ws.close()
+        upgrades = json.loads(opened[1:] or "{}").get("upgrades") or []
+        return f"websocket upgraded, Socket.IO connected, event back through Redis (upgrades: {upgrades or 'none'})"
 
     def netdata_auth(self) -> str:
         url = f"https://{self.config.monitor_host}{NETDATA_PATH}"
@@ -584,6 +653,34 @@ class Checks:
                 "NETDATA_USER/NETDATA_PASSWORD differ from the Secret netdata-basic-auth, or Netdata is not ready",
             )
         return "401 without credentials, 200 with them"
+
+
+REDIS_HINT = (
+    "Open WebUI's websocket manager cannot use Redis (WEBSOCKET_REDIS_URL): is the redis pod ready, with the "
+    "password of REDIS_URL in the Secret open-webui? `kubectl -n NS logs deploy/open-webui` says why"
+)
+
+
+def _engineio_packet(ws: websocket.WebSocket, prefix: str, what: str) -> str:
+    """The next Engine.IO packet starting with `prefix` (pings answered, others skipped)."""
+    deadline = time.monotonic() + (ws.gettimeout() or 10)
+    while time.monotonic() < deadline:
+        try:
+            packet = ws.recv()
+        except websocket.WebSocketTimeoutException:
+            break
+        except (OSError, websocket.WebSocketException) as exc:
+            raise CheckFailed(f"no {what}: the websocket closed ({exc or type(exc).__name__})") from None
+        if isinstance(packet, bytes):
+            continue
+        if packet == "2":
+            ws.send("3")
+            continue
+        if packet.startswith(prefix):
+            return packet
+        if packet.startswith("44"):  # Socket.IO CONNECT_ERROR
+            return packet
+    raise CheckFailed(f"no {what} within {ws.gettimeout() or 10:.0f}s")
 
 
 # -- running them ---------------------------------------------------------------------------------

@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.testbed.plugin"]
+pytest_plugins = ["tests.testbed.plugin", "tests.testbed.real.plugin"]

@@ -1,7 +1,9 @@
-"""`inv smoke`'s checks against a deployed stack on the test bed's real API server: Ollama and Open
-WebUI are test servers behind the stack's own Services (reached through the service proxy), the
-public URLs go to a TLS "ingress" on loopback (certificates from a test CA; no DNS: connect_to).
-Every check is shown passing, then failing for the reason it exists."""
+"""`inv smoke`'s checks against the stack deployed to the test bed's real API server with its REAL
+components behind the stack's pods (Open WebUI from PyPI at the image's version, PostgreSQL,
+Redis, Netdata; see tests/testbed/real/), the Ollama protocol double behind Ollama's Service, and
+the Traefik stand-in (tests/testbed/ingress.py) configured from the stack's Ingresses and
+Middlewares, on loopback with a test CA's certificate (no DNS: connect_to). Every check is shown
+passing, then failing for a real reason: a stopped Redis, a wrong password, a missing middleware."""
 
 from __future__ import annotations
 
@@ -18,60 +20,49 @@ from kubernetes import client
 from k3stack import report as rp
 from k3stack import smoke as sm
 from k3stack.console import Console
-from k3stack.kube import Kube
-from tests.testbed.fake_webui import FakeStack, TestCA
+from tests.testbed.ingress import TestCA
+from tests.testbed.real.plugin import ADMIN_PASSWORD, MODELS, NETDATA_PASSWORD
+from tests.testbed.real.stack import CHAT, MONITOR, RealStack
 
-pytestmark = pytest.mark.timeout(300)
-
-MODELS = ["llama3.1:8b", "mistral:7b"]
-ADMIN_PASSWORD = "admin-password-for-smoke"
-NETDATA_PASSWORD = "netdata-password-for-smoke"
-CHAT, MONITOR = FakeStack.CHAT, FakeStack.MONITOR
+pytestmark = pytest.mark.timeout(600)
 
 
 @dataclasses.dataclass
 class Bed:
-    stack: FakeStack
-    kube: Kube
+    stack: RealStack
     config: sm.SmokeConfig
-    sim: object
-    api: object
 
-    def __getattr__(self, name: str):
-        return getattr(self.stack, name)  # ollama, webui, netdata, ingress, ca
+    @property
+    def kube(self):
+        return self.stack.kube
 
-    def check(self, name: str, config: sm.SmokeConfig | None = None, deadline: float = 0.6) -> rp.CheckResult:
+    @property
+    def sim(self):
+        return self.stack.bed.sim
+
+    @property
+    def api(self):
+        return self.stack.bed.api()
+
+    @property
+    def ingress(self):
+        return self.stack.ingress
+
+    def check(self, name: str, config: sm.SmokeConfig | None = None, deadline: float = 1.5) -> rp.CheckResult:
         """Run the one check whose name starts with `name`, briefly retried."""
         checks = [c for c in sm.Checks(self.kube, config or self.config).all() if c.name.startswith(name)]
         assert len(checks) == 1, [c.name for c in sm.Checks(self.kube, self.config).all()]
-        return sm.run_checks(checks, deadline=deadline, interval=0.2).results[0]
-
-
-@pytest.fixture(scope="module")
-def smoke_bed(kube, tmp_path_factory):
-    fake = FakeStack.deploy(
-        kube,
-        tmp_path_factory.mktemp("smoke"),
-        models=MODELS,
-        admin_password=ADMIN_PASSWORD,
-        netdata_password=NETDATA_PASSWORD,
-    )
-    yield Bed(fake, fake.kube, fake.config, kube.sim, kube.api())
-    fake.close()
+        return sm.run_checks(checks, deadline=deadline, interval=0.3).results[0]
 
 
 @pytest.fixture
-def bed(smoke_bed):
-    """The module's bed with every fault cleared afterwards."""
-    saved = {fake: dict(vars(fake)) for fake in (smoke_bed.webui, smoke_bed.netdata, smoke_bed.ingress.redirect)}
-    yield smoke_bed
-    for fake, state in saved.items():
-        vars(fake).update(state)
-    smoke_bed.ingress.use_cert(*smoke_bed.ca.issue([CHAT, MONITOR]))
+def bed(real_stack):
+    """The session's real stack, with its certificate restored afterwards."""
+    yield Bed(real_stack, real_stack.smoke_config())
+    real_stack.ingress.use_cert(*real_stack.ca.issue([CHAT, MONITOR]))
 
 
-def test_every_check_passes_on_a_healthy_stack_and_runs_concurrently(bed, tmp_path):
-    bed.webui.latency = {"/api/version": 0.5}
+def test_every_check_passes_on_the_real_stack_and_runs_concurrently(bed, tmp_path):
     out = io.StringIO()
     console = Console(stream=out, interactive=False)
     report = sm.smoke(bed.kube, bed.config, console)
@@ -87,10 +78,12 @@ def test_every_check_passes_on_a_healthy_stack_and_runs_concurrently(bed, tmp_pa
     assert details[f"https://{CHAT}/health + certificate"] == (
         "200; certificate by k3stack test CA, expires in 89 days"
     )
-    assert details[f"http://{CHAT} redirects to https"] == f"308 → https://{CHAT}:{bed.ingress.https_port}/"
+    assert details[f"http://{CHAT} redirects to https"] == f"301 → https://{CHAT}/"
     assert details["open-webui version"] == "0.11.0"
     assert details["admin sign-in lists models"] == "signed in; 2 model(s) listed"
-    assert details["websocket handshake"] == "Engine.IO handshake, upgrades: websocket"
+    assert details["websocket handshake"] == (
+        "websocket upgraded, Socket.IO connected, event back through Redis (upgrades: none)"
+    )
     assert details[f"https://{MONITOR} basic auth"] == "401 without credentials, 200 with them"
     # All at once (proven without a clock in tests/unit/test_smoke.py; bench/smoke times it).
     assert report.seconds < sum(r.seconds for r in report.results)
@@ -114,25 +107,30 @@ def test_every_check_passes_on_a_healthy_stack_and_runs_concurrently(bed, tmp_pa
         assert secret not in junit.read_text()
 
 
-def test_a_failing_run_is_not_ok_and_reports_reason_and_hint_everywhere(bed, tmp_path):
-    bed.webui.websocket = False
-    config = dataclasses.replace(bed.config, deadline=0.8)
-    report = sm.smoke(bed.kube, config, only=["public"])
-    assert not report.ok
-    assert [r.name for r in report.failed] == ["websocket handshake"]
-    junit = tmp_path / "smoke.xml"
-    rp.emit(report, Console(stream=io.StringIO(), interactive=False), as_json=True, junit=junit, environ={})
-    [suite] = list(JUnitXml.fromfile(str(junit)))
-    assert (suite.tests, suite.failures) == (6, 1)
-    [failed] = [case for case in suite if not case.is_passed]
-    assert failed.name == "websocket handshake"
-    assert isinstance(failed.result[0], Failure)
-    assert "HTTP 403" in failed.result[0].message
-    assert "hint: ENABLE_WEBSOCKET_SUPPORT=true" in failed.result[0].text
-    data = rp.to_json(report)
-    assert data["ok"] is False
-    assert json.dumps(data)  # serialisable as is
-    assert "❌ fail | websocket handshake | public" in rp.markdown(report)
+def test_redis_stopped_fails_the_websocket_check_with_its_hint_everywhere(bed, tmp_path):
+    bed.stack.components["redis"].stop()
+    try:
+        config = dataclasses.replace(bed.config, deadline=1, request_timeout=5)
+        report = sm.smoke(bed.kube, config, only=["public"])
+        assert not report.ok
+        assert [r.name for r in report.failed] == ["websocket handshake"]
+        junit = tmp_path / "smoke.xml"
+        rp.emit(report, Console(stream=io.StringIO(), interactive=False), as_json=True, junit=junit, environ={})
+        [suite] = list(JUnitXml.fromfile(str(junit)))
+        assert (suite.tests, suite.failures) == (6, 1)
+        [failed] = [case for case in suite if not case.is_passed]
+        assert failed.name == "websocket handshake"
+        assert isinstance(failed.result[0], Failure)
+        assert "websocket connected (sid " in failed.result[0].message
+        assert "but no answer to user-join" in failed.result[0].message
+        assert "hint: Open WebUI's websocket manager cannot use Redis" in failed.result[0].text
+        data = rp.to_json(report)
+        assert data["ok"] is False
+        assert json.dumps(data)  # serialisable as is
+        assert "❌ fail | websocket handshake | public" in rp.markdown(report)
+    finally:
+        bed.stack.sync()  # the kubelet restarts the container
+    assert bed.check("websocket", deadline=20).ok
 
 
 # -- cluster checks ------------------------------------------------------------------------------
@@ -266,13 +264,16 @@ def test_open_webui_without_endpoints_fails_health(bed):
     assert "no endpoints available" in result.reason
 
 
-def test_open_webui_ready_falls_back_to_health_db_and_fails_without_database(bed):
-    bed.webui.has_ready = False
-    assert bed.check("open-webui ready").detail == "/health/db 200"
-    bed.webui.db_ok = False
-    result = bed.check("open-webui ready")
-    assert not result.ok
-    assert result.reason == "Open WebUI /health/db: HTTP 500 database unreachable"
+def test_open_webui_not_ready_without_its_database(bed):
+    bed.stack.components["postgres"].stop()
+    try:
+        result = bed.check("open-webui ready", deadline=3)
+        assert not result.ok
+        assert result.reason.startswith("Open WebUI /ready: HTTP 503")
+        assert "PostgreSQL or Redis" in result.hint
+    finally:
+        bed.stack.sync()
+    assert bed.check("open-webui ready", deadline=30).ok
 
 
 # -- public checks -------------------------------------------------------------------------------
@@ -317,53 +318,77 @@ def test_insecure_accepts_the_staging_ca_only(bed):
 
 
 def test_plain_http_without_a_redirect_fails(bed):
-    bed.ingress.redirect.redirect = False
-    result = bed.check(f"http://{CHAT}")
-    assert not result.ok
-    assert result.reason == "plain HTTP answered 200 without a redirect to HTTPS"
+    ns = bed.config.stack_namespace
+    middleware = bed.kube.get("traefik.io/v1alpha1", "Middleware", "redirect-https", ns)
+    bed.kube.delete("traefik.io/v1alpha1", "Middleware", "redirect-https", ns)
+    try:
+        result = bed.check(f"http://{CHAT}")
+        assert not result.ok
+        assert result.reason == "plain HTTP answered 404 without a redirect to HTTPS"
+    finally:
+        bed.stack.deploy()
+    assert middleware is not None
+    assert bed.check(f"http://{CHAT}").ok
 
 
 def test_a_different_open_webui_version_fails(bed):
-    bed.webui.version = "0.10.2"
-    result = bed.check("open-webui version")
+    result = bed.check("open-webui version", dataclasses.replace(bed.config, webui_version="v0.10.2"))
     assert not result.ok
-    assert result.reason == "Open WebUI says version 0.10.2 (HTTP 200), deployed tag is v0.11.0"
+    assert result.reason == "Open WebUI says version 0.11.0 (HTTP 200), deployed tag is v0.10.2"
 
 
 def test_a_model_open_webui_does_not_list_fails(bed):
-    bed.webui.models = ["llama3.1:8b"]
-    result = bed.check("admin sign-in")
+    result = bed.check("admin sign-in", dataclasses.replace(bed.config, models=(*MODELS, "phi3:mini")))
     assert not result.ok
-    assert result.reason == "Open WebUI does not list mistral:7b (1 listed)"
+    assert result.reason == "Open WebUI does not list phi3:mini (2 listed)"
 
 
 def test_a_refused_admin_password_fails_at_once(bed):
-    bed.webui.password = "the-one-in-the-database"
-    result = bed.check("admin sign-in", deadline=3)
+    wrong = dataclasses.replace(bed.config, admin_password="not-the-admins-one")
+    result = bed.check("admin sign-in", wrong, deadline=3)
     assert not result.ok
     assert result.attempts == 1
     assert result.reason == "admin sign-in as admin@smoke.test refused: HTTP 400"
-    assert ADMIN_PASSWORD not in result.reason + result.hint
+    assert "WEBUI_ADMIN_PASSWORD" in result.hint
+    assert "not-the-admins-one" not in result.reason + result.hint
 
 
-def test_websocket_refused_fails(bed):
-    bed.webui.websocket = False
-    result = bed.check("websocket")
+def test_the_websocket_check_fails_when_the_token_is_refused(bed, monkeypatch):
+    monkeypatch.setattr(sm.Checks, "_signin", lambda self: "not-a-token")
+    result = bed.check("websocket", deadline=3)
     assert not result.ok
-    assert result.reason.startswith("no Engine.IO handshake on /ws/socket.io/: HTTP 403")
+    assert result.reason.startswith("Open WebUI refused the signed-in token on the websocket (user-join answered")
+    assert "WEBUI_SECRET_KEY" in result.hint
 
 
 def test_netdata_open_without_credentials_fails_at_once(bed):
-    bed.netdata.require_auth = False
-    result = bed.check(f"https://{MONITOR}", deadline=3)
-    assert not result.ok
-    assert result.attempts == 1
-    assert result.reason == "Netdata answered 200 without credentials (expected 401)"
+    ns = bed.config.monitoring_namespace
+    chart = bed.kube.get("helm.cattle.io/v1", "HelmChart", "netdata", ns)
+    values = chart["spec"]["valuesContent"]
+    line = f"        traefik.ingress.kubernetes.io/router.middlewares: {ns}-netdata-auth@kubernetescrd\n"
+    assert line in values + "\n"
+    bed.kube.apply(
+        {
+            "apiVersion": "helm.cattle.io/v1",
+            "kind": "HelmChart",
+            "metadata": {"name": "netdata", "namespace": ns},
+            "spec": {"valuesContent": (values + "\n").replace(line, "")},
+        },
+        field_manager="k3stack",
+        force=True,
+    )
+    try:
+        result = bed.check(f"https://{MONITOR}", deadline=3)
+        assert not result.ok
+        assert result.attempts == 1
+        assert result.reason == "Netdata answered 200 without credentials (expected 401)"
+    finally:
+        bed.stack.deploy()
+    assert bed.check(f"https://{MONITOR}").ok
 
 
 def test_netdata_refusing_the_configured_credentials_fails(bed):
-    bed.netdata.password = "another-password"
-    result = bed.check(f"https://{MONITOR}")
+    result = bed.check(f"https://{MONITOR}", dataclasses.replace(bed.config, netdata_password="another-password"))
     assert not result.ok
     assert result.reason == "Netdata answered 401 with the credentials of admin (expected 200)"
 

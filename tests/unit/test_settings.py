@@ -16,7 +16,7 @@ def test_defaults_and_references_expand(tmp_path):
     s = load(tmp_path)
     assert s["CHAT_HOST"] == "chat.203.0.113.10.sslip.io"
     assert s["WEBUI_ADMIN_EMAIL"] == "admin@203.0.113.10.sslip.io"
-    assert s.models == ["llama3.1:8b", "mistral:7b"]
+    assert s.models == ["llama3.1:8b", "mistral:7b", "nomic-embed-text:v1.5"]
     assert s.flag("ACME_STAGING") is False
     assert s.secrets == {}
     assert "POSTGRES_PASSWORD" not in s.render_vars()

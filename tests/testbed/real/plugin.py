@@ -1,0 +1,36 @@
+"""pytest fixture `real_stack`: the stack deployed to the bed with its real components (stack.py),
+shared by the whole run (Open WebUI's cold start is ~30 s and ~870 MB). Skips with the install
+command when the components are missing (a failure under K3STACK_REQUIRE_TESTBED=1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from ..plugin import unavailable
+from . import missing
+from .stack import RealStack
+
+MODELS = ["llama3.1:8b", "mistral:7b"]
+ADMIN_PASSWORD = "admin password with spaces & 'quotes'"
+NETDATA_PASSWORD = "netdata-password-for-smoke"
+REDIS_PASSWORD = 'redis "pass word" with \\ and # and spaces'
+
+
+@pytest.fixture(scope="session")
+def real_stack(kube) -> Iterator[RealStack]:
+    if reason := missing():
+        unavailable(reason)
+    stack = RealStack.create(
+        kube,
+        models=MODELS,
+        WEBUI_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        NETDATA_PASSWORD=NETDATA_PASSWORD,
+        REDIS_PASSWORD=REDIS_PASSWORD,
+    )
+    try:
+        stack.deploy()
+        yield stack
+    finally:
+        stack.close()

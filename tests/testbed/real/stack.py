@@ -1,0 +1,202 @@
+"""The whole stack, for real, in the test bed: `deploy` applies it to the bed's API server, then
+the real PostgreSQL, Redis, Open WebUI and Netdata run behind its pods (each from its live
+objects, see components.py), the Ollama protocol double behind Ollama's, and the Traefik
+stand-in (ingress.py) in front, with a test CA's certificate. A redeploy that changes a pod
+template restarts that component (a rollout); destroy stops what it deletes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from k3stack import deploy as stack
+from k3stack import settings
+from k3stack import smoke as sm
+from k3stack.console import Console
+from k3stack.kube import Kube
+
+from ..cluster import KubeBed
+from ..fake_ollama import FakeOllama
+from ..ingress import Ingress, TestCA
+from ..local import BedError
+from .components import Component, Netdata, OpenWebUI, Postgres, Redis
+from .pods import DnsRecorder, hosts_file, pod_address
+
+CHAT = "chat.smoke.test"
+MONITOR = "monitor.smoke.test"
+ORDER = (Postgres, Redis, OpenWebUI)  # the order the init container / probes impose
+
+
+@dataclass
+class RealStack:
+    bed: KubeBed
+    workdir: Path
+    environ: dict[str, str]
+    ollama: FakeOllama
+    ollama_ip: str
+    dns: DnsRecorder | None
+    resolv: Path
+    components: dict[str, Component] = field(default_factory=dict)
+    ingress: Ingress | None = None
+    ca: TestCA = field(default_factory=TestCA)
+    plan: stack.Plan | None = None
+    output: io.StringIO = field(default_factory=io.StringIO)
+    servers: list = field(default_factory=list)
+
+    @property
+    def kube(self) -> Kube:
+        return Kube(str(self.bed.kubeconfig))
+
+    @property
+    def namespace(self) -> str:
+        return self.environ["STACK_NAMESPACE"]
+
+    @property
+    def monitoring(self) -> str:
+        return self.environ["MONITORING_NAMESPACE"]
+
+    @classmethod
+    def create(cls, bed: KubeBed, *, models: list[str], **environ: str) -> RealStack:
+        """Addresses, the Ollama double and the ingress; nothing deployed yet (see `deploy`)."""
+        if bed.slot is None or bed.sim is None:
+            raise BedError("the real stack needs the built-in test bed (unset K3STACK_TEST_KUBECONFIG)")
+        # Its own directory, traversable by the components' users (postgres, redis, netdata);
+        # pytest's and the slot's directories are root-only. Removed by close().
+        workdir = Path(tempfile.mkdtemp(prefix="k3stack-real-"))
+        workdir.chmod(0o711)
+        suffix = uuid.uuid4().hex[:6]
+        values = {
+            "DOMAIN": "smoke.test",
+            "ACME_EMAIL": "ops@smoke.test",
+            "STACK_NAMESPACE": f"llm-{suffix}",
+            "MONITORING_NAMESPACE": f"mon-{suffix}",
+            "OLLAMA_MODELS": ",".join(models),
+            **environ,
+        }
+        ollama = FakeOllama({m: [1000, 10] for m in models})
+        for model in models:
+            ollama.install(model)
+        sock = bed.serve_behind_pods(values["STACK_NAMESPACE"], {"app.kubernetes.io/name": "ollama"}, 11434)
+        dns = None
+        with contextlib.suppress(OSError):
+            dns = DnsRecorder(str(bed.slot.gateway))
+        resolv = workdir / "resolv.conf"
+        resolv.write_text(f"nameserver {dns.address if dns else '127.0.0.1'}\noptions timeout:1 attempts:1\n")
+        resolv.chmod(0o644)
+        real = cls(bed, workdir, values, ollama, sock.getsockname()[0], dns, resolv)
+        real.servers.append(ollama.serve(sock))
+        volume_root = workdir / "volumes"
+        for kind in (*ORDER, Netdata):
+            netns, ip = pod_address(bed, kind.name[:6])
+            namespace = real.monitoring if kind is Netdata else real.namespace
+            real.components[kind.name] = kind(real.kube, namespace, netns, ip, workdir, volume_root)
+        netdata = real.components["netdata"]
+        real.ingress = Ingress(
+            real.kube,
+            [real.namespace, real.monitoring],
+            real.ca.issue([CHAT, MONITOR]),
+            chart_backends={(real.monitoring, "netdata"): (netdata.ip, netdata.port)},
+        )
+        return real
+
+    # -- what deploy and destroy do, and the kubelet after them
+    def settings(self, **changes: str) -> settings.Settings:
+        self.environ.update(changes)
+        return settings.load(env_dir=Path("/nonexistent"), environ=self.environ)
+
+    def _route(self) -> None:
+        """(Again: the `namespace` fixture clears the simulator's routes after each test.)"""
+        sim = self.bed.sim
+        assert sim is not None
+        sim.route(self.namespace, {"app.kubernetes.io/name": "ollama"}, self.ollama_ip)
+        for component in self.components.values():
+            if component.labels:
+                sim.route(component.namespace, component.labels, component.ip)
+
+    def deploy(self, **changes: str) -> stack.DeployReport:
+        """`inv deploy` with the settings changed by `changes`, then each component (re)started
+        whose pod template changed, stopped when its workload is gone."""
+        values = self.settings(**changes)
+        self._route()
+        self.plan = stack.make_plan(values, stack.read_secret_from(self.kube))
+        report = stack.deploy(self.kube, self.plan, Console(stream=self.output, interactive=False), timeout=90)
+        self.sync()
+        return report
+
+    def destroy(self) -> None:
+        assert self.plan is not None
+        stack.destroy(self.kube, self.plan, Console(stream=self.output, interactive=False))
+        self.sync()
+
+    def sync(self) -> None:
+        for component in [self.components[k.name] for k in ORDER] + [self.components["netdata"]]:
+            template = component.live_template()
+            if template is None or template != component.template:
+                component.stop()
+            if template is not None and not component.process.running:
+                component.start(template, self._hosts(component), self.resolv, self.bed.slot.record_process)
+
+    def _hosts(self, component: Component) -> Path:
+        others = [n for n in (self.namespace, self.monitoring) if n != component.namespace]
+        return hosts_file(self.kube, [component.namespace, *others], component.workdir / "hosts")
+
+    def restart(self, name: str) -> None:
+        component = self.components[name]
+        component.stop()
+        self.sync()
+
+    # -- what tests use
+    def smoke_config(self, **overrides) -> sm.SmokeConfig:
+        assert self.plan is not None
+        assert self.ingress is not None
+        https, http = ("127.0.0.1", self.ingress.https_port), ("127.0.0.1", self.ingress.http_port)
+        ca_file = self.ca.write(self.workdir / "ca.pem")
+        values = {
+            "ca_bundle": str(ca_file),
+            "connect_to": {(CHAT, 443): https, (CHAT, 80): http, (MONITOR, 443): https, (MONITOR, 80): http},
+            "deadline": 20,
+            "interval": 0.5,
+            **overrides,
+        }
+        return sm.SmokeConfig.from_settings(self.plan.settings, self.plan.secrets.values, **values)
+
+    def webui(self) -> OpenWebUI:
+        return self.components["open-webui"]  # type: ignore[return-value]
+
+    def redis_keys(self, pattern: str = "*") -> list[str]:
+        """Keys in the real Redis (asked with the password from the cluster, never on argv)."""
+        assert self.plan is not None
+        password = self.plan.secrets.values["REDIS_PASSWORD"]
+        done = subprocess.run(
+            ["redis-cli", "-h", self.components["redis"].ip, "--no-auth-warning", "--json", "KEYS", pattern],
+            env={"REDISCLI_AUTH": password, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise BedError(f"redis-cli KEYS: {done.stderr.strip()}")
+        return sorted(json.loads(done.stdout) or [])
+
+    def close(self) -> None:
+        for component in self.components.values():
+            component.stop()
+        if self.ingress is not None:
+            self.ingress.close()
+        for server in self.servers:
+            server.shutdown()
+        if self.dns is not None:
+            self.dns.close()
+        kube = self.kube
+        for namespace in (self.namespace, self.monitoring):
+            kube.delete("v1", "Namespace", namespace)
+        shutil.rmtree(self.workdir, ignore_errors=True)
