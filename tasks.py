@@ -146,6 +146,7 @@ def _plans(console, envs, kubeconfig, context):
         "strict_dns": "fail, not warn, when CHAT_HOST/MONITOR_HOST do not resolve to the first server",
         "timeout": "seconds to wait for K3s to start and the cluster to be ready",
         "kubeconfig": "write the cluster's kubeconfig here (default: KUBECONFIG_PATH, merged)",
+        "dry_run": "connect, read facts and preflight, then print per host what would change; touch nothing",
     },
 )
 def bootstrap(
@@ -160,6 +161,7 @@ def bootstrap(
     strict_dns=False,
     timeout="300",
     kubeconfig=None,
+    dry_run=False,
 ):
     """Install K3s (+ Traefik with Let's Encrypt) on the hosts over SSH and bring the kubeconfig home."""
     options = _bootstrap_options(
@@ -172,6 +174,7 @@ def bootstrap(
         strict_dns=strict_dns,
         timeout=_seconds(timeout),
         kubeconfig_path=kubeconfig,
+        dry_run=dry_run,
     )
     _run_bootstrap(_console(), env, options)
 
@@ -184,6 +187,10 @@ def _run_bootstrap(console, env, options):
         loaded = settings.load(env)
         console.add_secrets(loaded.secrets.values())
         report = boot.bootstrap(loaded, options, console)
+    if options.dry_run:
+        would = sum(n.action == "would change" for n in report.nodes)
+        console.step(f"dry run: {would} of {len(report.nodes)} host(s) would change; nothing was touched")
+        return loaded, report
     verdict = "changed" if report.changed else "no changes"
     console.step(
         f"{verdict}: {len(report.nodes)} host(s) in {report.seconds:.1f}s; "

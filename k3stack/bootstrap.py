@@ -48,6 +48,7 @@ class Options:
     strict_dns: bool = False
     timeout: float = 300
     kubeconfig_path: str | None = None
+    dry_run: bool = False  # plan every host and print it; touch nothing
 
 
 @dataclass
@@ -59,7 +60,10 @@ class Report:
 
     @property
     def changed(self) -> bool:
-        return any(n.action == "changed" for n in self.nodes) or bool(self.kubeconfig and self.kubeconfig.changed)
+        """Something was (or, in a dry run, would be) changed on a host or in the kubeconfig."""
+        return any(n.action in ("changed", "would change") for n in self.nodes) or bool(
+            self.kubeconfig and self.kubeconfig.changed
+        )
 
 
 # -- inventory ---------------------------------------------------------------------------------
@@ -385,10 +389,15 @@ def bootstrap(
         facts = connect_and_check(settings, servers + agents, options, console, report, resolver)
         token = join_token(settings, servers[0], facts[servers[0].name])
         console.add_secrets([token])
-        plan = {s.host.name: s for s in specs(settings, servers, agents, token, installer, manifests, airgap)}
+        plan = {
+            s.host.name: k3s.plan(s, facts[s.host.name])
+            for s in specs(settings, servers, agents, token, installer, manifests, airgap)
+        }
+        if options.dry_run:
+            return _dry_run(plan, report, console, started)
 
         def run(host: Host) -> k3s.NodeResult:
-            return k3s.apply(plan[host.name], facts[host.name], timeout=options.timeout)
+            return k3s.act(plan[host.name], facts[host.name], timeout=options.timeout)
 
         console.step("installing K3s")
         waves = [[servers[0]], *[[s] for s in servers[1:]], agents]  # etcd members join one at a time
@@ -402,7 +411,7 @@ def bootstrap(
             for name, outcome in _parallel(wave, run).items():
                 if isinstance(outcome, Exception):
                     failed = True
-                    outcome = k3s.NodeResult(name, plan[name].role, "failed", _reason(name, outcome))
+                    outcome = k3s.NodeResult(name, plan[name].spec.role, "failed", _reason(name, outcome))
                 report.nodes.append(outcome)
         console.table(
             "hosts", ["host", "role", "result", "detail"], [[n.host, n.role, n.action, n.detail] for n in report.nodes]
@@ -415,6 +424,21 @@ def bootstrap(
         _close(servers + agents)
     wait_for_cluster(
         report.kubeconfig.path, settings["KUBECONFIG_CONTEXT"], len(servers) + len(agents), options.timeout, console
+    )
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _dry_run(plan: dict[str, k3s.NodePlan], report: Report, console: Console, started: float) -> Report:
+    """Every host's plan as the result table, `would change` or `ok`; nothing was written."""
+    report.nodes = [
+        k3s.NodeResult(name, node.spec.role, "would change" if node.changed else "ok", node.describe())
+        for name, node in plan.items()
+    ]
+    console.table(
+        "hosts (dry run: nothing changed)",
+        ["host", "role", "result", "detail"],
+        [[n.host, n.role, n.action, n.detail] for n in report.nodes],
     )
     report.seconds = time.monotonic() - started
     return report

@@ -117,30 +117,76 @@ def changed_parts(spec: NodeSpec, facts: Facts) -> list[str]:
     return changed
 
 
-def apply(spec: NodeSpec, facts: Facts, *, timeout: float = 120) -> NodeResult:
-    """Bring one host to `spec`: `ok` when nothing differs, else rewrite, (re)install, restart once."""
-    host = spec.host
+@dataclass(frozen=True)
+class NodePlan:
+    """What `act` would do on one host, decided from its facts alone (pyinfra's idea: the plan
+    is known before the first write, so a dry run is the plan printed).
+
+    `changed`: the parts of the desired state that differ (release, installer, config,
+    manifests, binary, images) or ["not running"]; empty → the host is `ok`."""
+
+    spec: NodeSpec
+    changed: tuple[str, ...]
+    uploads: tuple[str, ...]  # paths on the host that would be written
+    install: bool  # run the installer (release/installer/binary changed, or K3s absent)
+    restart: bool  # restart the unit once (K3s applies a manifests-only change itself)
+    first: bool  # k3stack never applied this host before
+
+    @property
+    def action(self) -> str:
+        return "changed" if self.changed else "ok"
+
+    def describe(self) -> str:
+        """`would …` for a dry run: the files, the installer, the restart."""
+        if not self.changed:
+            return f"K3s {self.spec.version} {self.spec.role}, running"
+        steps = [f"write {', '.join(self.uploads)}"] if self.uploads else []
+        if self.install:
+            steps.append(f"run the K3s installer ({self.spec.version})")
+        if self.restart:
+            steps.append(f"restart {self.spec.unit}")
+        why = "not installed" if self.first else "changed: " + ", ".join(self.changed)
+        return f"{why}; would " + ", then ".join(steps)
+
+
+def plan(spec: NodeSpec, facts: Facts) -> NodePlan:
+    """Decide, without touching the host, what bringing it to `spec` takes."""
     changed = changed_parts(spec, facts)
     if not changed:
-        return NodeResult(host.name, spec.role, "ok", f"K3s {spec.version} {spec.role}, running")
+        return NodePlan(spec, (), (), False, False, not facts.state)
+    uploads = [CONFIG_DROPIN, *(f"{MANIFEST_DIR}/{name}" for name in spec.manifests)]
+    if spec.airgap_images is not None and ("images" in changed or not facts.state):
+        uploads.append(f"{IMAGES_DIR}/{spec.airgap_images[0]}")
+    install = bool({"release", "installer", "binary"} & set(changed)) or not facts.k3s_version
+    # K3s applies changed files in its manifests directory itself: no restart for those alone.
+    restart = changed != ["manifests"] or spec.unit not in facts.active_units
+    return NodePlan(spec, tuple(changed), tuple(uploads), install, restart, not facts.state)
+
+
+def act(node: NodePlan, facts: Facts, *, timeout: float = 120) -> NodeResult:
+    """Carry out a plan: rewrite the files, (re)install, restart once, record the desired state."""
+    spec, host = node.spec, node.spec.host
+    if not node.changed:
+        return NodeResult(host.name, spec.role, "ok", node.describe())
     host.upload(spec.config, CONFIG_DROPIN, 0o600)
     for name, content in spec.manifests.items():
         host.upload(content, f"{MANIFEST_DIR}/{name}", 0o600)
-    if spec.airgap_images is not None and ("images" in changed or not facts.state):
-        name, content = spec.airgap_images
-        host.upload(content, f"{IMAGES_DIR}/{name}", 0o644)
-    reinstall = bool({"release", "installer", "binary"} & set(changed)) or not facts.k3s_version
-    if reinstall:
+    if spec.airgap_images is not None and f"{IMAGES_DIR}/{spec.airgap_images[0]}" in node.uploads:
+        host.upload(spec.airgap_images[1], f"{IMAGES_DIR}/{spec.airgap_images[0]}", 0o644)
+    if node.install:
         _install(spec)
-    # K3s applies changed files in its manifests directory itself: no restart for those alone.
-    restart = changed != ["manifests"] or spec.unit not in facts.active_units
-    if restart:
+    if node.restart:
         _restart(spec, facts, timeout)
     state = {"parts": spec.parts(), "role": spec.role}
     host.upload(json.dumps(state, sort_keys=True).encode(), STATE_FILE, 0o600)
-    first = not facts.state
-    how = " (restarted once)" if restart else " (applied by K3s, no restart)"
-    return NodeResult(host.name, spec.role, "changed", "installed" if first else "changed: " + ", ".join(changed) + how)
+    how = " (restarted once)" if node.restart else " (applied by K3s, no restart)"
+    detail = "installed" if node.first else "changed: " + ", ".join(node.changed) + how
+    return NodeResult(host.name, spec.role, "changed", detail)
+
+
+def apply(spec: NodeSpec, facts: Facts, *, timeout: float = 120) -> NodeResult:
+    """Bring one host to `spec`: `ok` when nothing differs, else rewrite, (re)install, restart once."""
+    return act(plan(spec, facts), facts, timeout=timeout)
 
 
 def _install(spec: NodeSpec) -> None:

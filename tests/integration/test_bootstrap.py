@@ -242,6 +242,38 @@ def test_a_config_change_restarts_exactly_once_and_says_what_changed(bed):
     assert "acme-staging-v02" in host.exec(f"cat {k3s.MANIFEST_DIR}/k3stack-traefik-config.yaml")
 
 
+def test_dry_run_prints_each_hosts_plan_and_touches_nothing(bed):
+    b = bed(2)
+    server, agent = b.hosts
+    dry = boot.Options(timeout=120, dry_run=True)
+    report = b.run([server], [agent], options=dry)
+    assert [n.action for n in report.nodes] == ["would change", "would change"]
+    assert report.nodes[0].detail == (
+        f"not installed; would write {k3s.CONFIG_DROPIN}, {k3s.MANIFEST_DIR}/k3stack-traefik-config.yaml, "
+        "then run the K3s installer (v1.35.8+k3s1), then restart k3s"
+    )
+    assert report.nodes[1].detail.endswith("then restart k3s-agent")
+    assert report.changed
+    assert report.kubeconfig is None
+    assert untouched(server)
+    assert untouched(agent)
+    assert not b.kubeconfig.exists()
+    assert "hosts (dry run: nothing changed)" in b.output.getvalue()
+
+    b.run([server], [agent])
+    state = server.exec("cat /var/lib/k3stack/state.json")
+    assert [n.action for n in b.run([server], [agent], options=dry).nodes] == ["ok", "ok"]
+    changed = b.run([server], [agent], options=dry, K3S_NODE_LABELS="gpu=false")
+    assert (changed.nodes[0].action, changed.nodes[0].detail) == (
+        "would change",
+        f"changed: config; would write {k3s.CONFIG_DROPIN}, {k3s.MANIFEST_DIR}/k3stack-traefik-config.yaml, "
+        "then restart k3s",
+    )
+    assert "gpu=false" not in server.exec(f"cat {k3s.CONFIG_DROPIN}")
+    assert server.exec("cat /var/lib/k3stack/state.json") == state
+    assert standin.restarts(server, "k3s") == 1
+
+
 def test_sudo_user_with_password_and_reset_leaves_the_host_clean(bed):
     b = bed(1)
     host = b.hosts[0]
