@@ -147,22 +147,17 @@ def kube_binaries() -> Outcome:
 
 
 def stack_components() -> Outcome:
-    """tests/testbed/install-components.sh is idempotent: with everything cached it only checks
-    (one `<component>: cached (…)` line each, no root needed); otherwise it installs (root)."""
+    """tests/testbed/install-components.sh: `--check` exits 0 when every component is installed
+    and installs nothing (no root needed); without flags it installs what is missing (root)."""
     script = ROOT / "tests" / "testbed" / "install-components.sh"
-    if not script.exists():
-        return Outcome("stack components", "ok", "nothing to install")
-    done = subprocess.run(["bash", str(script)], cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0:
-        if not is_root():
-            return Outcome("stack components", "missing", "not installed (installs as root)")
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-        raise RuntimeError(f"{script.relative_to(ROOT)} exited {done.returncode}:\n{tail}")
-    installed = [line for line in lines if ": installed" in line]
-    if installed:
-        return Outcome("stack components", "changed", "; ".join(installed))
-    return Outcome("stack components", "ok", ", ".join(line.split(":")[0] for line in lines) + " cached")
+    check = subprocess.run(["bash", str(script), "--check"], cwd=ROOT, capture_output=True, text=True)
+    if check.returncode == 0:
+        names = ", ".join(line.split(":")[0] for line in check.stdout.strip().splitlines())
+        return Outcome("stack components", "ok", f"{names} cached")
+    if not is_root():
+        return Outcome("stack components", "missing", "not installed (installs as root)")
+    _run(["bash", str(script)])
+    return Outcome("stack components", "changed", "installed Open WebUI, PostgreSQL, Redis, Netdata")
 
 
 STEPS: list[Callable[[], Outcome]] = [system_packages, linters_venv, npm_tools, kube_binaries, stack_components]
