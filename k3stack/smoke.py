@@ -569,14 +569,23 @@ class Checks:
             body={"email": self.config.admin_email, "password": self.config.admin_password},
         )
         token = (answer.json() or {}).get("token") if answer.status == 200 else None
-        if not token:
+        if token:
+            return token
+        if answer.status in (400, 401, 403):
             raise CheckFailed(
                 f"admin sign-in as {self.config.admin_email} refused: HTTP {answer.status}",
                 "the password in the Secret open-webui (WEBUI_ADMIN_PASSWORD) is not the admin's: Open WebUI "
                 "applies it only while no user exists; `inv credentials` shows the one k3stack has",
-                final=answer.status in (400, 401, 403),
+                final=True,
             )
-        return token
+        reason = f"admin sign-in as {self.config.admin_email} failed: HTTP {answer.status}"
+        raise CheckFailed(reason, self._failed_hint())
+
+    def _failed_hint(self) -> str:
+        return (
+            "Open WebUI answers with PostgreSQL and Redis behind it: `inv smoke --only in-cluster` shows its "
+            f"/ready, `kubectl -n {self.config.stack_namespace} logs deploy/open-webui` why"
+        )
 
     def signin_models(self) -> str:
         token = self._signin()
@@ -585,7 +594,7 @@ class Checks:
         )
         data = answer.json()
         if answer.status != 200 or not isinstance(data, dict):
-            raise CheckFailed(f"GET /api/models: HTTP {answer.status}", "Open WebUI's log says why")
+            raise CheckFailed(f"GET /api/models: HTTP {answer.status}", self._failed_hint())
         listed = {normalise(str(m.get("id", ""))) for m in data.get("data") or []}
         missing = self._missing(listed)
         if missing:
@@ -600,7 +609,12 @@ class Checks:
         connect with the signed-in token; then an event that Open WebUI sends back through its
         websocket manager — Redis pub/sub (WEBSOCKET_MANAGER=redis), with the session in Redis —
         so a websocket that works without Redis does not pass."""
-        token = self._signin()
+        try:
+            token = self._signin()
+        except CheckFailed as failure:
+            if failure.final:
+                raise
+            raise CheckFailed(f"no token for the websocket: {failure.reason}", REDIS_HINT) from None
         ws = self.browser.websocket(f"wss://{self.config.chat_host}{WEBSOCKET_PATH}")
         try:
             opened = _engineio_packet(ws, "0", "Engine.IO open packet")
@@ -656,8 +670,8 @@ class Checks:
 
 
 REDIS_HINT = (
-    "Open WebUI's websocket manager cannot use Redis (WEBSOCKET_REDIS_URL): is the redis pod ready, with the "
-    "password of REDIS_URL in the Secret open-webui? `kubectl -n NS logs deploy/open-webui` says why"
+    "Open WebUI's websocket manager and sessions need Redis (WEBSOCKET_REDIS_URL, REDIS_URL): is the redis pod "
+    "ready, with the password of REDIS_URL in the Secret open-webui? `kubectl -n NS logs deploy/open-webui` says why"
 )
 
 
