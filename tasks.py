@@ -22,9 +22,10 @@ CLUSTER_HELP = {
 
 @contextmanager
 def _reported(console):
-    """Known failures become one clear message and exit status 1; no traceback."""
+    """Known failures become one clear line and exit 1; Ctrl-C says what it means and exits 130;
+    anything unexpected is one line too (exit 2), with K3STACK_DEBUG=1 for the traceback."""
     from k3stack.apply import ApplyError
-    from k3stack.errors import BootstrapError, KubeconfigError, RemoteError
+    from k3stack.errors import BootstrapError, K3stackError, KubeconfigError, RemoteError
     from k3stack.kube import KubeError
     from k3stack.manifests import RenderError
     from k3stack.rollout import RolloutError
@@ -34,9 +35,22 @@ def _reported(console):
     known = (SettingsError, RenderError, SecretsError, ApplyError, KubeError, RolloutError)
     try:
         yield
-    except (*known, BootstrapError, RemoteError, KubeconfigError) as exc:
+    except (*known, K3stackError, BootstrapError, RemoteError, KubeconfigError) as exc:
         console.error(str(exc))
         raise Exit(code=1) from None
+    except KeyboardInterrupt:
+        console.error("interrupted: what finished is kept; run the same command again to converge")
+        raise Exit(code=130) from None
+    except Exit:
+        raise
+    except Exception as exc:
+        if os.environ.get("K3STACK_DEBUG", "").lower() in ("1", "true", "yes"):
+            raise
+        console.error(
+            f"unexpected {type(exc).__name__}: {exc} — this is a bug in k3stack; "
+            "run again with K3STACK_DEBUG=1 for the traceback and report it"
+        )
+        raise Exit(code=2) from None
 
 
 def _console():

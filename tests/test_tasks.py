@@ -298,3 +298,59 @@ def test_error_lines_are_not_wrapped_in_a_terminal(env_dir):
     lines = [line for line in text.splitlines() if "error:" in line]
     assert len(lines) == 1, text
     assert path in lines[0], text
+
+
+def test_ctrl_c_mid_task_says_what_it_means_and_exits_130(env_dir, tmp_path):
+    """A real SIGINT while the task waits on an API server that never answers."""
+    import signal
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections, never answers: the task blocks reading
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        f"clusters: [{{name: c, cluster: {{server: 'https://127.0.0.1:{silent.getsockname()[1]}', "
+        "insecure-skip-tls-verify: true}}]\n"
+        "users: [{name: u, user: {token: not-a-secret}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("K3STACK_", "KUBECONFIG"))}
+    environ["K3STACK_ENV_DIR"] = str(env_dir)
+    task = subprocess.Popen(
+        [*INV, "status", "--env", "test", "--kubeconfig", str(kubeconfig)],
+        cwd=REPO,
+        env=environ,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        conn, _ = silent.accept()  # the task is now waiting on us
+        time.sleep(0.5)
+        task.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        out, err = task.communicate(timeout=30)
+        assert time.monotonic() - started < 5
+    finally:
+        task.kill()
+        silent.close()
+    assert task.returncode == 130, out + err
+    assert "error: interrupted: what finished is kept; run the same command again to converge" in err
+    assert "Traceback" not in out + err
+    conn.close()
+
+
+def test_an_unexpected_error_is_one_line_exit_2_and_k3stack_debug_shows_the_traceback(env_dir, tmp_path):
+    # a bug planted in the library: settings.load raises something no one expects
+    (tmp_path / "sitecustomize.py").write_text(
+        "import k3stack.settings as s\ndef load(*a, **k):\n    raise ZeroDivisionError('planted bug')\ns.load = load\n"
+    )
+    environ = {"K3STACK_ENV_DIR": str(env_dir), "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    done = inv("render", "--env", "test", env=environ)
+    one_line_error(done, 2, "unexpected ZeroDivisionError: planted bug", "K3STACK_DEBUG=1")
+    debug = inv("render", "--env", "test", env={**environ, "K3STACK_DEBUG": "1"})
+    assert debug.returncode != 0
+    assert "Traceback" in debug.stderr

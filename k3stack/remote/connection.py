@@ -17,6 +17,7 @@ import shlex
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,10 +53,12 @@ class SshOptions:
     known_hosts: str = "~/.ssh/known_hosts"
     pinned: dict[str, str] = field(default_factory=dict)  # address → "SHA256:..."
     jump: Target | None = None
-    timeout: float = 10
+    timeout: float = 10  # seconds to connect (TCP + SSH handshake)
     sudo_password: str = field(default="", repr=False)
     trust_new_keys: bool = False
     attempts: int = 3
+    keepalive: float = 15  # seconds between SSH keepalives: a dead peer cannot hold a session open
+    command_timeout: float = 900  # seconds one command (or SFTP copy) may take before the host counts as stalled
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,8 @@ class Host:
         for attempt in range(self.options.attempts):
             try:
                 conn.open()
+                # A host that vanishes mid-run (power, network black hole) is noticed, not waited on forever.
+                conn.transport.set_keepalive(max(1, int(self.options.keepalive)))
                 return
             except RemoteError:
                 raise
@@ -182,6 +187,13 @@ class Host:
                     f"{self.name}: host key CHANGED — got {fingerprint(exc.key)}, {self.options.known_hosts} has "
                     f"{fingerprint(exc.expected_key)}; if the host was reinstalled, verify the new key and remove "
                     f"the old line (ssh-keygen -R {self.target.address}); otherwise someone may be intercepting"
+                ) from None
+            except paramiko.PasswordRequiredException:
+                raise RemoteError(
+                    f"{self.name}: the SSH key {self.options.key_file or '(default key)'} is encrypted and no "
+                    "passphrase is available here (k3stack never prompts)",
+                    f"load it into ssh-agent first (ssh-add {self.options.key_file or '~/.ssh/id_ed25519'}) and "
+                    "unset SSH_KEY so the agent is used, or use a key without a passphrase kept private",
                 ) from None
             except paramiko.AuthenticationException:
                 raise RemoteError(
@@ -197,6 +209,16 @@ class Host:
             "check the address, SSH_PORT and that sshd runs and the firewall lets you in",
         )
 
+    def _abandon(self) -> None:
+        """Drop a connection whose peer stopped answering: close the socket under it (which
+        unblocks any call waiting on it) and forget it; nothing more is sent there."""
+        if self._conn is not None:
+            transport = self._conn.client.get_transport()
+            if transport is not None:
+                transport.close()
+            self._conn = None
+            self._staging_dir = None
+
     def close(self) -> None:
         if self._staging_dir is not None:
             self._raw(f"rm -rf {shlex.quote(self._staging_dir)}")
@@ -209,20 +231,56 @@ class Host:
             self._jump = None
 
     # -- commands ----------------------------------------------------------------------------
-    def _raw(self, command: str, *, sudo_password: bool = False) -> CommandResult:
+    def _stalled(self, what: str, seconds: float) -> RemoteError:
+        return RemoteError(
+            f"{self.name}: {what} got no answer for {seconds:.0f}s: the host or the network stalled",
+            "check that the host is up and reachable over SSH, then run again (finished steps are not redone)",
+        )
+
+    def _raw(self, command: str, *, sudo_password: bool = False, timeout: float | None = None) -> CommandResult:
+        """Run `command` as the login user (or through sudo's prompt); at most `timeout` seconds
+        (default: options.command_timeout), else RemoteError naming the host as stalled."""
+        timeout = timeout or self.options.command_timeout
         if self.target.local:
-            done = subprocess.run(
-                ["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
-            )
+            try:
+                done = subprocess.run(
+                    ["/bin/sh", "-c", command],
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    timeout=timeout,
+                )
+            except subprocess.TimeoutExpired:
+                raise self._stalled(f"`{command.split()[0]}`", timeout) from None
             return CommandResult(done.stdout, done.stderr, done.returncode)
         conn = self._connection()
-        try:
-            if sudo_password:
-                result = conn.sudo(command, hide=True, warn=True, in_stream=False)
-            else:
-                result = conn.run(command, hide=True, warn=True, in_stream=False)
-        except Exception as exc:  # invoke's AuthFailure (wrong sudo password) and transport errors
-            if type(exc).__name__ == "AuthFailure":
+        outcome: dict[str, object] = {}
+
+        def call() -> None:
+            try:
+                if sudo_password:
+                    outcome["result"] = conn.sudo(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+                else:
+                    outcome["result"] = conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
+                outcome["error"] = exc
+
+        # invoke's timeout covers a command that runs too long on a live connection; a peer that
+        # stopped answering blocks paramiko before that timer starts (opening the channel), so a
+        # watchdog here gives up on the whole connection: closing the transport unblocks the call.
+        worker = threading.Thread(target=call, name=f"ssh {self.name}", daemon=True)
+        worker.start()
+        worker.join(timeout + 5)
+        if worker.is_alive():
+            self._abandon()
+            worker.join(5)
+            raise self._stalled("a command", timeout)
+        exc = outcome.get("error")
+        if exc is not None:
+            if type(exc).__name__ == "CommandTimedOut":
+                raise self._stalled("a command", timeout) from None
+            if type(exc).__name__ == "AuthFailure":  # invoke's: sudo refused the password
                 raise RemoteError(
                     f"{self.name}: sudo refused the password for {self.target.user}",
                     "correct SUDO_PASSWORD, or allow passwordless sudo, or connect as root",
@@ -231,7 +289,8 @@ class Host:
                 raise RemoteError(
                     f"{self.name}: connection lost ({exc})", "check the host and the network, then run again"
                 ) from None
-            raise
+            raise exc
+        result = outcome["result"]
         return CommandResult(result.stdout, result.stderr, result.exited)
 
     def _probe_root(self) -> int:
@@ -253,16 +312,17 @@ class Host:
             )
         return self._root
 
-    def run(self, command: str, *, check: bool = True, what: str = "") -> CommandResult:
-        """Run a shell command as root; with `check`, a non-zero exit raises naming `what`."""
+    def run(self, command: str, *, check: bool = True, what: str = "", timeout: float | None = None) -> CommandResult:
+        """Run a shell command as root; with `check`, a non-zero exit raises naming `what`.
+        At most `timeout` seconds (default: SshOptions.command_timeout), else RemoteError (stalled)."""
         wrapped = f"sh -c {shlex.quote(command)}"
         mode = self._probe_root()
         if mode == ROOT_DIRECT:
-            result = self._raw(wrapped)
+            result = self._raw(wrapped, timeout=timeout)
         elif mode == ROOT_SUDO_NOPASS:
-            result = self._raw(f"sudo -n {wrapped}")
+            result = self._raw(f"sudo -n {wrapped}", timeout=timeout)
         else:
-            result = self._raw(wrapped, sudo_password=True)
+            result = self._raw(wrapped, sudo_password=True, timeout=timeout)
         if check and not result.ok:
             detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-3:]
             raise RemoteError(
@@ -290,7 +350,11 @@ class Host:
                 out.write(data)
         else:
             try:
-                self._connection().put(io.BytesIO(data), remote=name)
+                conn = self._connection()
+                conn.sftp().get_channel().settimeout(self.options.command_timeout)  # a stalled copy fails too
+                conn.put(io.BytesIO(data), remote=name)
+            except TimeoutError:
+                raise self._stalled(f"copying {path}", self.options.command_timeout) from None
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 raise RemoteError(
                     f"{self.name}: cannot copy {path} over SFTP ({exc or type(exc).__name__}); "

@@ -204,7 +204,8 @@ def _install(spec: NodeSpec) -> None:
         host.upload(spec.airgap_binary, "/usr/local/bin/k3s", 0o755)
         env["INSTALL_K3S_SKIP_DOWNLOAD"] = "true"
     assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-    host.run(f"env {assignments} sh {INSTALLER}", what=f"the K3s installer ({spec.version})")
+    # The installer downloads K3s (about 70 MB): more time than an ordinary command.
+    host.run(f"env {assignments} sh {INSTALLER}", what=f"the K3s installer ({spec.version})", timeout=1800)
 
 
 def _restart(spec: NodeSpec, facts: Facts, timeout: float) -> None:
@@ -219,6 +220,7 @@ def _restart(spec: NodeSpec, facts: Facts, timeout: float) -> None:
         f"if ! {active} >/dev/null 2>&1; then sleep 1; {active} >/dev/null 2>&1 || exit 3; fi; "
         f"if {ready}; then sleep 1; {active} >/dev/null 2>&1 && exit 0; fi; sleep 1; i=$((i+1)); done; exit 4",
         check=False,
+        timeout=timeout * 2 + 60,  # the loop's own limit, counted in its sleeps, plus slack for slow checks
     )
     if waited.exited == 0:
         return

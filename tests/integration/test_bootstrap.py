@@ -5,6 +5,7 @@ systemctl shim, and a REAL kube-apiserver behind each server's address)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import subprocess
@@ -151,6 +152,38 @@ def test_wrong_key_unreachable_host_and_sudo_problems_are_one_line_each(bed, bed
         b.run(SSH_USER=user, SUDO_PASSWORD="not-the-password")
     assert untouched(host)
     assert "not-the-password" not in b.output.getvalue()
+
+
+def test_an_encrypted_key_without_agent_names_ssh_agent(bed, monkeypatch):
+    b = bed(1)
+    locked = b.tmp / "locked"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(locked)], check=True)
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    encrypted = r"the SSH key \S+locked is encrypted .*; fix: load it into ssh-agent"
+    with pytest.raises(boot.BootstrapError, match=encrypted):
+        b.run(SSH_KEY=str(locked))
+    assert untouched(b.hosts[0])
+
+
+def test_a_host_that_stops_answering_is_named_as_stalled_not_waited_on(bed):
+    b = bed(1)
+    host = b.hosts[0]
+    servers, _ = boot._hosts(b.settings(SERVERS=host.ip), boot.Options())
+    remote = servers[0]
+    remote.options = dataclasses.replace(remote.options, command_timeout=2)
+    remote.connect()
+    assert remote.run("echo up").stdout.strip() == "up"
+    frozen = subprocess.run(["ip", "netns", "pids", host.netns], capture_output=True, text=True, check=True)
+    pids = frozen.stdout.split()
+    subprocess.run(["kill", "-STOP", *pids], check=True)  # sshd and everything on the host: a black hole
+    try:
+        started = time.monotonic()
+        with pytest.raises(boot.RemoteError, match=rf"root@{host.ip}: a command got no answer for 2s"):
+            remote.run("echo still there?")
+        assert time.monotonic() - started < 30
+    finally:
+        subprocess.run(["kill", "-CONT", *pids], check=False)
+        remote.close()
 
 
 def test_preflight_reports_every_problem_and_stops_before_changing_anything(bed):
