@@ -303,7 +303,12 @@ def _parse(text: str, source: str, *, existing_file: bool = False) -> dict | Non
         raise KubeconfigError(f"{source}: not valid YAML{where}; fix: {fix}") from None
     if data is None:
         return None
-    if not isinstance(data, dict) or data.get("kind", "Config") != "Config":
+    # kubectl accepts a file without `kind`, but not one without any kubeconfig key: a stray YAML
+    # mapping (values.yaml, a manifest) is refused, never merged into.
+    shaped = isinstance(data, dict) and (
+        "kind" in data or any(key in data for key in ("clusters", "contexts", "users", "current-context"))
+    )
+    if not shaped or data.get("kind", "Config") != "Config":
         raise KubeconfigError(f"{source}: not a kubeconfig (expected kind: Config); fix: {fix}")
     for section, _ in SECTIONS:
         if data.get(section) is not None and not isinstance(data[section], list):

@@ -484,6 +484,7 @@ def test_write_through_a_symlink_updates_the_target(tmp_path):
     [
         ("clusters: [\n  - a\n  b: c\n", "not valid YAML at line"),
         ("just some text\n", "not a kubeconfig"),
+        ("replicaCount: 2\nimage: {tag: v1}\n", "not a kubeconfig"),  # a stray values.yaml: no kind, no kubeconfig key
         ("kind: Config\nclusters: {a: 1}\n", "clusters is not a list"),
     ],
 )
