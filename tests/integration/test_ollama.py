@@ -111,7 +111,7 @@ def test_pull_streams_progress_per_blob_and_verifies(ollama):
     events: list[ol.Progress] = []
     result = client.pull("llama3.1:8b", events.append)
     assert result.action == "pulled", result.error
-    assert result.attempts == 1
+    assert fake.pull_requests == ["llama3.1:8b"]
     # The size /api/tags lists: the layers AND the config blob, each pulled with its own line.
     assert result.size == fake.size("llama3.1:8b") == 5 * MB + 1000 + 487
     statuses = [e.status for e in events]
@@ -173,8 +173,7 @@ def test_a_stalled_pull_repeating_its_progress_is_dropped_and_resumed(ollama):
     assert result.action == "pulled", result.error
     assert time.monotonic() - started < 10  # the stall was detected (1 s), not waited out (30 s)
     assert fake.pull_requests == ["llama3.1:8b", "llama3.1:8b"]
-    assert len(client.pauses) == 1
-    assert 0.5 <= client.pauses[0] <= 1.0
+    assert 0.5 <= client.pauses[0] <= 1.0  # the policy's first pause: backoff plus jitter
     assert any(e.status.startswith("retrying in ") and "no new bytes for 1s" in e.status for e in events)
     # Ollama kept talking while stalled: the same line, many times (a watchdog reset by lines
     # would never fire).
@@ -228,7 +227,6 @@ def test_a_model_that_needs_mlx_fails_at_once_with_a_hint(ollama):
     result = client.pull(MLX)
     assert result.action == "failed"
     assert fake.pull_requests == [MLX]  # final: not retried
-    assert client.pauses == []
     assert result.error == f"{MLX}: Ollama: {MLX_ERROR}"
     assert "GGUF tag" in result.hint
     assert fake.lines == [{"status": "pulling manifest"}, {"error": MLX_ERROR}]  # on HTTP 200
@@ -240,8 +238,7 @@ def test_a_name_ollama_refuses_is_a_400_and_final(ollama):
     assert result.action == "failed"
     assert result.error == "llama3.1:8b:q4: HTTP 400: invalid model name"
     assert result.hint == ol.NAME_HINT
-    assert fake.pull_requests == ["llama3.1:8b:q4"]
-    assert client.pauses == []
+    assert fake.pull_requests == ["llama3.1:8b:q4"]  # final: not retried
     # pull_all checks the name with the same grammar before asking Ollama at all.
     report = client.pull_all(["llama3.1:8b:q4"])
     assert not report.ok
@@ -277,7 +274,8 @@ def test_a_failed_clean_up_after_a_pull_is_no_failure(ollama):
     fake.prune_error = "remove /root/.ollama/models/blobs/sha256-1: permission denied"
     events: list[ol.Progress] = []
     report = client.pull_all(["mistral:7b"], events.append, skip_present=False)
-    assert [(r.action, r.attempts) for r in report.results] == [("pulled", 1)]
+    assert [r.action for r in report.results] == ["pulled"]
+    assert fake.pull_requests == ["mistral:7b"]  # no failure, no second try
     assert f"couldn't remove unused layers: {fake.prune_error}" in [e.status for e in events]
 
 
@@ -292,6 +290,9 @@ def test_ollama_keeps_connections_alive(ollama):
 
 def test_a_request_on_a_dropped_connection_is_retried(ollama):
     client, fake = ollama
+    # A GET on a dropped kept-alive connection: the API server's transport itself retries it on a
+    # new connection (Go does for idempotent requests); k3stack's own retry of reads is proven in
+    # tests/unit/test_ollama.py. A POST is never retried by the proxy: k3stack's policy must.
     fake.drop_next("/api/tags")
     assert client.models() == []
     fake.drop_next("/api/pull")
@@ -300,7 +301,8 @@ def test_a_request_on_a_dropped_connection_is_retried(ollama):
     assert fake.dropped == ["/api/tags", "/api/pull"]
     # The dropped POST never reached Ollama's handler: the proxy answered 5xx, and the policy
     # tried again after a pause.
-    assert (fake.pull_requests, result.attempts) == (["tinyllama"], 2)
+    assert fake.pull_requests == ["tinyllama"]
+    assert result.attempts >= 2
     assert len(client.pauses) >= 1
 
 
@@ -309,7 +311,7 @@ def test_blobs_fetched_between_two_ticks_never_show_and_the_size_comes_from_api_
     fake.first_byte_ticks = 0  # the config blob arrives within one tick: Ollama sends no line for it
     result = client.pull("tinyllama")
     assert result.action == "pulled", result.error
-    assert result.attempts == 1
+    assert fake.pull_requests == ["tinyllama"]  # no second try: the size is right the first time
     assert result.size == fake.size("tinyllama") == MB + 487
     config = fake.blobs_of("tinyllama")[-1]
     assert not [line for line in fake.lines if line.get("digest") == config.digest]
