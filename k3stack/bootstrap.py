@@ -385,6 +385,7 @@ def bootstrap(
     manifests = traefik_manifests(settings)
     airgap = load_airgap(settings)
     installer = fetch_installer(settings, trust=options.trust_installer, console=console)
+    locked: list[Host] = []
     try:
         facts = connect_and_check(settings, servers + agents, options, console, report, resolver)
         token = join_token(settings, servers[0], facts[servers[0].name])
@@ -398,6 +399,8 @@ def bootstrap(
 
         def run(host: Host) -> k3s.NodeResult:
             return k3s.act(plan[host.name], facts[host.name], timeout=options.timeout)
+
+        locked = _lock(servers + agents, console)  # after preflight: a refused run leaves nothing behind
 
         console.step("installing K3s")
         waves = [[servers[0]], *[[s] for s in servers[1:]], agents]  # etcd members join one at a time
@@ -421,12 +424,33 @@ def bootstrap(
             raise BootstrapError(f"{bad.host}: {bad.detail}")
         report.kubeconfig = fetch_kubeconfig(settings, servers[0], options, console)
     finally:
+        for host in locked:
+            with contextlib.suppress(Exception):  # a host that is gone keeps its lock until it goes stale
+                k3s.unlock(host)
         _close(servers + agents)
     wait_for_cluster(
         report.kubeconfig.path, settings["KUBECONFIG_CONTEXT"], len(servers) + len(agents), options.timeout, console
     )
     report.seconds = time.monotonic() - started
     return report
+
+
+def _lock(hosts: list[Host], console: Console) -> list[Host]:
+    """One bootstrap at a time per host: take every host's lock, or release what was taken and
+    stop naming the holder. Returns the hosts locked (all of them)."""
+    holder = f"{os.environ.get('USER') or 'root'}@{socket.gethostname()} pid {os.getpid()}"
+    taken = _parallel(hosts, lambda h: k3s.lock(h, holder))
+    locked = [h for h in hosts if not isinstance(taken[h.name], Exception)]
+    refused = [taken[h.name] for h in hosts if isinstance(taken[h.name], Exception)]
+    if refused:
+        for host in locked:
+            with contextlib.suppress(Exception):
+                k3s.unlock(host)
+        raise BootstrapError(str(refused[0]))
+    for host in locked:
+        if taken[host.name]:
+            console.warn(f"{host.name}: took over a stale bootstrap lock held by {taken[host.name]}")
+    return locked
 
 
 def _dry_run(plan: dict[str, k3s.NodePlan], report: Report, console: Console, started: float) -> Report:

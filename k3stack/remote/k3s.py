@@ -234,6 +234,41 @@ def _restart(spec: NodeSpec, facts: Facts, timeout: float) -> None:
     raise RemoteError(f"{host.name}: {unit} {why}; its log ends: {' | '.join(log.splitlines()[-3:]) or '(empty)'}")
 
 
+LOCK_FILE = "/var/lib/k3stack/bootstrap.lock"
+LOCK_STALE_SECONDS = 3600  # a holder that never released it (killed, lost) for this long is gone
+
+
+def lock(host: Host, holder: str, *, stale_after: float = LOCK_STALE_SECONDS) -> str | None:
+    """Take the host's bootstrap lock for `holder` (who@where pid N). Atomic on the host
+    (noclobber). A lock older than `stale_after` seconds is taken over: returns the holder it
+    replaced (for a warning), else None. Held by another live run → RemoteError naming it."""
+    quoted = shlex.quote(f"{holder}")
+    taken = host.run(
+        f"mkdir -p {LOCK_FILE.rsplit('/', 1)[0]} && chmod 700 {LOCK_FILE.rsplit('/', 1)[0]} && "
+        f"(set -C; echo \"$(date +%s) \"{quoted} > {LOCK_FILE}) 2>/dev/null && echo taken || "
+        f"{{ echo held; cat {LOCK_FILE}; date +%s; }}",
+        what="taking the bootstrap lock",
+    ).stdout.split("\n")
+    if taken[0].strip() == "taken":
+        return None
+    since_text, _, other = (taken[1] if len(taken) > 1 else "").partition(" ")
+    now = int(taken[2]) if len(taken) > 2 and taken[2].strip().isdigit() else 0
+    age = now - int(since_text) if since_text.isdigit() else stale_after + 1
+    if age <= stale_after:
+        raise RemoteError(
+            f"{host.name}: another bootstrap holds {LOCK_FILE} ({other or 'unknown holder'}, for {age}s)",
+            f"wait for it to finish; if that run is dead, remove {LOCK_FILE} on the host (it is taken over "
+            f"after {stale_after / 60:.0f} minutes)",
+        )
+    host.run(f"echo \"$(date +%s) \"{quoted} > {LOCK_FILE}", what="taking over a stale bootstrap lock")
+    return other or "unknown holder"
+
+
+def unlock(host: Host) -> None:
+    """Release the bootstrap lock (a host already gone keeps it until it goes stale)."""
+    host.run(f"rm -f {LOCK_FILE}", check=False)
+
+
 def read_token(host: Host) -> str | None:
     """The cluster's join secret from a server (the part after `::server:` of K3s's token file)."""
     raw = host.read(TOKEN_FILE)

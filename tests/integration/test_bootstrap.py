@@ -307,6 +307,23 @@ def test_dry_run_prints_each_hosts_plan_and_touches_nothing(bed):
     assert standin.restarts(server, "k3s") == 1
 
 
+def test_one_bootstrap_at_a_time_per_host_and_a_stale_lock_is_taken_over(bed):
+    b = bed(1)
+    host = b.hosts[0]
+    host.exec(f'mkdir -p /var/lib/k3stack && echo "$(date +%s) ops@laptop pid 4242" > {k3s.LOCK_FILE}')
+    with pytest.raises(
+        boot.BootstrapError, match=r"another bootstrap holds .*bootstrap.lock \(ops@laptop pid 4242, for"
+    ):
+        b.run()
+    assert host.exec("ls /etc/rancher 2>/dev/null || true").strip() == ""  # refused before any change
+    assert "ops@laptop pid 4242" in host.exec(f"cat {k3s.LOCK_FILE}")  # the holder's lock is left alone
+    host.exec(f'echo "$(( $(date +%s) - 7200 )) ops@laptop pid 4242" > {k3s.LOCK_FILE}')  # two hours old
+    report = b.run()
+    assert [n.action for n in report.nodes] == ["changed"]
+    assert "took over a stale bootstrap lock held by ops@laptop pid 4242" in b.output.getvalue()
+    assert host.exec(f"ls {k3s.LOCK_FILE} 2>/dev/null || true").strip() == ""  # released at the end
+
+
 def test_sudo_user_with_password_and_reset_leaves_the_host_clean(bed):
     b = bed(1)
     host = b.hosts[0]
