@@ -10,12 +10,12 @@ server/download.go, api/types.go, types/model/name.go) and what this module does
   `library/mistral:7b` are `mistral:7b`, a missing tag is `:latest`, `hf.co/<org>/<repo>:<quant>`
   stays). `parse_name` is Ollama's grammar, `normalise` the listed form, `model_key` the key that
   "already present" and verification compare.
-- POST /api/pull answers HTTP 200 and streams NDJSON: "pulling manifest", a `pulling <digest>`
-  line per layer and one for the config blob, "verifying sha256 digest", "writing manifest", maybe
+- POST /api/pull answers HTTP 200 and streams NDJSON: "pulling manifest", `pulling <digest>` lines
+  for each layer and then the config blob, "verifying sha256 digest", "writing manifest", maybe
   "removing unused layers" or "couldn't remove unused layers: …" (housekeeping, not a failure),
   "success". Zero fields are left out (`completed` before the first byte). Progress lines come
-  every ~60 ms whether bytes arrived or not, so a stall is judged by bytes (`StallWatch`): a
-  download without new bytes for `stall_seconds` is dropped and retried; Ollama keeps finished
+  from a 60 ms ticker whether bytes arrived or not, so a stall is judged by bytes (`StallWatch`):
+  a download without new bytes for `stall_seconds` is dropped and retried; Ollama keeps finished
   layers and partial parts, so the retry resumes. A failure after the stream started is an
   {"error"} line on that HTTP 200.
 - One retry policy (`retry_policy`: exponential backoff with jitter) for what another try can fix
