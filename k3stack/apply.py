@@ -6,13 +6,14 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
+import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import yaml
 
-from .kube import ApiError, Kube, KubeError
+from .kube import ApiError, Cluster, Kube, KubeError, NotServedError
 from .manifests import MANAGED_BY, MANAGER, Manifest, describe, object_key, phases
 
 FIELD_MANAGER = MANAGER
@@ -34,9 +35,16 @@ PRUNABLE: tuple[tuple[str, str], ...] = (
     ("rbac.authorization.k8s.io/v1", "Role"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"),
     ("traefik.io/v1alpha1", "Middleware"),
+    ("traefik.containo.us/v1alpha1", "Middleware"),
     ("helm.cattle.io/v1", "HelmChart"),
 )
 PARALLEL = 8
+# Controllers that write back fields of objects k3stack applies, by design: K3s's helm-controller
+# UPDATEs the HelmChart it reconciles (field manager `deploy`; `helm-controller` when run on its
+# own), writing `.spec` back as its Go types know it. A conflict with only these managers is not a
+# person's change to protect: k3stack's values win (one forced re-apply), nothing fails.
+BY_DESIGN: dict[str, frozenset[str]] = {"HelmChart": frozenset({"deploy", "helm-controller", "k3s"})}
+CONFLICT_MANAGER = re.compile(r'conflict with "([^"]+)"')
 
 
 class ApplyError(KubeError):
@@ -82,27 +90,36 @@ def stamp_instance(manifests: Iterable[Manifest], instance: str) -> list[Manifes
 
 
 class Applier:
-    def __init__(self, kube: Kube, *, instance: str, force: bool = False, dry_run: bool = False):
+    def __init__(
+        self,
+        kube: Kube,
+        *,
+        instance: str,
+        force: bool = False,
+        dry_run: bool = False,
+        cluster: Cluster | None = None,
+    ):
         self.kube = kube
         self.instance = instance
         self.force = force
         self.dry_run = dry_run
+        self.cluster = cluster  # what discovery found: kinds of unserved groups are not listed
 
     # -- what is there ----------------------------------------------------------------------
     def current(self, manifests: Iterable[Manifest], instances: Iterable[str] | None = None) -> dict[tuple, dict]:
         """Objects of this stack (or of all `instances`) in the cluster, one LIST per kind
         (cluster-wide, so the count does not grow with namespaces), keyed like Manifest.key."""
         kinds = {(m.obj["apiVersion"], m.kind) for m in manifests} | set(PRUNABLE)
+        if self.cluster is not None:
+            kinds = {k for k in kinds if self.cluster.serves(k[0])}  # no request for an unserved group
         selector = instance_selector(self.instance if instances is None else instances)
         found: dict[tuple, dict] = {}
 
         def list_kind(kind: tuple[str, str]) -> list[dict]:
             try:
                 return self.kube.list(*kind, label_selector=selector)
-            except KubeError as exc:
-                if "does not serve" in str(exc) or "has no kind" in str(exc):
-                    return []  # e.g. no Traefik CRDs yet: nothing of that kind can be ours
-                raise
+            except NotServedError:
+                return []  # e.g. no Traefik CRDs yet: nothing of that kind can be ours
 
         with ThreadPoolExecutor(PARALLEL) as pool:
             for items in pool.map(list_kind, sorted(kinds)):
@@ -119,24 +136,36 @@ class Applier:
     ) -> list[Result]:
         results: list[Result] = []
         created_namespaces = {m.name for m in manifests if m.kind == "Namespace" and m.key not in current}
-        for group in phases(manifests):
+        groups = phases(manifests)
+        for number, group in enumerate(groups):
             with ThreadPoolExecutor(PARALLEL) as pool:
                 phase_results = list(pool.map(lambda m: self._apply_one(m, current, created_namespaces), group))
             for result in phase_results:
                 on_result(result)
             results.extend(phase_results)
-            failed = [r for r in phase_results if r.action == "failed"]
-            if failed:
+            failed = [r for r in results if r.action == "failed"]
+            last = number == len(groups) - 1
+            # A dry run writes nothing, so it checks every phase and reports all rejections at once.
+            if failed and (not self.dry_run or last):
                 detail = "\n".join(f"  {r.describe} ({r.source}): {r.detail}" for r in failed)
-                raise ApplyError(
-                    f"{len(failed)} object(s) could not be applied; later phases were not applied:\n{detail}", results
-                )
+                if self.dry_run:
+                    head = f"the server would reject {len(failed)} object(s) (server dry run: nothing was changed)"
+                elif last:
+                    head = f"{len(failed)} object(s) could not be applied"
+                else:
+                    head = f"{len(failed)} object(s) could not be applied; later phases were not applied"
+                raise ApplyError(f"{head}:\n{detail}", results)
         return results
 
     def _apply_one(self, m: Manifest, current: dict[tuple, dict], created_namespaces: set[str]) -> Result:
         before = current.get(m.key)
         try:
-            after = self.kube.apply(m.obj, field_manager=FIELD_MANAGER, force=self.force, dry_run=self.dry_run)
+            try:
+                after = self.kube.apply(m.obj, field_manager=FIELD_MANAGER, force=self.force, dry_run=self.dry_run)
+            except ApiError as exc:
+                if not by_design_conflict(m.kind, exc):
+                    raise
+                after = self.kube.apply(m.obj, field_manager=FIELD_MANAGER, force=True, dry_run=self.dry_run)
         except ApiError as exc:
             if self.dry_run and exc.status == 404 and m.namespace in created_namespaces:
                 # Server dry-run cannot place an object in a namespace that does not exist yet.
@@ -180,6 +209,15 @@ class Applier:
         return results
 
 
+def by_design_conflict(kind: str, exc: ApiError) -> bool:
+    """A 409 apply conflict whose every other manager is a controller that writes back by design."""
+    if exc.status != 409 or kind not in BY_DESIGN:
+        return False
+    causes = (exc.body.get("details") or {}).get("causes") or []
+    managers = {found.group(1) for c in causes if (found := CONFLICT_MANAGER.search(c.get("message", "")))}
+    return bool(managers) and len(managers) == len(causes) and managers <= BY_DESIGN[kind]
+
+
 # -- errors explained ---------------------------------------------------------------------------
 FIXES = {
     "PersistentVolumeClaim": (
@@ -189,10 +227,10 @@ FIXES = {
     ),
     "StatefulSet": (
         "volumeClaimTemplates and selector of a StatefulSet are fixed: delete it with "
-        "`kubectl delete statefulset NAME -n NS --cascade=orphan` (pods and PVCs stay) and deploy again"
+        "`kubectl delete statefulset {name} -n {namespace} --cascade=orphan` (pods and PVCs stay) and deploy again"
     ),
     "Deployment": (
-        "a Deployment's selector is fixed: delete the Deployment (`kubectl delete deployment NAME -n NS`; "
+        "a Deployment's selector is fixed: delete the Deployment (`kubectl delete deployment {name} -n {namespace}`; "
         "its PVC stays) and deploy again"
     ),
 }
@@ -217,8 +255,8 @@ def explain(m: Manifest, exc: ApiError) -> str:
     ]
     if exc.status == 422 and (immutable or "immutable" in message):
         fields = ", ".join(sorted({c.get("field", "?") for c in immutable})) or "spec"
-        fix = FIXES.get(m.kind, "delete the object yourself and deploy again").replace("NAME", m.name)
-        fix = fix.replace("NS", m.namespace or "")
+        fix = FIXES.get(m.kind, "delete the object yourself and deploy again")
+        fix = fix.format(name=m.name, namespace=m.namespace or "default")
         return f"{fields} cannot be changed on an existing {m.kind} — fix: {fix}"
     if exc.status == 422:
         fields = "; ".join(f"{c.get('field', '')}: {c.get('message', '')}" for c in causes) or message

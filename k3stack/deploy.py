@@ -3,6 +3,7 @@ prune, wait; status and destroy. Everything is validated and rendered before the
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from .apply import (
     stamp_instance,
 )
 from .console import Console
-from .kube import Kube
+from .kube import Cluster, Kube, KubeError
 from .rollout import Status, Target, Waiter, targets
 from .settings import Settings
 
@@ -55,6 +56,139 @@ def make_plan(settings: Settings, read_secret: sec.ReadSecret) -> Plan:
     return Plan(settings, stamp_instance(ordered, settings["STACK_NAMESPACE"]), stack_secrets)
 
 
+# -- rendering for the cluster at hand ------------------------------------------------------------
+MIN_VERSION = (1, 20)  # the oldest Kubernetes API the manifests are proven on (the bed's kube-apiserver)
+# Traefik serves Middleware under traefik.io from 2.10 on (and under both groups until v3);
+# Traefik 2.4–2.9 (older K3s) only under traefik.containo.us. The first served one is used.
+MIDDLEWARE_APIS = ("traefik.io/v1alpha1", "traefik.containo.us/v1alpha1")
+# The spec fields of helm-controller v0.11 (K3s ≤1.22's, the oldest K3s with Traefik 2):
+# what a HelmChart is cut to when the cluster's CRD cannot be read.
+OLDEST_HELMCHART_FIELDS = frozenset(
+    {
+        "targetNamespace",
+        "chart",
+        "version",
+        "repo",
+        "set",
+        "valuesContent",
+        "helmVersion",
+        "bootstrap",
+        "chartContent",
+        "jobImage",
+        "timeout",
+    }
+)
+# helm-controller before mid-2022 hands spec.timeout to its Job as Go's %s of a *metav1.Duration
+# (`&Duration{Duration:10m0s,}`), which helm refuses, so the install crash-loops; the fix
+# (k3s-io/helm-controller#150, Aug 2022) predates backOffLimit (#200, Jul 2023). A CRD that
+# knows backOffLimit therefore belongs to a controller that parses `10m0s`; on older ones the
+# timeout is left out (helm's default applies).
+TIMEOUT_PARSED_WITH = "backOffLimit"
+
+
+class ClusterError(KubeError):
+    """The cluster cannot run the stack as it is (a missing API, an unsupported version)."""
+
+
+def for_cluster(plan: Plan, cluster: Cluster) -> Plan:
+    """The plan rendered for THIS cluster: Middleware under the Traefik group it serves, HelmChart
+    specs with only the fields its helm-controller knows. Raises ClusterError (one line: what is
+    missing, and the fix) when the cluster cannot run the stack; nothing has been written then."""
+    if cluster.minor < MIN_VERSION:
+        raise ClusterError(
+            f"the cluster runs Kubernetes {cluster.version or '.'.join(map(str, cluster.minor))}, older than the "
+            f"{'.'.join(map(str, MIN_VERSION))} k3stack supports — fix: upgrade K3s (`inv bootstrap` with a newer "
+            f"K3S_VERSION)"
+        )
+    manifests = []
+    for m in plan.manifests:
+        obj = m.obj
+        if m.kind == "Middleware" and obj["apiVersion"] in MIDDLEWARE_APIS:
+            api = next((a for a in MIDDLEWARE_APIS if cluster.serves(a)), None)
+            if api is None:
+                raise ClusterError(
+                    f"the cluster serves no Traefik Middleware API (neither traefik.io nor traefik.containo.us), "
+                    f"needed for {m.describe()} (k8s/{m.source}): Traefik is disabled or older than 2.x — fix: "
+                    f"enable K3s's bundled Traefik (drop `traefik` from K3S_DISABLE / --disable and restart K3s) "
+                    f"or install Traefik 2.x/3.x with its CRDs, then deploy again"
+                )
+            obj = {**obj, "apiVersion": api}
+        elif m.kind == "HelmChart" and obj["apiVersion"] == "helm.cattle.io/v1":
+            if not cluster.serves("helm.cattle.io/v1"):
+                raise ClusterError(
+                    f"the cluster serves no helm.cattle.io/v1 (K3s's helm-controller), needed for {m.describe()} "
+                    f"(k8s/{m.source}) — fix: run K3s without --disable-helm-controller, then deploy again"
+                )
+            obj = helmchart_for(obj, cluster.helmchart_fields)
+        manifests.append(mf.Manifest(obj, m.source) if obj is not m.obj else m)
+    return Plan(plan.settings, manifests, plan.secrets)
+
+
+def helmchart_for(obj: dict, fields: frozenset[str] | None) -> dict:
+    """A HelmChart with only the spec fields the cluster's helm-controller knows. Fields it does
+    not know would be dropped when the controller writes the object back (it UPDATEs what it
+    reconciles), so k3stack's next apply would conflict with it and never be a no-op."""
+    known = OLDEST_HELMCHART_FIELDS if fields is None else fields
+    obj = copy.deepcopy(obj)
+    spec = obj.get("spec") or {}
+    obj["spec"] = {k: v for k, v in spec.items() if k in known}
+    if "timeout" in obj["spec"] and TIMEOUT_PARSED_WITH not in known:
+        del obj["spec"]["timeout"]
+    return obj
+
+
+def dropped_fields(plan: Plan, adapted: Plan) -> list[str]:
+    """What for_cluster left out of HelmCharts, for a note: `netdata: failurePolicy, timeout`."""
+    notes = []
+    for before, after in zip(plan.manifests, adapted.manifests, strict=True):
+        if before.kind == "HelmChart":
+            gone = sorted(set(before.obj.get("spec") or {}) - set(after.obj.get("spec") or {}))
+            if gone:
+                notes.append(f"{before.name}: {', '.join(gone)}")
+    return notes
+
+
+def prepare(kube: Kube, plan: Plan, console: Console | None = None, cluster: Cluster | None = None) -> tuple:
+    """(the plan for this cluster, the cluster): one discovery pass unless `cluster` is given."""
+    cluster = cluster or kube.discover()
+    adapted = for_cluster(plan, cluster)
+    notes = dropped_fields(plan, adapted)
+    if notes and console is not None:
+        console.note(
+            f"rendered for this cluster's helm-controller (Kubernetes {cluster.version}): left out "
+            f"{'; '.join(notes)} (fields it does not know or cannot parse)"
+        )
+    return adapted, cluster
+
+
+def wait_until_gone(kube: Kube, objects: list[dict], console: Console, timeout: float, why: str) -> None:
+    """Poll until each object (and a HelmChart's helm-delete Job) no longer exists."""
+    pending = []
+    for obj in objects:
+        meta = obj["metadata"]
+        pending.append((obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace")))
+        if obj["kind"] == "HelmChart":
+            pending.append(("batch/v1", "Job", f"helm-delete-{meta['name']}", meta.get("namespace")))
+    if not pending:
+        return
+    names = ", ".join(f"{mf.describe(a, k, n)} ({ns})" for a, k, n, ns in pending if k != "Job")
+    console.line(f"waiting for {names} to be gone ({why})")
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = [p for p in pending if kube.get(*p) is not None]
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            left = "; ".join(f"{mf.describe(a, k, n)} in {ns}" for a, k, n, ns in pending)
+            _, kind, name, namespace = pending[0]
+            hint = next(
+                (f" — `kubectl -n {ns} logs job/{n}` says why" for a, k, n, ns in pending if k == "Job"),
+                f" — `kubectl -n {namespace} describe {kind.lower()} {name}` shows its finalizers",
+            )
+            raise ClusterError(f"still there after {timeout:.0f}s: {left}{hint}")
+        time.sleep(0.5)
+
+
 @dataclass
 class DeployReport:
     results: list[Result] = field(default_factory=list)
@@ -85,13 +219,24 @@ def deploy(
     timeout: float = 600,
     show_namespace: bool = False,
     current: dict[tuple, dict] | None = None,
+    cluster: Cluster | None = None,
 ) -> DeployReport:
-    """Apply, prune and wait for one stack; `current` (its live objects) when already listed."""
+    """Apply, prune and wait for one stack; `current` (its live objects) when already listed,
+    `cluster` when already discovered (then `plan` is already rendered for it)."""
     started = time.monotonic()
     report = DeployReport()
-    applier = Applier(kube, instance=plan.instance, force=force, dry_run=dry_run)
+    if cluster is None:
+        plan, cluster = prepare(kube, plan, console)
+    applier = Applier(kube, instance=plan.instance, force=force, dry_run=dry_run, cluster=cluster)
     if current is None:
         current = applier.current(plan.manifests)
+    # An object still being deleted (a HelmChart whose helm-delete Job runs after `inv destroy`)
+    # would swallow what is applied now: wait until it is gone, then create it afresh.
+    wanted = {m.key for m in plan.manifests}
+    terminating = [o for k, o in current.items() if k in wanted and o["metadata"].get("deletionTimestamp")]
+    if terminating and not dry_run:
+        wait_until_gone(kube, terminating, console, timeout, "still being deleted")
+        current = {k: o for k, o in current.items() if o not in terminating}
     suffix = " (server dry run)" if dry_run else ""
 
     def show(result: Result) -> None:
@@ -118,13 +263,23 @@ def deploy_many(
     instances = [p.instance for p in plans]
     if len(set(instances)) != len(instances):
         raise ApplyError("two settings files name the same STACK_NAMESPACE; give each stack its own", [])
+    cluster = kube.discover()  # one discovery pass for all stacks
+    plans = [prepare(kube, p, console, cluster)[0] for p in plans]
     # One LIST per kind for all stacks, not one per stack.
-    everything = Applier(kube, instance=instances[0]).current([m for p in plans for m in p.manifests], instances)
+    lister = Applier(kube, instance=instances[0], cluster=cluster)
+    everything = lister.current([m for p in plans for m in p.manifests], instances)
     current = split_by_instance(everything)
 
     def one(plan: Plan) -> DeployReport:
         return deploy(
-            kube, plan, console, wait=False, show_namespace=True, current=current.get(plan.instance, {}), **options
+            kube,
+            plan,
+            console,
+            wait=False,
+            show_namespace=True,
+            current=current.get(plan.instance, {}),
+            cluster=cluster,
+            **options,
         )
 
     with ThreadPoolExecutor(max_workers=len(plans)) as pool:
@@ -163,7 +318,8 @@ def wait_for_rollouts(
 
 def show_diff(kube: Kube, plan: Plan, console: Console) -> int:
     """Print what a deploy would change (server dry run); returns the number of changed objects."""
-    applier = Applier(kube, instance=plan.instance, dry_run=True)
+    plan, cluster = prepare(kube, plan, console)
+    applier = Applier(kube, instance=plan.instance, dry_run=True, cluster=cluster)
     current = applier.current(plan.manifests)
     changed = 0
     for result in applier.apply(plan.manifests, current):
@@ -182,13 +338,25 @@ def show_diff(kube: Kube, plan: Plan, console: Console) -> int:
 
 
 def destroy(
-    kube: Kube, plan: Plan, console: Console, *, purge: bool = False, on_result: Callable[[Result], None] | None = None
+    kube: Kube,
+    plan: Plan,
+    console: Console,
+    *,
+    purge: bool = False,
+    on_result: Callable[[Result], None] | None = None,
+    timeout: float = 600,
 ) -> list[Result]:
-    """Delete the stack's objects, newest phase first. PVCs, Secrets and Namespaces stay unless purge."""
+    """Delete the stack's objects, newest phase first, and wait until K3s's helm-controller has
+    uninstalled the charts (a HelmChart stays Terminating while its helm-delete Job runs): a deploy
+    right after works. PVCs (Netdata's included: the stack owns them and points the chart at
+    them), Secrets and Namespaces stay unless purge."""
     results = []
+    cluster = kube.discover()
     selector = instance_selector(plan.instance)
     kinds = {(m.obj["apiVersion"], m.kind) for m in plan.manifests} | set(PRUNABLE)
-    order = sorted(kinds, key=lambda k: -mf.PHASES.get(k[1], mf.LAST_PHASE))
+    kinds = {k for k in kinds if cluster.serves(k[0])}
+    order = sorted(kinds, key=lambda k: (-mf.PHASES.get(k[1], mf.LAST_PHASE), k))
+    charts: list[dict] = []
     for api_version, kind in order:
         if kind in KEPT_KINDS and not purge:
             continue
@@ -197,9 +365,12 @@ def destroy(
         for obj in kube.list(api_version, kind, label_selector=selector):
             meta = obj["metadata"]
             kube.delete(api_version, kind, meta["name"], meta.get("namespace"))
+            if kind == "HelmChart":
+                charts.append(obj)
             result = Result(mf.describe(api_version, kind, meta["name"]), meta.get("namespace", ""), "deleted")
             console.result(result.describe, "deleted", f"({result.namespace})")
             results.append(result)
+    wait_until_gone(kube, charts, console, timeout, "helm-controller uninstalls the chart")
     if purge:
         for m in plan.manifests:
             if m.kind == "Namespace" and kube.delete("v1", "Namespace", m.name):
@@ -208,8 +379,17 @@ def destroy(
     return results
 
 
+HEALTHY = "ready"
+
+
+def healthy(rows: list[list[str]]) -> bool:
+    """Whether every row of status_rows is ready (`inv status` exits 1 otherwise)."""
+    return all(row[3] == HEALTHY for row in rows)
+
+
 def status_rows(kube: Kube, plan: Plan) -> list[list[str]]:
-    """One row per workload: ready/desired, image tag, volumes (bound + size), URL."""
+    """One row per workload: ready/desired, state (ready, not ready, FAILED, missing, terminating),
+    image tag, volumes (bound + size), URL."""
     waiter = Waiter(kube)
     claims = {
         (c["metadata"]["namespace"], c["metadata"]["name"]): c
@@ -236,12 +416,17 @@ def status_rows(kube: Kube, plan: Plan) -> list[list[str]]:
                 phase = (claim or {}).get("status", {}).get("phase", "missing")
                 size = ((claim or {}).get("status", {}).get("capacity") or {}).get("storage", "")
                 volumes.append(f"{claim_name} {phase} {size}".strip())
-        state = "ready" if status.done else ("FAILED" if status.failed else "not ready")
+        if status.missing:
+            state = "missing"
+        elif status.terminating:
+            state = "terminating"
+        else:
+            state = HEALTHY if status.done else ("FAILED" if status.failed else "not ready")
         rows.append(
             [
                 target.namespace,
                 target.describe(),
-                f"{status.ready}/{status.desired}",
+                "-" if status.missing else f"{status.ready}/{status.desired}",
                 state,
                 images,
                 "; ".join(volumes) or "-",

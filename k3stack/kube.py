@@ -27,13 +27,50 @@ class KubeError(RuntimeError):
 
 
 class ApiError(KubeError):
-    """The API server answered with an error status; `body` is its Status object."""
+    """The API server answered with an error status; `body` is its Status object (or, for a body
+    that is not JSON, a Status-like dict whose message is the body's first line)."""
 
     def __init__(self, status: int, body: dict, method: str, path: str):
         self.status = status
         self.body = body
         self.reason = body.get("reason", "")
-        super().__init__(f"{method} {path}: {status} {body.get('message') or body}")
+        super().__init__(f"{method} {path}: {status} {one_line(str(body.get('message') or body))}")
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """Text for a one-line message: whitespace runs (newlines included) become one space."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def decode_body(raw: bytes, content_type: str = "") -> tuple[object, bool]:
+    """(parsed JSON, True), or (the body's text, False) when it is not JSON: a 404 for an
+    unserved API group, a proxy's HTML error page, a truncated answer."""
+    if not raw:
+        return {}, True
+    if "json" in content_type.lower() or raw.lstrip()[:1] in (b"{", b"["):
+        try:
+            return json.loads(raw), True
+        except ValueError:
+            pass
+    return raw.decode(errors="replace"), False
+
+
+REASONS = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict", 422: "Invalid"}
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What one discovery pass learnt about a cluster (Kube.discover): everything deploy needs to
+    render for THAT cluster."""
+
+    version: str  # gitVersion: v1.31.12+k3s1
+    minor: tuple[int, int]  # (1, 31)
+    served: frozenset[str]  # group/version pairs the API serves: "traefik.io/v1alpha1", "v1", ...
+    helmchart_fields: frozenset[str] | None  # spec properties of the HelmChart CRD; None: not readable
+
+    def serves(self, api_version: str) -> bool:
+        return api_version in self.served
 
 
 @dataclass(frozen=True)
@@ -73,6 +110,21 @@ def _kubeconfig_source(kubeconfig: str | None) -> str:
     return shown
 
 
+class NotServedError(KubeError):
+    """The cluster does not serve an API group/version or kind (its CRD is not installed)."""
+
+
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def _spec_fields(crd: dict) -> frozenset[str]:
+    """The spec properties of a CRD's storage version's schema."""
+    versions = (crd.get("spec") or {}).get("versions") or []
+    chosen = next((v for v in versions if v.get("storage")), versions[0] if versions else {})
+    schema = ((chosen.get("schema") or {}).get("openAPIV3Schema") or {}).get("properties") or {}
+    return frozenset(((schema.get("spec") or {}).get("properties") or {}).keys())
+
+
 # The kinds k3stack ships, so applying them needs no discovery round trips.
 KNOWN: dict[tuple[str, str], Resource] = {
     ("v1", "Namespace"): Resource("/api/v1", "namespaces", False),
@@ -92,6 +144,7 @@ KNOWN: dict[tuple[str, str], Resource] = {
         "/apis/rbac.authorization.k8s.io/v1", "rolebindings", True
     ),
     ("traefik.io/v1alpha1", "Middleware"): Resource("/apis/traefik.io/v1alpha1", "middlewares", True),
+    ("traefik.containo.us/v1alpha1", "Middleware"): Resource("/apis/traefik.containo.us/v1alpha1", "middlewares", True),
     ("helm.cattle.io/v1", "HelmChart"): Resource("/apis/helm.cattle.io/v1", "helmcharts", True),
     ("helm.cattle.io/v1", "HelmChartConfig"): Resource("/apis/helm.cattle.io/v1", "helmchartconfigs", True),
 }
@@ -153,9 +206,17 @@ class Kube:
                     f"fresh one"
                 ) from None
             status = response.status
-            data = json.loads(response.data) if response.data else {}
+            data, is_json = decode_body(response.data, response.getheader("Content-Type") or "")
             if 200 <= status < 300:
+                if not is_json or not isinstance(data, dict):
+                    raise KubeError(
+                        f"{method} {path}: the server at {self.server} answered {status} with a body that is not "
+                        f"a JSON object ({one_line(str(data), 120)!r}) — is this kubeconfig's server a Kubernetes "
+                        f"API server (not a proxy or web page)?"
+                    )
                 return data
+            if not is_json or not isinstance(data, dict):
+                data = {"message": one_line(str(data)) or f"HTTP {status}", "reason": REASONS.get(status, "")}
             if status in RETRY_STATUSES and attempt < self.retries:
                 retry_after = (response.getheader("Retry-After") or "").strip()
                 time.sleep(float(retry_after) if retry_after.isdigit() else delay)
@@ -169,12 +230,33 @@ class Kube:
                 )
             if status == 403:
                 raise KubeError(
-                    f"forbidden (403): {data.get('message', '')} — the kubeconfig's user lacks RBAC "
+                    f"forbidden (403): {one_line(str(data.get('message', '')))} — the kubeconfig's user lacks RBAC "
                     f"rights for this; use the cluster's admin kubeconfig (`inv kubeconfig`) or the "
                     f"right --context"
                 )
-            raise ApiError(status, data if isinstance(data, dict) else {"message": str(data)}, method, path)
+            raise ApiError(status, data, method, path)
         raise AssertionError("unreachable")
+
+    # -- discovery ------------------------------------------------------------------------------
+    def discover(self) -> Cluster:
+        """One discovery pass: the server version, the API groups it serves, and the spec fields of
+        the HelmChart CRD (what its helm-controller knows). Three requests, made once per run."""
+        version = self.request("GET", "/version")
+        served = {"v1"}
+        for group in self.request("GET", "/apis").get("groups") or []:
+            served.update(v["groupVersion"] for v in group.get("versions") or [])
+        fields = None
+        if "helm.cattle.io/v1" in served:
+            try:
+                crd = self.request("GET", f"{CRDS}/helmcharts.helm.cattle.io")
+            except (ApiError, KubeError):
+                crd = None  # not allowed to read CRDs: the caller renders for the oldest controller
+            if crd is not None:
+                fields = _spec_fields(crd)
+        git = str(version.get("gitVersion") or "")
+        major = int("".join(c for c in str(version.get("major", "")) if c.isdigit()) or 0)
+        minor = int("".join(c for c in str(version.get("minor", "")) if c.isdigit()) or 0)
+        return Cluster(git, (major, minor), frozenset(served), fields)
 
     # -- resources --------------------------------------------------------------------------
     def resource(self, api_version: str, kind: str) -> Resource:
@@ -186,7 +268,7 @@ class Kube:
             try:
                 listing = self.request("GET", prefix)
             except ApiError as exc:
-                raise KubeError(
+                raise NotServedError(
                     f"the cluster does not serve {api_version} (needed for {kind}): is its CRD "
                     f"installed? ({exc.status})"
                 ) from None
@@ -195,7 +277,7 @@ class Kube:
                     self._discovered[key] = Resource(prefix, item["name"], item["namespaced"])
                     break
             else:
-                raise KubeError(f"the cluster serves {api_version} but has no kind {kind}")
+                raise NotServedError(f"the cluster serves {api_version} but has no kind {kind}")
         return self._discovered[key]
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict | None:

@@ -32,6 +32,8 @@ class Status:
     failed: bool = False
     ready: int = 0
     desired: int = 0
+    missing: bool = False  # the object does not exist
+    terminating: bool = False  # it is being deleted (a HelmChart while its helm-delete Job runs)
 
 
 class RolloutError(RuntimeError):
@@ -134,7 +136,9 @@ class Waiter:
     def status(self, target: Target) -> Status:
         obj = self.kube.get(target.api_version, target.kind, target.name, target.namespace)
         if obj is None:
-            return Status(False, "not found")
+            return Status(False, f"{target.describe()} not found in {target.namespace}", missing=True)
+        if obj["metadata"].get("deletionTimestamp"):
+            return Status(False, f"{target.describe()} is being deleted", terminating=True)
         if target.kind == "Deployment":
             return deployment_status(obj)
         if target.kind == "StatefulSet":
@@ -174,6 +178,10 @@ class Waiter:
         for target in pending:
             lines.append(f"{target.describe()} ({target.namespace}): {statuses[target].message}")
             lines.extend("  " + line for line in self._why(target))
+            if target.kind == "HelmChart":
+                obj = self.kube.get(target.api_version, target.kind, target.name, target.namespace) or {}
+                job = (obj.get("status") or {}).get("jobName") or f"helm-install-{target.name}"
+                lines.append(f"  the install job's log says why: `kubectl -n {target.namespace} logs job/{job}`")
         return "\n".join(lines)
 
     def _why(self, target: Target) -> list[str]:

@@ -16,6 +16,7 @@ from .kube import ControlPlane, build_binaries, cached_binaries
 from .local import BedError, run
 from .netns import listening_socket
 from .nodesim import NodeSimulator
+from .rest import call
 from .slot import Slot
 
 ADDONS = Path(__file__).with_name("k3s-addons.yaml")
@@ -26,24 +27,69 @@ def api_client(kubeconfig: Path | str) -> client.ApiClient:
     return config.new_client_from_config(config_file=str(kubeconfig))
 
 
-def apply_addons(api: client.ApiClient, timeout: float = 30) -> None:
-    """Create the StorageClass and CRDs of k3s-addons.yaml and wait until the CRDs are served."""
+VARIANT = "testbed.k3stack.dev/variant"
+HELM_CONTROLLERS = ("v0.11", "v0.12", "v0.17")
+DEFAULT_HELM_CONTROLLER = "v0.17"
+DEFAULT_TRAEFIK: tuple[str, ...] = ("traefik.io",)
+
+
+def addon_documents(helm_controller: str = DEFAULT_HELM_CONTROLLER, traefik: tuple[str, ...] = DEFAULT_TRAEFIK):
+    """k3s-addons.yaml's documents for one K3s: the common ones, the HelmChart CRD of
+    `helm_controller`, and the Middleware CRD of each group in `traefik` (empty: Traefik disabled)."""
+    if helm_controller not in HELM_CONTROLLERS:
+        raise BedError(f"unknown helm-controller {helm_controller}; the bed has {', '.join(HELM_CONTROLLERS)}")
+    chosen = []
+    for doc in yaml.safe_load_all(ADDONS.read_text()):
+        variant = (doc["metadata"].get("annotations") or {}).get(VARIANT)
+        if variant is None or variant == f"helm-controller-{helm_controller}" or variant in traefik:
+            chosen.append(doc)
+    return chosen
+
+
+def apply_addons(
+    api: client.ApiClient,
+    timeout: float = 30,
+    *,
+    helm_controller: str = DEFAULT_HELM_CONTROLLER,
+    traefik: tuple[str, ...] = DEFAULT_TRAEFIK,
+) -> None:
+    """Make the cluster serve the add-ons of one K3s: create (or replace in place) the
+    StorageClass and CRDs of k3s-addons.yaml for `helm_controller` and the Traefik groups in
+    `traefik`, delete Middleware CRDs of other groups, and wait until the API serves exactly that."""
     extensions = client.ApiextensionsV1Api(api)
     storage = client.StorageV1Api(api)
-    for doc in yaml.safe_load_all(ADDONS.read_text()):
-        create = {
-            "StorageClass": storage.create_storage_class,
-            "CustomResourceDefinition": extensions.create_custom_resource_definition,
-        }[doc["kind"]]
+    documents = addon_documents(helm_controller, traefik)
+    for doc in documents:
+        if doc["kind"] == "StorageClass":
+            try:
+                storage.create_storage_class(doc, _preload_content=False)
+            except client.ApiException as exc:
+                if exc.status != 409:
+                    raise
+            continue
+        name = doc["metadata"]["name"]
         try:
-            create(doc, _preload_content=False)
+            extensions.create_custom_resource_definition(doc, _preload_content=False)
         except client.ApiException as exc:
             if exc.status != 409:
                 raise
+            live = json.loads(extensions.read_custom_resource_definition(name, _preload_content=False).data)
+            variant = (doc["metadata"].get("annotations") or {}).get(VARIANT)
+            if (live["metadata"].get("annotations") or {}).get(VARIANT) != variant:
+                # Another helm-controller's CRD: replaced in place, so existing HelmCharts stay.
+                live["metadata"]["annotations"] = doc["metadata"].get("annotations") or {}
+                live["spec"] = doc["spec"]
+                extensions.replace_custom_resource_definition(name, live, _preload_content=False)
+    wanted_groups = set(traefik)
+    for group in ("traefik.io", "traefik.containo.us"):
+        if group not in wanted_groups:
+            try:
+                extensions.delete_custom_resource_definition(f"middlewares.{group}", _preload_content=False)
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise
     deadline = time.monotonic() + timeout
-    pending = {
-        d["metadata"]["name"] for d in yaml.safe_load_all(ADDONS.read_text()) if d["kind"] == "CustomResourceDefinition"
-    }
+    pending = {d["metadata"]["name"] for d in documents if d["kind"] == "CustomResourceDefinition"}
     while pending and time.monotonic() < deadline:
         for name in list(pending):
             crd = json.loads(extensions.read_custom_resource_definition(name, _preload_content=False).data)
@@ -55,6 +101,31 @@ def apply_addons(api: client.ApiClient, timeout: float = 30) -> None:
         time.sleep(0.1)
     if pending:
         raise BedError(f"CRDs not established after {timeout:.0f}s: {', '.join(sorted(pending))}")
+    _wait_served(api, helm_controller, wanted_groups, deadline, timeout)
+
+
+def _wait_served(api: client.ApiClient, helm_controller: str, groups: set[str], deadline: float, timeout: float):
+    """Until discovery lists exactly the wanted Traefik groups and the HelmChart handler serves the
+    chosen CRD (a status subresource only on v0.17: a dry-run create keeps status only without one)."""
+    probe = {
+        "apiVersion": "helm.cattle.io/v1",
+        "kind": "HelmChart",
+        "metadata": {"name": "testbed-probe", "namespace": "default"},
+        "spec": {"chart": "probe"},
+        "status": {"jobName": "probe"},
+    }
+    path = "/apis/helm.cattle.io/v1/namespaces/default/helmcharts"
+    state = ""
+    while time.monotonic() < deadline:
+        _, listing = call(api, "GET", "/apis")
+        served = {g["name"] for g in listing.get("groups") or []} & {"traefik.io", "traefik.containo.us"}
+        status, created = call(api, "POST", path, probe, [("dryRun", "All")])
+        keeps_status = bool((created.get("status") or {}).get("jobName"))
+        state = f"Traefik groups served {sorted(served)}, HelmChart create -> {status}, status kept: {keeps_status}"
+        if served == groups and status == 201 and keeps_status == (helm_controller != "v0.17"):
+            return
+        time.sleep(0.2)
+    raise BedError(f"the API does not serve the chosen add-ons after {timeout:.0f}s: {state}")
 
 
 @dataclass
@@ -74,6 +145,17 @@ class KubeBed:
 
     def api(self) -> client.ApiClient:
         return api_client(self.kubeconfig)
+
+    def use_k3s(
+        self, *, helm_controller: str = DEFAULT_HELM_CONTROLLER, traefik: tuple[str, ...] = DEFAULT_TRAEFIK
+    ) -> None:
+        """Serve the API of another K3s: the HelmChart CRD of `helm_controller` (v0.11, v0.12,
+        v0.17), Traefik's Middleware under the groups in `traefik` (none: Traefik disabled), and a
+        simulated helm-controller that behaves like that version."""
+        if self.sim is None:
+            raise BedError("use_k3s needs the built-in test bed (unset K3STACK_TEST_KUBECONFIG)")
+        apply_addons(self.api(), 60, helm_controller=helm_controller, traefik=traefik)
+        self.sim.helm_controller = helm_controller
 
     @classmethod
     def start(cls, slot: Slot) -> KubeBed:

@@ -13,16 +13,39 @@ Pod IPs come from the bed's own network namespaces: by default addresses where n
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import itertools
 import json
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from . import release
+from .rest import call
+
 NODE = "testbed-node"
 HELM_ERROR_ANNOTATION = "testbed.k3stack.dev/helm-error"  # on install Jobs + pods whose values helm rejects
+MANAGED_BY_ANNOTATION = "helmcharts.cattle.io/managed-by"
+
+
+@dataclass(frozen=True)
+class HelmControllerVersion:
+    """How one helm-controller release behaves where k3stack can tell."""
+
+    finalizer: str
+    status_subresource: bool  # else it writes status with the object (one UPDATE, spec included)
+    timeout_bug: bool  # spec.timeout reaches the Job as Go's %s of a *metav1.Duration
+    managed_by: bool  # claims charts with the helmcharts.cattle.io/managed-by annotation
+
+
+HELM_CONTROLLER_VERSIONS = {
+    "v0.11": HelmControllerVersion("wrangler.cattle.io/on-helm-chart-remove", False, True, False),
+    "v0.12": HelmControllerVersion("wrangler.cattle.io/on-helm-chart-remove", False, True, False),
+    "v0.17": HelmControllerVersion("wrangler.cattle.io/on-helm-chart-remove", True, False, True),
+}
 
 
 def _now() -> str:
@@ -58,6 +81,8 @@ class NodeSimulator:
         self.kubelet_version = kubelet_version
         self._simulate = {"pods": pods, "claims": claims, "helm": helm}
         self._helm_stamp = helm_stamp
+        self.helm_controller = "v0.17"  # KubeBed.use_k3s switches it with the HelmChart CRD
+        self._helm_fields: tuple[str, frozenset[str]] | None = None
         self.core = client.CoreV1Api(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
         self.node_ip = node_ip
@@ -310,95 +335,210 @@ class NodeSimulator:
         }
 
     # -- helm-controller ------------------------------------------------------------------------
+    def _helm_call(self, method: str, path: str, body=None, query=(), content_type="application/json"):
+        return call(self.core.api_client, method, path, body, query, content_type)
+
+    def _known_fields(self) -> frozenset[str]:
+        """The spec fields of the served HelmChart CRD: what this helm-controller's Go types know."""
+        if self._helm_fields is None or self._helm_fields[0] != self.helm_controller:
+            _, crd = self._helm_call(
+                "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/helmcharts.helm.cattle.io"
+            )
+            version = next(iter((crd.get("spec") or {}).get("versions") or []), {})
+            spec = (((version.get("schema") or {}).get("openAPIV3Schema") or {}).get("properties") or {}).get("spec")
+            self._helm_fields = (self.helm_controller, frozenset(((spec or {}).get("properties") or {}).keys()))
+        return self._helm_fields[1]
+
     def _sync_helm_charts(self) -> None:
-        """What K3s's helm-controller does, minus helm: for each HelmChart (new or changed) run an
-        install Job `helm-install-<name>` in its namespace and point status.jobName at it.
+        """What K3s's helm-controller does, minus helm, as the version in `helm_controller` does it:
+        - it UPDATEs each HelmChart it reconciles (field manager `deploy`): a finalizer, on v0.17 its
+          managed-by annotation, on v0.11/v0.12 (no status subresource) status.jobName -- and `.spec`
+          as its Go types know it, so fields its schema lacks are dropped (seen on v0.11.5);
+        - it runs the install Job `helm-install-<name>` (recreated when the chart changes) with the
+          chart's TIMEOUT as that version renders it (`&Duration{Duration:10m0s,}` before v0.13, which
+          helm refuses: the Job's pod crash-loops), and sets the Failed condition on v0.17;
+        - once the Job completes, "helm" installs the release (release.py: the Netdata chart's
+          workloads and the claims it makes from its values); changed values upgrade it;
+        - a deleted HelmChart stays Terminating behind the finalizer while `helm-delete-<name>`
+          runs; then the release's objects (the chart's PVCs too) go, and the finalizer.
         `helm_stamp(chart)` (constructor) may replace what "changed" means -- it returns the Job's
-        identifying annotations and an error text for values helm would reject (the Job's pod then
-        crash-loops); by default the chart's generation, never an error."""
-        api = self.core.api_client
-        response = api.call_api(
-            *api.param_serialize("GET", "/apis/helm.cattle.io/v1/helmcharts", auth_settings=["BearerToken"])
-        )
-        if response.status != 200:
+        identifying annotations and an error text for values helm would reject."""
+        status, listing = self._helm_call("GET", "/apis/helm.cattle.io/v1/helmcharts")
+        if status != 200:
             return
-        response.read()
-        charts = _raw(response)["items"]
-        batch = client.BatchV1Api(api)
-        for chart in charts:
-            meta = chart["metadata"]
-            job_name = f"helm-install-{meta['name']}"
-            if self._helm_stamp is not None:
-                stamp, error = self._helm_stamp(chart)
+        for chart in listing.get("items") or []:
+            chart.setdefault("apiVersion", "helm.cattle.io/v1")
+            chart.setdefault("kind", "HelmChart")
+            if chart["metadata"].get("deletionTimestamp"):
+                self._helm_delete(chart)
             else:
-                stamp, error = {"helmcharts.helm.cattle.io/generation": str(meta.get("generation", 1))}, None
-            try:
-                job = _raw(batch.read_namespaced_job(job_name, meta["namespace"], _preload_content=False))
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                job = None
-            if job is not None and all(
-                (job["metadata"].get("annotations") or {}).get(k) == v for k, v in stamp.items()
-            ):
-                continue
-            if job is not None:
-                if not job["metadata"].get("deletionTimestamp"):
-                    batch.delete_namespaced_job(
-                        job_name, meta["namespace"], propagation_policy="Background", _preload_content=False
-                    )
-                continue  # recreated on a later pass, once the old one is gone
-            pod_meta: dict = {"labels": {"helmcharts.helm.cattle.io/chart": meta["name"]}}
-            annotations = dict(stamp)
-            if error:  # the pod carries helm's message; _desired_status makes it crash-loop with it
-                annotations[HELM_ERROR_ANNOTATION] = error
-                pod_meta["annotations"] = {HELM_ERROR_ANNOTATION: error}
-            batch.create_namespaced_job(
-                meta["namespace"],
-                {
-                    "apiVersion": "batch/v1",
-                    "kind": "Job",
-                    "metadata": {
-                        "name": job_name,
-                        "annotations": annotations,
-                        "ownerReferences": [
+                self._helm_install(chart)
+
+    def _chart_path(self, chart: dict, suffix: str = "") -> str:
+        meta = chart["metadata"]
+        return f"/apis/helm.cattle.io/v1/namespaces/{meta['namespace']}/helmcharts/{meta['name']}{suffix}"
+
+    def _write_back(self, chart: dict, *, job_name: str | None = None, finalize: bool = False) -> dict | None:
+        """The controller's UPDATE (manager `deploy`); None when the chart changed meanwhile."""
+        version = HELM_CONTROLLER_VERSIONS[self.helm_controller]
+        desired = json.loads(json.dumps(chart))
+        meta = desired["metadata"]
+        known = self._known_fields()
+        desired["spec"] = {k: v for k, v in (chart.get("spec") or {}).items() if k in known}
+        finalizers = [f for f in meta.get("finalizers") or [] if f != version.finalizer]
+        if not finalize:
+            finalizers.append(version.finalizer)
+        meta["finalizers"] = finalizers
+        if version.managed_by:
+            meta.setdefault("annotations", {})[MANAGED_BY_ANNOTATION] = "helm-controller"
+        if not version.status_subresource and job_name:
+            desired.setdefault("status", {})["jobName"] = job_name
+        if desired == chart:
+            return chart
+        status, written = self._helm_call("PUT", self._chart_path(chart), desired, [("fieldManager", "deploy")])
+        return written if status == 200 else None
+
+    def _job(self, namespace: str, name: str) -> dict | None:
+        batch = client.BatchV1Api(self.core.api_client)
+        try:
+            return _raw(batch.read_namespaced_job(name, namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            return None
+
+    def _delete_job(self, job: dict | None) -> None:
+        """Delete a Job (and, in the background, its pods) unless it is gone or already going."""
+        if job is not None and not job["metadata"].get("deletionTimestamp"):
+            meta = job["metadata"]
+            client.BatchV1Api(self.core.api_client).delete_namespaced_job(
+                meta["name"], meta["namespace"], propagation_policy="Background", _preload_content=False
+            )
+
+    def _helm_install(self, chart: dict) -> None:
+        version = HELM_CONTROLLER_VERSIONS[self.helm_controller]
+        meta = chart["metadata"]
+        namespace, job_name = meta["namespace"], f"helm-install-{meta['name']}"
+        written = self._write_back(chart, job_name=job_name)
+        if written is None:
+            return  # changed meanwhile: the next pass sees the new version
+        chart = written
+        spec = chart.get("spec") or {}
+        timeout = release.timeout_env(spec.get("timeout"), version.timeout_bug)
+        if self._helm_stamp is not None:
+            stamp, error = self._helm_stamp(chart)
+        else:
+            digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+            stamp, error = {"helmcharts.helm.cattle.io/spec-hash": digest}, None
+        error = error or release.timeout_error(timeout)
+        job = self._job(namespace, job_name)
+        current = job is not None and all(
+            (job["metadata"].get("annotations") or {}).get(k) == v for k, v in stamp.items()
+        )
+        if job is not None and not current:
+            self._delete_job(job)
+            return  # recreated on a later pass, once the old one is gone
+        if job is None:
+            self._create_helm_job(chart, job_name, ["install"], stamp, error, timeout)
+        elif (job.get("status") or {}).get("succeeded"):
+            release.install(self.core.api_client, chart, stamp)
+        if version.status_subresource:
+            self._set_status(chart, job_name, job, error)
+
+    def _set_status(self, chart: dict, job_name: str, job: dict | None, error: str | None) -> None:
+        succeeded = bool(((job or {}).get("status") or {}).get("succeeded"))
+        failing = bool(error) and job is not None
+        conditions = [
+            {"type": "JobCreated", "status": "True", "reason": "Job created", "message": f"Created Job {job_name}"}
+        ]
+        if failing:
+            conditions.append({"type": "Failed", "status": "True", "reason": "Job failed", "message": error})
+        else:
+            conditions.append({"type": "Failed", "status": "False", "reason": "", "message": ""})
+        if succeeded:
+            conditions[0]["message"] = f"Job {job_name} complete"
+        wanted = {"jobName": job_name, "conditions": conditions}
+        if (chart.get("status") or {}) == wanted:
+            return
+        self._helm_call(
+            "PATCH",
+            self._chart_path(chart, "/status"),
+            {"status": wanted},
+            [("fieldManager", "deploy")],
+            content_type="application/merge-patch+json",
+        )
+
+    def _create_helm_job(
+        self, chart: dict, job_name: str, args: list[str], stamp: dict, error: str | None, timeout: str | None
+    ) -> bool:
+        """Create the helm Job; False when the namespace is being deleted (no Job can start there)."""
+        meta = chart["metadata"]
+        pod_meta: dict = {"labels": {"helmcharts.helm.cattle.io/chart": meta["name"]}}
+        annotations = dict(stamp)
+        if error:  # the pod carries helm's message; _desired_status makes it crash-loop with it
+            annotations[HELM_ERROR_ANNOTATION] = error
+            pod_meta["annotations"] = {HELM_ERROR_ANNOTATION: error}
+        env = [{"name": "NAME", "value": meta["name"]}]
+        if timeout is not None:
+            env.append({"name": "TIMEOUT", "value": timeout})
+        job = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": job_name,
+                "labels": {"helmcharts.helm.cattle.io/chart": meta["name"]},
+                "annotations": annotations,
+                "ownerReferences": [
+                    {"apiVersion": "helm.cattle.io/v1", "kind": "HelmChart", "name": meta["name"], "uid": meta["uid"]}
+                ],
+            },
+            "spec": {
+                "backoffLimit": 1000,
+                "template": {
+                    "metadata": pod_meta,
+                    "spec": {
+                        "restartPolicy": "OnFailure",
+                        "containers": [
                             {
-                                "apiVersion": "helm.cattle.io/v1",
-                                "kind": "HelmChart",
-                                "name": meta["name"],
-                                "uid": meta["uid"],
+                                "name": "helm",
+                                "image": "rancher/klipper-helm:v0.9.8-build20250709",
+                                "args": args,
+                                "env": env,
                             }
                         ],
                     },
-                    "spec": {
-                        "backoffLimit": 1000,
-                        "template": {
-                            "metadata": pod_meta,
-                            "spec": {
-                                "restartPolicy": "OnFailure",
-                                "containers": [
-                                    {
-                                        "name": "helm",
-                                        "image": "rancher/klipper-helm:v0.9.8-build20250709",
-                                        "args": ["install"],
-                                    }
-                                ],
-                            },
-                        },
-                    },
                 },
-                _preload_content=False,
+            },
+        }
+        try:
+            client.BatchV1Api(self.core.api_client).create_namespaced_job(
+                meta["namespace"], job, _preload_content=False
             )
-            status_path = f"/apis/helm.cattle.io/v1/namespaces/{meta['namespace']}/helmcharts/{meta['name']}/status"
-            api.call_api(
-                *api.param_serialize(
-                    "PATCH",
-                    status_path,
-                    header_params={"Content-Type": "application/merge-patch+json"},
-                    body={"status": {"jobName": job_name}},
-                    auth_settings=["BearerToken"],
-                )
-            ).read()
+        except ApiException as exc:
+            if exc.status == 403 and "being terminated" in str(exc.body):
+                return False
+            if exc.status != 409:
+                raise
+        return True
+
+    def _helm_delete(self, chart: dict) -> None:
+        version = HELM_CONTROLLER_VERSIONS[self.helm_controller]
+        meta = chart["metadata"]
+        if version.finalizer not in (meta.get("finalizers") or []):
+            return
+        namespace = meta["namespace"]
+        self._delete_job(self._job(namespace, f"helm-install-{meta['name']}"))
+        job_name = f"helm-delete-{meta['name']}"
+        job = self._job(namespace, job_name)
+        if job is None:
+            if self._create_helm_job(chart, job_name, ["delete"], {}, None, None):
+                return
+            # The namespace is being deleted: no Job can run; helm's release goes with it.
+        elif not (job.get("status") or {}).get("succeeded"):
+            return
+        release.uninstall(self.core.api_client, chart)
+        self._delete_job(job)
+        self._write_back(chart, finalize=True)
 
     # -- storage ----------------------------------------------------------------------------
     def _bind_claims(self) -> None:
