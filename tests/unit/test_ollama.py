@@ -142,7 +142,7 @@ def test_settings_check_model_names_with_ollamas_grammar():
         ("max retries exceeded: unexpected EOF", None, True),
         ("digest mismatch, file must be downloaded again", None, True),
         ("cannot reach ollama:11434 (connection reset by peer)", None, True),
-        ("error trying to reach service: EOF", 503, True),
+        ("error trying to reach service: EOF", 500, True),  # the API server, for a dropped backend connection
         ('no endpoints available for service "ollama"', 503, True),
         ("Bad Gateway", 502, True),
         ("internal error", 500, True),
