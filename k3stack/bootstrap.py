@@ -39,6 +39,8 @@ PRODUCTION_CA = "https://acme-v02.api.letsencrypt.org/directory"
 
 @dataclass(frozen=True)
 class Options:
+    """Flags of `inv bootstrap` (hosts and agents as `[user@]host[:port]` or `local`; timeout in seconds)."""
+
     hosts: tuple[str, ...] = ()  # --host: servers given on the command line (or "local")
     agents: tuple[str, ...] = ()
     user: str | None = None
@@ -53,6 +55,9 @@ class Options:
 
 @dataclass
 class Report:
+    """What a bootstrap found and did: preflight findings, one NodeResult per host, the kubeconfig
+    written, wall time (s)."""
+
     findings: list[preflight.Finding] = field(default_factory=list)
     nodes: list[k3s.NodeResult] = field(default_factory=list)
     kubeconfig: kcfg.WriteResult | None = None
@@ -91,6 +96,8 @@ def parse_target(entry: str, *, user: str, port: int, role: str) -> Target:
 
 
 def inventory(settings: Settings, options: Options) -> tuple[list[Target], list[Target]]:
+    """(servers, agents) from --host/--agent or SERVERS/AGENTS. Raises BootstrapError: no host, an even
+    server count (etcd quorum needs 1, 3, 5), a host listed twice, `local` beside other hosts."""
     user = options.user or settings["SSH_USER"]
     port = options.port or int(settings["SSH_PORT"])
     server_entries = list(options.hosts) or split_list(settings["SERVERS"])
@@ -113,6 +120,8 @@ def inventory(settings: Settings, options: Options) -> tuple[list[Target], list[
 
 
 def ssh_options(settings: Settings, options: Options) -> SshOptions:
+    """SshOptions from the settings: key, known_hosts, pinned SHA256 fingerprints (SSH_HOST_KEYS),
+    jump host, connect timeout (s), sudo password. Raises BootstrapError for a malformed pin or a missing key file."""
     pinned = {}
     for item in split_list(settings["SSH_HOST_KEYS"]):
         host, _, print_ = item.partition("=")
@@ -136,6 +145,8 @@ def ssh_options(settings: Settings, options: Options) -> SshOptions:
 
 # -- local checks --------------------------------------------------------------------------------
 def check_release(settings: Settings, environ: Mapping | None = None) -> None:
+    """Refuse a K3s channel (stable, latest, …) under CI=true: CI runs must be reproducible.
+    Raises BootstrapError."""
     environ = os.environ if environ is None else environ
     if settings["K3S_VERSION"] in CHANNELS and environ.get("CI", "").lower() in ("true", "1"):
         raise BootstrapError(
@@ -206,12 +217,15 @@ def _parallel(hosts: Iterable[Host], work: Callable[[Host], object]) -> dict[str
 
 
 def api_address(settings: Settings, first: Target) -> str:
+    """The address clients use for the API: API_ENDPOINT, else the first server (127.0.0.1 for `local`)."""
     return settings["API_ENDPOINT"] or ("127.0.0.1" if first.local else first.address)
 
 
 def connect_and_check(
     settings: Settings, hosts: list[Host], options: Options, console: Console, report: Report, resolver
 ) -> dict[str, Facts]:
+    """Connect to every host at once, read its facts and run preflight; print the preflight table.
+    Returns facts by host name. Raises BootstrapError at the first failing finding (all are shown)."""
     console.step(f"checking {len(hosts)} host(s)")
     gathered = _parallel(hosts, lambda h: (h.connect(), gather(h))[1])
     facts: dict[str, Facts] = {}
@@ -296,6 +310,8 @@ def specs(
     manifests: dict[str, bytes],
     airgap: Airgap | None = None,
 ) -> list[k3s.NodeSpec]:
+    """The desired state of every host (NodeSpec, servers first): K3s config drop-in with token,
+    tls-san (endpoint, first server, DOMAIN, K3S_TLS_SAN), node name/labels/taints; Traefik files on servers."""
     first = servers[0].target
     address = api_address(settings, first)
     tls_san = list(
@@ -339,6 +355,8 @@ def specs(
 
 @dataclass(frozen=True)
 class Airgap:
+    """K3s binary and images tarball (name, bytes) read before any host is touched (K3S_AIRGAP_*)."""
+
     binary: bytes | None = field(default=None, repr=False)
     images: tuple[str, bytes] | None = field(default=None, repr=False)
 
@@ -377,6 +395,10 @@ def bootstrap(
     *,
     resolver: Callable[[str], list[str]] = preflight.resolve,
 ) -> Report:
+    """`inv bootstrap`: check here → facts + preflight on all hosts → plan each host → (dry run: print
+    the plans and stop) → lock → first server, other servers one by one, agents in parallel → kubeconfig → wait.
+    Returns the Report. Raises BootstrapError (settings, preflight, a failed host, cluster not ready),
+    RemoteError or KubeconfigError; nothing is written to a host before its preflight passed."""
     started = time.monotonic()
     report = Report()
     # Everything that can be checked here is, cheapest first, before any host is touched.

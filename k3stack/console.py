@@ -71,19 +71,23 @@ class Console:
 
     # -- redaction -------------------------------------------------------------------------
     def add_secrets(self, values: Iterable[str]) -> None:
+        """Register values to redact from everything printed from now on (shorter than 4 characters are ignored)."""
         self._secrets.update(v for v in values if v and len(v) >= 4)
 
     def redact(self, text: str) -> str:
+        """`text` with every registered secret replaced by <redacted>, longest first."""
         for secret in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(secret, REDACTED)
         return text
 
     # -- lines -----------------------------------------------------------------------------
     def line(self, text: str = "", style: str | None = None) -> None:
+        """One line to stdout (redacted); whole even when worker threads print at once."""
         with self._lock:
             self._rich.print(self.redact(text), style=style, markup=False)
 
     def step(self, text: str) -> None:
+        """A phase heading: `==> text`."""
         self.line(f"==> {text}", style="bold")
 
     def note(self, text: str) -> None:
@@ -91,9 +95,11 @@ class Console:
         self._problem(f"==> {text}", style="bold")
 
     def error(self, text: str) -> None:
+        """`error: text` on stderr, never wrapped."""
         self._problem(f"error: {text}", style="bold red")
 
     def warn(self, text: str) -> None:
+        """`warning: text` on stderr, never wrapped."""
         self._problem(f"warning: {text}", style="yellow")
 
     def _problem(self, text: str, style: str) -> None:
@@ -101,6 +107,7 @@ class Console:
             self._err.print(self.redact(text), style=style, markup=False, soft_wrap=True)
 
     def json(self, data) -> None:
+        """`data` as indented JSON on stdout (redacted), for CI."""
         self._rich.file.write(self.redact(json.dumps(data, indent=2, sort_keys=True)) + "\n")
 
     def result(self, what: str, action: str, detail: str = "") -> None:
@@ -109,6 +116,7 @@ class Console:
         self.line(text, style=ACTION_STYLE.get(action.split(" ")[0]))
 
     def table(self, title: str, columns: list[str], rows: Iterable[Iterable[str]]) -> None:
+        """A table for people (plain aligned text in CI); every cell redacted."""
         table = Table(title=title, title_justify="left")
         for column in columns:
             table.add_column(column)
@@ -192,6 +200,7 @@ class _PlainProgress:
 
 
 def human_size(n: float) -> str:
+    """Bytes as text in SI units (1000-based, as Ollama and kubectl print): `512 B`, `1.5 GB`."""
     for unit in ("B", "kB", "MB", "GB"):
         if abs(n) < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

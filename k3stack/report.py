@@ -30,6 +30,8 @@ class CheckResult:
 
 @dataclass
 class SmokeReport:
+    """The smoke run: every check's result and the wall time (s)."""
+
     results: list[CheckResult] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -40,9 +42,11 @@ class SmokeReport:
 
     @property
     def failed(self) -> list[CheckResult]:
+        """The checks that failed."""
         return [r for r in self.results if not r.ok]
 
     def headline(self) -> str:
+        """One line for people: how many checks passed, failed, and how long it took."""
         if self.ok:
             return f"smoke: all {len(self.results)} checks passed in {self.seconds:.1f}s"
         return f"smoke: {len(self.failed)} of {len(self.results)} checks FAILED in {self.seconds:.1f}s"
@@ -53,6 +57,8 @@ def _same(text: str) -> str:
 
 
 def to_json(report: SmokeReport, redact: Redact = _same) -> dict:
+    """The report as a JSON-ready dict: ok, seconds, and per check name, group, ok, seconds, attempts,
+    detail, reason, hint (text passed through `redact`)."""
     return {
         "ok": report.ok,
         "seconds": round(report.seconds, 3),

@@ -40,15 +40,20 @@ class Target:
 
     @property
     def local(self) -> bool:
+        """True for `--host local`: commands run on this machine, without SSH."""
         return self.address == "local"
 
     @property
     def name(self) -> str:
+        """How people read the host: `user@address[:port]`, or `local`."""
         return "local" if self.local else f"{self.user}@{self.address}" + (f":{self.port}" if self.port != 22 else "")
 
 
 @dataclass(frozen=True)
 class SshOptions:
+    """How to reach hosts: key file (else ssh-agent), known_hosts or pinned fingerprints, a jump host,
+    timeouts in seconds, the sudo password (never printed), and whether unknown keys may be trusted."""
+
     key_file: str = ""
     known_hosts: str = "~/.ssh/known_hosts"
     pinned: dict[str, str] = field(default_factory=dict)  # address → "SHA256:..."
@@ -63,12 +68,15 @@ class SshOptions:
 
 @dataclass(frozen=True)
 class CommandResult:
+    """A finished command: its stdout, stderr and exit status."""
+
     stdout: str
     stderr: str
     exited: int
 
     @property
     def ok(self) -> bool:
+        """Exit status 0."""
         return self.exited == 0
 
 
@@ -129,10 +137,13 @@ class Host:
 
     @property
     def name(self) -> str:
+        """The target's name (`user@address[:port]` or `local`)."""
         return self.target.name
 
     # -- connecting --------------------------------------------------------------------------
     def connect(self) -> None:
+        """Open the SSH connection once (no-op for `local` or when open). Raises RemoteError: unknown,
+        changed or mismatching host key, login refused, encrypted key without agent, unreachable after retries."""
         if self.target.local or self._conn is not None:
             return
         from fabric import Config, Connection
@@ -220,6 +231,7 @@ class Host:
             self._staging_dir = None
 
     def close(self) -> None:
+        """Remove the private staging directory and close the connection (and the jump host's)."""
         if self._staging_dir is not None:
             self._raw(f"rm -rf {shlex.quote(self._staging_dir)}")
             self._staging_dir = None

@@ -49,6 +49,9 @@ echo "has_token=$( [ -f __TOKEN__ ] && echo yes || echo no)"
 
 @dataclass(frozen=True)
 class Facts:
+    """What one round trip read from a host: OS, arch, init system, downloader, free disk and memory (GB),
+    clock skew (s, host ahead of here), listening ports, K3s version and active units, k3stack's recorded state."""
+
     os: str
     os_like: str
     os_version: str
@@ -67,6 +70,8 @@ class Facts:
 
 
 def gather(host: Host) -> Facts:
+    """Read a host's Facts in one command (reads only: nothing is created on the host).
+    Raises RemoteError when the host cannot run it."""
     before = time.time()
     out = host.run(_PROBE, what="reading host facts").stdout
     after = time.time()

@@ -28,6 +28,7 @@ API_PORT = 6443
 
 
 def sha256(data: bytes) -> str:
+    """Hex SHA-256 of `data`."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -46,6 +47,7 @@ class NodeSpec:
 
     @property
     def unit(self) -> str:
+        """The systemd/openrc unit K3s runs as: `k3s` on servers, `k3s-agent` on agents."""
         return "k3s" if self.role == "server" else "k3s-agent"
 
     @functools.cached_property
@@ -54,6 +56,7 @@ class NodeSpec:
         return self._digests()
 
     def parts(self) -> dict[str, str]:
+        """The desired state as {part: hash} (release, installer, config, manifests[, binary, images])."""
         return self.digests
 
     def _digests(self) -> dict[str, str]:
@@ -72,6 +75,8 @@ class NodeSpec:
 
 @dataclass(frozen=True)
 class NodeResult:
+    """One host's outcome: action is ok | changed | would change | failed | skipped, with a detail for people."""
+
     host: str
     role: str
     action: str  # ok | changed | failed
@@ -110,6 +115,8 @@ def node_config(
 
 
 def changed_parts(spec: NodeSpec, facts: Facts) -> list[str]:
+    """Parts of `spec` whose hash differs from the state recorded on the host, or ["not running"]
+    when all match but the unit is not active; [] means the host is `ok`."""
     stored = facts.state.get("parts", {})
     changed = [name for name, digest in spec.parts().items() if stored.get(name) != digest]
     if not changed and spec.unit not in facts.active_units:
@@ -134,6 +141,7 @@ class NodePlan:
 
     @property
     def action(self) -> str:
+        """`changed` when anything would be done, else `ok`."""
         return "changed" if self.changed else "ok"
 
     def describe(self) -> str:
@@ -245,7 +253,7 @@ def lock(host: Host, holder: str, *, stale_after: float = LOCK_STALE_SECONDS) ->
     quoted = shlex.quote(f"{holder}")
     taken = host.run(
         f"mkdir -p {LOCK_FILE.rsplit('/', 1)[0]} && chmod 700 {LOCK_FILE.rsplit('/', 1)[0]} && "
-        f"(set -C; echo \"$(date +%s) \"{quoted} > {LOCK_FILE}) 2>/dev/null && echo taken || "
+        f'(set -C; echo "$(date +%s) "{quoted} > {LOCK_FILE}) 2>/dev/null && echo taken || '
         f"{{ echo held; cat {LOCK_FILE}; date +%s; }}",
         what="taking the bootstrap lock",
     ).stdout.split("\n")
@@ -260,7 +268,7 @@ def lock(host: Host, holder: str, *, stale_after: float = LOCK_STALE_SECONDS) ->
             f"wait for it to finish; if that run is dead, remove {LOCK_FILE} on the host (it is taken over "
             f"after {stale_after / 60:.0f} minutes)",
         )
-    host.run(f"echo \"$(date +%s) \"{quoted} > {LOCK_FILE}", what="taking over a stale bootstrap lock")
+    host.run(f'echo "$(date +%s) "{quoted} > {LOCK_FILE}', what="taking over a stale bootstrap lock")
     return other or "unknown holder"
 
 

@@ -23,6 +23,8 @@ PORTS = (80, 443, 6443)
 
 @dataclass(frozen=True)
 class Finding:
+    """One preflight result for a host (or `local`): status ok | warn | fail; a failure always has a fix."""
+
     host: str
     check: str
     status: str  # ok | warn | fail
