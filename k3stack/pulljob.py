@@ -15,7 +15,7 @@ from . import manifests as mf
 from .apply import FIELD_MANAGER
 from .console import Console
 from .kube import Kube
-from .ollama import Ollama, OllamaError, missing_models
+from .ollama import NAME_HINT, Ollama, OllamaError, missing_models, name_problem
 from .rollout import RolloutError, Target, Waiter
 from .settings import Settings
 
@@ -29,7 +29,12 @@ def job_manifest(settings: Settings, names: list[str]) -> mf.Manifest:
 
 
 def pull_in_cluster(kube: Kube, settings: Settings, names: list[str], console: Console, *, timeout: float) -> str:
-    """Run (or find done) the pull Job, wait for it, verify through /api/tags; returns the action."""
+    """Run (or find done) the pull Job, wait for it, verify through /api/tags; returns the action.
+    Names outside Ollama's grammar are refused before anything is applied: they would reach the
+    Job's shell and manifest as written (Ollama's characters are safe in both)."""
+    bad = [f"{name} ({problem})" for name in names if (problem := name_problem(name))]
+    if bad:
+        raise OllamaError(f"invalid model name: {', '.join(bad)}", NAME_HINT)
     job = job_manifest(settings, names)
     namespace, name = job.namespace or "", job.name
     existing = kube.get("batch/v1", "Job", name, namespace)

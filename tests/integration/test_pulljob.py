@@ -78,6 +78,15 @@ def test_models_are_found_in_the_form_ollama_lists_them(stack):
     assert "(every model listed by Ollama)" in out.getvalue()
 
 
+def test_names_ollama_would_refuse_never_reach_the_job(stack):
+    client, loaded, _, console, _, _ = stack
+    refusal = r"invalid model name: \*; reboot \(the model '\*; reboot' must start with"
+    with pytest.raises(OllamaError, match=refusal) as refused:
+        pulljob.pull_in_cluster(client, loaded, ["tinyllama", "*; reboot"], console, timeout=60)
+    assert refused.value.hint.startswith("Ollama's model names are [host/][namespace/]model[:tag]")
+    assert client.list("batch/v1", "Job", loaded["STACK_NAMESPACE"]) == []
+
+
 def test_a_job_that_does_not_finish_says_why(stack):
     client, loaded, _, console, _, kube = stack
     if kube.sim is None:
