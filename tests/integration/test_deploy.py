@@ -14,7 +14,7 @@ from k3stack import settings
 from k3stack.apply import PRUNABLE, ApplyError
 from k3stack.console import Console
 from k3stack.kube import Kube, KubeError
-from k3stack.rollout import RolloutError
+from k3stack.rollout import RolloutError, Target, Waiter
 from k3stack.secrets import SecretsError
 
 pytestmark = pytest.mark.timeout(300)
@@ -330,3 +330,74 @@ def test_several_stacks_in_one_run_list_each_kind_once(stack_env):
     finally:
         for ns in second.values():
             kube.delete("v1", "Namespace", ns)
+
+
+# -- issue 13: status, diff wording, a chart still being deleted, Failed conditions -------------------
+def test_status_of_a_half_deployed_stack_says_missing_and_is_not_healthy(stack_env):
+    plan = stack_env.plan()
+    early = [m for m in plan.manifests if m.phase <= 3]  # namespaces, secrets, claims, services: no workloads
+    stack_env.deploy(stack.Plan(plan.settings, early, plan.secrets), wait=False, prune=False)
+    rows = {row[1]: row for row in stack.status_rows(stack_env.kube_client, plan)}
+    assert rows["deployment.apps/ollama"][2:4] == ["-", "missing"]
+    assert rows["helmchart.helm.cattle.io/netdata"][2:4] == ["-", "missing"]
+    assert not stack.healthy(list(rows.values()))
+    stack_env.deploy(plan)
+    assert stack.healthy(stack.status_rows(stack_env.kube_client, plan))
+
+
+def test_diff_of_an_object_the_server_rejects_says_nothing_was_changed(stack_env):
+    plan = stack_env.plan()
+    stack_env.deploy(plan, wait=False)
+    kube = stack_env.kube_client
+    before = {m.key: kube.get("v1", "Service", m.name, m.namespace) for m in plan.manifests if m.kind == "Service"}
+    broken = [
+        type(m)({**m.obj, "spec": {**m.obj["spec"], "ports": [{"port": 70000, "protocol": "TCP"}]}}, m.source)
+        if m.kind == "Service" and m.name == "redis"
+        else m
+        for m in plan.manifests
+    ]
+    with pytest.raises(ApplyError) as error:
+        stack.show_diff(stack_env.kube_client, stack.Plan(plan.settings, broken, plan.secrets), stack_env.console)
+    message = str(error.value)
+    assert message.startswith("the server would reject 1 object(s) (server dry run: nothing was changed)")
+    assert "later phases" not in message
+    assert "service/redis (llm-stack/redis.yaml): rejected as invalid (422)" in message
+    assert {m.key: kube.get("v1", "Service", m.name, m.namespace) for m in plan.manifests if m.kind == "Service"} == (
+        before
+    )
+
+
+def test_deploy_right_after_a_chart_was_deleted_waits_for_helm_delete(stack_env):
+    plan = stack_env.plan()
+    stack_env.deploy(plan)
+    kube = stack_env.kube_client
+    monitoring = plan.settings["MONITORING_NAMESPACE"]
+    kube.delete("helm.cattle.io/v1", "HelmChart", "netdata", monitoring)  # Terminating: helm-delete runs
+    assert kube.get("helm.cattle.io/v1", "HelmChart", "netdata", monitoring)["metadata"]["deletionTimestamp"]
+    report = stack_env.deploy(stack_env.plan())
+    assert {r.describe: r.action for r in report.results}["helmchart.helm.cattle.io/netdata"] == "created"
+    chart = kube.get("helm.cattle.io/v1", "HelmChart", "netdata", monitoring)
+    assert not chart["metadata"].get("deletionTimestamp")
+    assert all(s.done for s in report.rollouts.values())
+    assert "to be gone (still being deleted)" in stack_env.output.getvalue()
+
+
+def test_a_chart_the_helm_controller_fails_is_failed_with_helms_message(kube, namespace):
+    if kube.sim is None:
+        pytest.skip("needs the built-in bed's simulated helm-controller")
+    client = Kube(str(kube.kubeconfig))
+    chart = {
+        "apiVersion": "helm.cattle.io/v1",
+        "kind": "HelmChart",
+        "metadata": {"name": "demo", "namespace": namespace},
+        "spec": {"chart": "demo", "repo": "https://charts.invalid", "timeout": "soon"},
+    }
+    client.apply(chart, field_manager="k3stack")
+    waiter = Waiter(client, interval=0.2)
+    target = Target("helm.cattle.io/v1", "HelmChart", namespace, "demo")
+    with pytest.raises(RolloutError) as error:
+        waiter.wait([target], timeout=30)
+    message = str(error.value)
+    assert message.startswith("failed: helmchart.helm.cattle.io/demo")
+    assert 'invalid duration "soon"' in message
+    assert f"`kubectl -n {namespace} logs job/helm-install-demo`" in message

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from k3stack.kube import ApiError, Kube
+from k3stack.kube import ApiError, Kube, KubeError
 
 
 @pytest.fixture
@@ -21,14 +21,19 @@ def api_server(tmp_path):
         def do_GET(self):
             seen.append(self.path)
             status, body = answers.pop(0) if answers else (200, {"items": []})
-            payload = json.dumps(body).encode()
+            # A str body goes as plain text, as the API server answers for an unserved group.
+            payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            plain = isinstance(body, str)
+            self.send_header("Content-Type", "text/plain; charset=utf-8" if plain else "application/json")
             self.send_header("Content-Length", str(len(payload)))
             if status in (429, 503):
                 self.send_header("Retry-After", "0")
             self.end_headers()
             self.wfile.write(payload)
+
+        def do_DELETE(self):
+            self.do_GET()
 
         def do_PATCH(self):
             seen.append(self.rfile.read(int(self.headers["Content-Length"])).decode())
@@ -87,3 +92,51 @@ def test_bodies_are_sent_as_one_json_document(api_server, content_type):
     kube, _, seen = api_server
     kube.request("PATCH", "/api/v1/namespaces/x", body={"metadata": {"labels": {"a": "b"}}}, content_type=content_type)
     assert json.loads(seen[0]) == {"metadata": {"labels": {"a": "b"}}}
+
+
+# -- bodies that are not JSON (issue 13): never a JSONDecodeError, always one line ----------------
+def test_a_plain_text_404_of_an_unserved_group_is_not_found(api_server):
+    kube, answers, _ = api_server
+    answers += [(404, "404 page not found\n")]
+    assert kube.list("traefik.io/v1alpha1", "Middleware", "mon") == []
+    answers += [(404, "404 page not found\n")]
+    assert kube.get("traefik.io/v1alpha1", "Middleware", "netdata-auth", "mon") is None
+    answers += [(404, "404 page not found\n")]
+    assert kube.delete("traefik.io/v1alpha1", "Middleware", "netdata-auth", "mon") is False
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (500, "Internal Server Error\n  at line 2\n  at line 3"),
+        (502, "<html><body><h1>502 Bad Gateway</h1>\n</body></html>"),
+        (409, '{"kind": "Status", "message": "trunc'),
+    ],
+)
+def test_an_error_body_that_is_not_json_becomes_one_line(api_server, status, body):
+    kube, answers, _ = api_server
+    answers += [(status, body)] * 4
+    with pytest.raises(ApiError) as error:
+        kube.list("v1", "Namespace")
+    assert error.value.status == status
+    assert "\n" not in str(error.value)
+    assert str(error.value).startswith(f"GET /api/v1/namespaces: {status} ")
+
+
+def test_a_success_that_is_not_json_is_one_explained_line(api_server):
+    kube, answers, _ = api_server
+    answers += [(200, "<html>\n<title>Sign in</title>\n</html>")]
+    with pytest.raises(KubeError) as error:
+        kube.list("v1", "Namespace")
+    assert "\n" not in str(error.value)
+    assert "not a JSON object" in str(error.value)
+    assert "Kubernetes API server" in str(error.value)
+
+
+def test_a_multi_line_status_message_becomes_one_line(api_server):
+    kube, answers, _ = api_server
+    answers += [(422, {"kind": "Status", "reason": "Invalid", "message": "spec.ports[0]: Invalid value\nand more"})]
+    with pytest.raises(ApiError) as error:
+        kube.list("v1", "Namespace")
+    assert "\n" not in str(error.value)
+    assert error.value.body["message"].startswith("spec.ports[0]")
