@@ -170,7 +170,7 @@ class DnsRecorder:
 
     def __init__(self, address: str):
         self.address = address
-        self.names: list[str] = []
+        self.queries: list[tuple[str, str]] = []  # (asking address, name)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.bind((address, 53))
         self._thread = threading.Thread(target=self._serve, name="testbed-dns", daemon=True)
@@ -188,11 +188,14 @@ class DnsRecorder:
             while at < len(query) and query[at]:
                 labels.append(query[at + 1 : at + 1 + query[at]].decode(errors="replace"))
                 at += 1 + query[at]
-            self.names.append(".".join(labels))
+            self.queries.append((peer[0], ".".join(labels)))
             question = query[12 : at + 5]
             header = query[:2] + struct.pack(">HHHHH", 0x8183, 1, 0, 0, 0)  # response, NXDOMAIN
             with contextlib.suppress(OSError):
                 self._sock.sendto(header + question, peer)
+
+    def names(self, asked_from: str) -> list[str]:
+        return [name for address, name in self.queries if address == asked_from]
 
     def close(self) -> None:
         self._sock.close()
