@@ -1,0 +1,142 @@
+"""Who can reach whom, computed from the NetworkPolicies deploy would apply (tests/netpol.py),
+against the intended matrix: only Open WebUI reaches PostgreSQL:5432 and Redis:6379; Ollama:11434
+only from Open WebUI and the in-cluster pull Job; Open WebUI:8080 only from Traefik; nothing else.
+A policy widened (a `from` to every pod, a namespace instead of Traefik) fails here."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from k3stack import deploy as stack
+from k3stack import pulljob, settings
+from tests.netpol import Pod, allowed, selects
+
+STACK = "llm-stack"
+SETTINGS = {"DOMAIN": "203.0.113.10.sslip.io", "ACME_EMAIL": "ops@example.com", "STACK_NAMESPACE": STACK}
+SERVICES = {"postgres": 5432, "redis": 6379, "ollama": 11434, "open-webui": 8080}
+INTENDED = {
+    ("open-webui", "postgres"),
+    ("open-webui", "redis"),
+    ("open-webui", "ollama"),
+    ("ollama-pull", "ollama"),
+    ("traefik", "open-webui"),
+}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    loaded = settings.load(env_dir=Path("/nonexistent"), environ=SETTINGS)
+    objects = [m.obj for m in stack.make_plan(loaded, lambda namespace, name: None).manifests]
+    objects.append(pulljob.job_manifest(loaded, ["llama3.2:1b"]).obj)
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    pods = [
+        Pod.of(
+            o["metadata"]["labels"].get("app.kubernetes.io/name", o["metadata"]["name"]),
+            o["metadata"]["namespace"],
+            o["spec"]["template"]["metadata"]["labels"],
+        )
+        for o in objects
+        if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job") and o["metadata"]["namespace"] == STACK
+    ]
+    others = [
+        Pod.of(
+            "traefik",
+            "kube-system",
+            {"app.kubernetes.io/name": "traefik", "app.kubernetes.io/instance": "traefik-kube-system"},
+        ),
+        Pod.of("coredns", "kube-system", {"k8s-app": "kube-dns"}),
+        Pod.of("stranger", STACK, {"app": "debug"}),
+        Pod.of("other-team", "default", {"app.kubernetes.io/name": "open-webui"}),  # same labels, other namespace
+    ]
+    namespaces = {ns: {"kubernetes.io/metadata.name": ns} for ns in ("kube-system", "default", STACK, "monitoring")}
+    return policies, pods + others, namespaces
+
+
+def test_the_stack_pods_are_all_known(cluster):
+    _, pods, _ = cluster
+    assert {p.name for p in pods} >= {"postgres", "redis", "ollama", "open-webui", "ollama-pull"}
+
+
+def test_who_reaches_whom_is_exactly_the_intended_matrix(cluster):
+    policies, pods, namespaces = cluster
+    reached = {
+        (source.name, destination.name)
+        for source, destination in itertools.product(pods, pods)
+        if destination.namespace == STACK
+        and destination.name in SERVICES
+        and source is not destination
+        and allowed(policies, source, destination, SERVICES[destination.name], namespaces=namespaces)
+    }
+    assert reached == INTENDED, f"unexpected: {sorted(reached - INTENDED)}; missing: {sorted(INTENDED - reached)}"
+
+
+def test_other_ports_are_closed_even_for_allowed_peers(cluster):
+    policies, pods, namespaces = cluster
+    by_name = {p.name: p for p in pods}
+    assert not allowed(policies, by_name["open-webui"], by_name["postgres"], 22, namespaces=namespaces)
+    assert not allowed(policies, by_name["traefik"], by_name["open-webui"], 9090, namespaces=namespaces)
+
+
+# -- the evaluator itself ----------------------------------------------------------------------------
+def policy(namespace, selector, ingress=None, types=None, egress=None):
+    spec = {"podSelector": selector}
+    if ingress is not None:
+        spec["ingress"] = ingress
+    if egress is not None:
+        spec["egress"] = egress
+    if types:
+        spec["policyTypes"] = types
+    return {"metadata": {"namespace": namespace, "name": "p"}, "spec": spec}
+
+
+NS = {"a": {"kubernetes.io/metadata.name": "a"}, "b": {"kubernetes.io/metadata.name": "b", "team": "x"}}
+WEB, DB, B_POD = Pod.of("web", "a", {"app": "web"}), Pod.of("db", "a", {"app": "db"}), Pod.of("b", "b", {"app": "web"})
+
+
+def test_no_policy_allows_everything_and_an_empty_ingress_list_denies():
+    assert allowed([], WEB, DB, 5432, namespaces=NS)
+    assert not allowed([policy("a", {}, ingress=[])], WEB, DB, 5432, namespaces=NS)
+    assert not allowed([policy("a", {})], WEB, DB, 5432, namespaces=NS)  # policyTypes defaults to Ingress
+
+
+def test_peers_pod_selector_is_namespaced_and_both_selectors_must_match():
+    only_web = policy(
+        "a", {"matchLabels": {"app": "db"}}, ingress=[{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]
+    )
+    assert allowed([only_web], WEB, DB, 1, namespaces=NS)
+    assert not allowed([only_web], B_POD, DB, 1, namespaces=NS)  # same labels, other namespace
+    both = policy(
+        "a",
+        {},
+        ingress=[
+            {
+                "from": [
+                    {"namespaceSelector": {"matchLabels": {"team": "x"}}, "podSelector": {"matchLabels": {"app": "db"}}}
+                ]
+            }
+        ],
+    )
+    assert not allowed([both], B_POD, DB, 1, namespaces=NS)
+    assert allowed([both], Pod.of("bdb", "b", {"app": "db"}), DB, 1, namespaces=NS)
+
+
+def test_ports_and_egress():
+    port = policy("a", {}, ingress=[{"ports": [{"port": 5432, "protocol": "TCP"}]}])
+    assert allowed([port], B_POD, DB, 5432, namespaces=NS)
+    assert not allowed([port], B_POD, DB, 5433, namespaces=NS)
+    assert not allowed([port], B_POD, DB, 5432, namespaces=NS, protocol="UDP")
+    no_egress = policy("a", {"matchLabels": {"app": "web"}}, types=["Egress"])
+    assert not allowed([no_egress], WEB, DB, 5432, namespaces=NS)
+
+
+def test_selector_expressions():
+    labels = {"tier": "db", "env": "prod"}
+    assert selects({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["db", "cache"]}]}, labels)
+    assert not selects({"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["prod"]}]}, labels)
+    assert selects({"matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]}, labels)
+    assert not selects({"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}, labels)
+    assert selects({}, labels)
+    assert not selects(None, labels)
