@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import websocket
 
 from k3stack import ollama as ol
 from k3stack import settings
@@ -143,3 +144,45 @@ def test_an_unknown_group_is_refused_rather_than_running_nothing():
     config = sm.SmokeConfig("a", "b", "chat.example.com", "monitor.example.com", (), "v1", "a@example.com", "")
     with pytest.raises(ValueError, match=r"unknown check group.*publc: choose from cluster, in-cluster, public"):
         sm.smoke(None, config, only=["publc"])
+
+
+class Packets:
+    """A websocket that has `packets` to receive (then times out) and records what is sent."""
+
+    def __init__(self, *packets):
+        self.packets = list(packets)
+        self.sent: list[str] = []
+
+    def gettimeout(self) -> float:
+        return 0.2
+
+    def recv(self):
+        if not self.packets:
+            raise websocket.WebSocketTimeoutException("timed out")
+        return self.packets.pop(0)
+
+    def send(self, data: str) -> None:
+        self.sent.append(data)
+
+
+def test_engineio_packets_answer_pings_and_skip_what_is_not_awaited():
+    ws = Packets("2", b"\x00binary", '42["other",{}]', '431[{"id":"u1"}]')
+    assert sm._engineio_packet(ws, "431", "answer to user-join") == '431[{"id":"u1"}]'
+    assert ws.sent == ["3"]  # the ping was answered, as Engine.IO clients must
+
+
+def test_engineio_packet_not_arriving_or_a_closed_socket_is_a_check_failure():
+    with pytest.raises(sm.CheckFailed, match=r"^no answer to user-join within 0s$"):
+        sm._engineio_packet(Packets('42["other",{}]'), "431", "answer to user-join")
+
+    class Closed(Packets):
+        def recv(self):
+            raise websocket.WebSocketConnectionClosedException("closed by peer")
+
+    with pytest.raises(sm.CheckFailed, match=r"^no Engine.IO open packet: the websocket closed \(closed by peer\)$"):
+        sm._engineio_packet(Closed(), "0", "Engine.IO open packet")
+
+
+def test_the_websocket_check_never_asks_for_polling():
+    assert "transport=websocket" in sm.WEBSOCKET_PATH
+    assert "polling" not in sm.WEBSOCKET_PATH
