@@ -402,6 +402,10 @@ def render(c, env=None, out=None, show_secrets=False, validate=False):
         loaded = settings.load(env)
         plan = stack.make_plan(loaded, lambda namespace, name: None)
         objects = plan.manifests
+        for path in mf.skipped_files():
+            console.note(
+                f"skipped k8s/{path.parent.name}/{path.name}: not a *.yaml/*.yml manifest (or an editor leftover)"
+            )
         if not show_secrets:
             objects = [
                 mf.Manifest({**m.obj, "data": {k: "PHJlZGFjdGVkPg==" for k in m.obj.get("data", {})}}, m.source)

@@ -109,8 +109,34 @@ class Manifest:
         return describe(self.obj["apiVersion"], self.kind, self.name)
 
 
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+
+def _leftover(path: Path) -> bool:
+    """Editor and OS leftovers beside the manifests: dotfiles (.#lock, .swp), backups (~, .bak,
+    .orig, .rej), emacs autosaves (#name#). Never read, whatever their ending."""
+    name = path.name
+    return name.startswith((".", "#")) or name.endswith(("~", ".bak", ".orig", ".rej", ".swp"))
+
+
 def manifest_files(k8s_dir: Path = K8S_DIR, targets: Iterable[str] = TARGETS) -> list[Path]:
-    return [p for t in targets for p in sorted((k8s_dir / t).glob("*.yaml"))]
+    """Every *.yaml and *.yml of k8s/<target>/, sorted per target; leftovers (see `skipped_files`) excluded."""
+    return [
+        p
+        for t in targets
+        for p in sorted((k8s_dir / t).iterdir() if (k8s_dir / t).is_dir() else [])
+        if p.is_file() and p.suffix in MANIFEST_SUFFIXES and not _leftover(p)
+    ]
+
+
+def skipped_files(k8s_dir: Path = K8S_DIR, targets: Iterable[str] = TARGETS) -> list[Path]:
+    """Files in k8s/<target>/ that are not read: leftovers and files that are not *.yaml/*.yml."""
+    return [
+        p
+        for t in targets
+        for p in sorted((k8s_dir / t).iterdir() if (k8s_dir / t).is_dir() else [])
+        if p.is_file() and (p.suffix not in MANIFEST_SUFFIXES or _leftover(p))
+    ]
 
 
 def render(
@@ -126,6 +152,7 @@ def render(
             if (
                 not isinstance(obj, dict)
                 or not all(k in obj for k in ("apiVersion", "kind", "metadata"))
+                or not isinstance(obj["metadata"], dict)
                 or not obj["metadata"].get("name")
             ):
                 problems.append(f"k8s/{source}: a document lacks apiVersion, kind or metadata.name")

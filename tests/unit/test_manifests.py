@@ -106,3 +106,25 @@ def test_the_in_cluster_pull_job_is_valid_and_named_by_its_models():
     assert mf.validate([job], loaded["K8S_VERSION"]) == []
     assert job.name == pulljob.job_manifest(loaded, ["llama3.1:8b", "mistral:7b"]).name
     assert job.name != pulljob.job_manifest(loaded, ["mistral:7b"]).name
+
+
+def test_yml_files_are_read_and_editor_leftovers_are_skipped_and_listed(tmp_path):
+    folder = tmp_path / "t"
+    folder.mkdir()
+    doc = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {}\n  namespace: n\n"
+    (folder / "a.yaml").write_text(doc.format("a"))
+    (folder / "extra.yml").write_text(doc.format("extra"))
+    for leftover in ("a.yaml~", ".a.yaml.swp", "#a.yaml#", "a.yaml.bak", "a.yaml.orig", "notes.txt", ".hidden.yaml"):
+        (folder / leftover).write_text("not: [valid\n")  # would fail the render if it were read
+    rendered = mf.render({}, k8s_dir=tmp_path, targets=["t"])
+    assert sorted(m.name for m in rendered) == ["a", "extra"]
+    assert sorted(p.name for p in mf.skipped_files(tmp_path, ["t"])) == sorted(
+        [".a.yaml.swp", "#a.yaml#", ".hidden.yaml", "a.yaml.bak", "a.yaml.orig", "a.yaml~", "notes.txt"]
+    )
+
+
+def test_an_empty_metadata_is_one_problem_not_a_crash(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "x.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n")
+    with pytest.raises(mf.RenderError, match=r"k8s/t/x.yaml: a document lacks apiVersion, kind or metadata.name"):
+        mf.render({}, k8s_dir=tmp_path, targets=["t"])
