@@ -1,6 +1,9 @@
 """The GitHub workflows (.github/workflows/*.yml) gate every change: actionlint and zizmor report
 nothing, every `uses:` is pinned to a commit, and every `run:` step calls invoke tasks or standard
-tools only — and the tasks it calls exist.
+tools only — and the tasks it calls exist. ci.yml's test job runs THE README's test command (the
+one .ci/run runs) in a privileged Debian 12 container with every tier required; deploy.yml deploys
+only what CI passed, in one approved job, and tags it. (tests/test_workflow_shell.py runs the run
+steps under the runner's shell semantics; tests/test_workflow_pins.py lists the pins.)
 
 The linters live outside requirements-dev.txt (see requirements-tools.txt and tools/package.json;
 `inv setup` installs both). Where they are missing the linter tests skip naming `inv setup`,
@@ -22,6 +25,7 @@ import pytest
 import yaml
 
 from tests.prereqs import unavailable
+from tests.test_readme import setup_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
@@ -64,6 +68,7 @@ ALLOWED_COMMANDS = {
     "umask",
     "exit",
     "continue",
+    ".",  # only the project's venv (checked below)
     "true",
     "read",
     "test",
@@ -77,11 +82,14 @@ ALLOWED_COMMANDS = {
     "jq",
     "base64",
     "sha256sum",
-    # fetching a pinned, checksum-verified binary
-    "curl",
+    "date",
+    "df",
+    # git (deploy: which commit, what changed since the last deploy tag) and the GitHub CLI
+    # (deploy: the tag ref, through the API with the job's token in the environment)
+    "git",
+    "gh",
     # Kubernetes and the runner's system
     "kubectl",
-    "k3d",
     "journalctl",
 }
 SHELL_KEYWORDS = {"if", "then", "else", "elif", "fi", "do", "done", "while", "until", "!", "{", "}", "time"}
@@ -215,17 +223,31 @@ def test_every_action_is_pinned_to_a_commit_with_its_version(path):
     assert not problems, "\n".join(problems)
 
 
+# Write permissions a job may hold, each with its reason: {(workflow, job): {scope: level}}.
+WRITE_PERMISSIONS = {
+    # the deploy tag (refs/tags/deploy-*), in a job outside the environment that sees no secret
+    ("deploy.yml", "tag"): {"contents": "write"},
+}
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_least_privilege_and_safe_triggers(path):
     workflow = load(path)
     assert workflow.get("permissions") == {"contents": "read"}, "top level: permissions: contents: read"
     assert "pull_request_target" not in triggers(workflow)
-    assert "workflow_run" not in triggers(workflow)
+    # workflow_run (secrets whatever triggered it) only where deploy waits for CI; its guard is
+    # checked in test_deploy_waits_for_ci_on_main.
+    assert "workflow_run" not in triggers(workflow) or path.name == "deploy.yml"
     for job_id, job in workflow["jobs"].items():
         extra = job.get("permissions")
-        assert extra in (None, {}) or all(v in ("read", "none") for v in extra.values()), (
-            f"{path.name}: job {job_id} asks for write permissions {extra}; justify and allow it here"
+        allowed = WRITE_PERMISSIONS.get((path.name, job_id), {})
+        writes = {k: v for k, v in (extra or {}).items() if v not in ("read", "none")}
+        assert writes == {} or writes == allowed, (
+            f"{path.name}: job {job_id} asks for write permissions {writes}; justify and allow it in WRITE_PERMISSIONS"
         )
+        if writes:
+            assert "environment" not in job, f"{path.name}: job {job_id} may write: outside any environment"
+            assert "secrets." not in json.dumps(job), f"{path.name}: job {job_id} may write, so it sees no secret"
     for job_id, step in steps(workflow):
         if str(step.get("uses", "")).startswith("actions/checkout@"):
             assert (step.get("with") or {}).get("persist-credentials") is False, (
@@ -241,18 +263,156 @@ def test_run_lines_hold_no_expressions(path):
             assert "${{" not in step["run"], f"{path.name}: job {job_id}, step {step.get('name')!r}"
 
 
-def test_deploy_is_one_at_a_time_in_an_environment():
+def job_runs(job: dict) -> str:
+    return "\n".join(step.get("run", "") for step in job.get("steps", []))
+
+
+def test_deploy_waits_for_ci_on_main():
+    """A push deploys only after CI passed for that very commit: workflow_run on ci's completion on
+    main, a guard that lets through only a successful push run of this repository, and every
+    checkout of exactly the commit CI tested (head_sha)."""
     workflow = load(ROOT / ".github" / "workflows" / "deploy.yml")
     on = triggers(workflow)
-    assert on["push"]["branches"] == ["main"]
-    assert set(on["push"]["paths"]) == {"k8s/**", "k3stack/**", "tasks.py", "env/example.env"}
-    assert {"environment", "dry-run"} <= set(on["workflow_dispatch"]["inputs"])
-    assert workflow["concurrency"]["cancel-in-progress"] is False
+    assert "push" not in on, "a push deploys through workflow_run (after CI), never directly"
+    assert on["workflow_run"] == {"workflows": ["ci"], "types": ["completed"], "branches": ["main"]}
+    assert load(ROOT / ".github" / "workflows" / "ci.yml")["name"] == "ci"
+    plan = workflow["jobs"]["plan"]
+    guard = " ".join(plan["if"].split())
+    for condition in (
+        "github.event.workflow_run.conclusion == 'success'",
+        "github.event.workflow_run.event == 'push'",
+        "github.event.workflow_run.head_branch == 'main'",
+        "github.event.workflow_run.head_repository.full_name == github.repository",
+    ):
+        assert condition in guard, f"plan's if: needs {condition}"
+    for job_id, step in steps(workflow):
+        if str(step.get("uses", "")).startswith("actions/checkout@"):
+            ref = (step.get("with") or {}).get("ref", "")
+            assert "workflow_run.head_sha" in ref or "needs.plan.outputs.sha" in ref, f"job {job_id} checks out {ref!r}"
+    assert "github.event.workflow_run.head_sha" in plan["env"]["SHA"]
+    assert '[ "$head" != "$SHA" ]' in job_runs(plan), "plan checks that HEAD is head_sha"
+    # a deploy only when what is deployed changed since the last deploy tag
+    assert "git diff --quiet" in job_runs(plan)
+    assert "refs/tags/deploy-" in job_runs(plan)
+    assert workflow["jobs"]["deploy"]["if"] == "needs.plan.outputs.deploy == 'true'"
+
+
+def test_deploy_is_one_approved_job_in_one_environment():
+    """Bootstrap, deploy and smoke share one job in the environment: one approval per run, and
+    deploy uses the kubeconfig bootstrap just fetched (same runner, never handed over)."""
+    path = ROOT / ".github" / "workflows" / "deploy.yml"
+    workflow = load(path)
+    on = triggers(workflow)
+    assert {"environment", "dry-run", "bootstrap"} <= set(on["workflow_dispatch"]["inputs"])
+    in_environment = [job_id for job_id, job in workflow["jobs"].items() if job.get("environment")]
+    assert in_environment == ["deploy"], f"exactly one job in the environment, not {in_environment}"
+    deploy = workflow["jobs"]["deploy"]
+    runs = job_runs(deploy)
+    assert "inv bootstrap" in runs
+    assert "inv deploy" in runs
+    assert "inv smoke" in runs
     for job_id, job in workflow["jobs"].items():
-        assert job.get("environment"), f"job {job_id} must run in a GitHub environment"
-    text = (ROOT / ".github" / "workflows" / "deploy.yml").read_text()
+        if job_id != "deploy":
+            assert "secrets." not in json.dumps(job), f"job {job_id} is outside the environment: no secrets"
+    # bootstrap writes the kubeconfig where the deploy and smoke steps read it
+    by_name = {step.get("name", ""): step for step in deploy["steps"]}
+    bootstrap = next(s for n, s in by_name.items() if "inv bootstrap" in s.get("run", ""))
+    written = bootstrap["env"]["KUBECONFIG_PATH"]
+    for step in deploy["steps"]:
+        if re.search(r"\binv (deploy|smoke)\b", step.get("run", "")):
+            assert step["env"]["KUBECONFIG"] == written, f"{step['name']}: KUBECONFIG must be bootstrap's file"
+    text = path.read_text()
     assert "::add-mask::" in text
-    assert "upload-artifact" in text
+
+
+def test_deploy_concurrency_keeps_dry_runs_apart_and_never_cancels():
+    workflow = load(ROOT / ".github" / "workflows" / "deploy.yml")
+    concurrency = workflow["concurrency"]
+    assert concurrency["cancel-in-progress"] is False
+    group = concurrency["group"]
+    assert group.startswith("${{ inputs.dry-run && 'dry-run' || 'deploy' }}-"), group
+    assert "inputs.environment" in group, group
+
+
+def test_every_successful_deploy_is_tagged_and_failures_leave_diagnostics():
+    workflow = load(ROOT / ".github" / "workflows" / "deploy.yml")
+    tag = workflow["jobs"]["tag"]
+    assert set(tag["needs"]) >= {"deploy"}
+    assert "needs.deploy.result == 'success'" in tag["if"]
+    assert "!inputs.dry-run" in tag["if"]
+    assert re.search(r'tag="deploy-\$\{TARGET//[^}]*\}-\$\(date -u \+%Y%m%d-%H%M%S\)-\$\{SHA:0:12\}"', job_runs(tag))
+    assert "refs/tags/$tag" in job_runs(tag)
+    deploy = workflow["jobs"]["deploy"]
+    upload = [s for s in deploy["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact@")]
+    assert upload
+    assert all(s["if"] == "failure()" for s in upload)
+    assert "diagnostics" in upload[0]["with"]["path"]
+
+
+# --- ci.yml's test job: the README's command, the bed required -------------------------------------
+
+
+def ci_test_job() -> dict:
+    return load(ROOT / ".github" / "workflows" / "ci.yml")["jobs"]["test"]
+
+
+def test_ci_test_job_runs_exactly_the_readme_test_command():
+    """The README's command 2, .ci/run and ci.yml's test job run the same line (tests/test_readme.py
+    compares the first two)."""
+    command = setup_commands()["2"]
+    assert command.endswith("&& inv test"), command
+    job = ci_test_job()
+    runs = [step["run"].strip() for step in job["steps"] if "run" in step]
+    assert command in runs, f"ci.yml's test job must run the README's test command as written:\n  {command}"
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert command in lines
+
+
+def test_ci_test_job_is_the_machine_the_readme_describes():
+    """Debian 12 as root, privileged (network namespaces, mounts), every tier required, no k3d."""
+    job = ci_test_job()
+    container = job["container"]
+    assert container["image"] in ("debian:12", "debian:bookworm") or container["image"].startswith("debian:12@sha256:")
+    assert "--privileged" in container["options"].split()
+    assert job["env"]["CI"] == "true"
+    assert job["env"]["K3STACK_REQUIRE_TESTBED"] == "1"
+    assert "k3d" not in json.dumps(job).lower()
+    assert "K3STACK_TEST_KUBECONFIG" not in json.dumps(job)
+    assert not any("setup-python" in str(step.get("uses", "")) for step in job["steps"]), "the container's Python"
+
+
+def test_ci_caches_what_inv_setup_builds_keyed_on_what_builds_it():
+    job = ci_test_job()
+    restores = {
+        step["with"]["path"]: step["with"]["key"]
+        for step in job["steps"]
+        if str(step.get("uses", "")).startswith("actions/cache/restore@")
+    }
+    wanted = {
+        "~/.cache/k3stack-testbed/*/bin/kube-*": ["tests/testbed/build-kube.sh"],
+        "~/.cache/k3stack-testbed/open-webui-*": [
+            "tests/testbed/install-components.sh",
+            "tests/testbed/real/open-webui.txt",
+        ],
+        "tools/.venv": ["requirements-tools.txt"],
+        "tools/node_modules": ["tools/package-lock.json"],
+    }
+    assert set(restores) == set(wanted)
+    for path, files in wanted.items():
+        hashed = re.search(r"hashFiles\(([^)]*)\)", restores[path])
+        assert hashed, f"{path}: key {restores[path]} hashes nothing"
+        assert sorted(re.findall(r"'([^']+)'", hashed.group(1))) == sorted(files), restores[path]
+        for file in files:
+            assert (ROOT / file).is_file(), file
+    # each is saved under the key it was restored with, only when inv setup found it complete
+    saves = [step for step in job["steps"] if str(step.get("uses", "")).startswith("actions/cache/save@")]
+    assert {step["with"]["path"] for step in saves} == set(wanted)
+    for step in saves:
+        assert "steps.complete.outcome == 'success'" in step["if"]
+        assert "cache-primary-key" in step["with"]["key"]
+    # the paths exist where inv setup puts them
+    assert "CACHE" in (ROOT / "tests" / "testbed" / "kube.py").read_text()
+    assert '"*/bin"' in (ROOT / "tests" / "testbed" / "kube.py").read_text()
 
 
 # --- run steps: allowed commands, existing tasks --------------------------------------------------
@@ -382,6 +542,8 @@ def test_run_steps_call_invoke_tasks_or_standard_tools_only():
                         problems.append(f"{where}: pip installs only pinned requirements files: `{line}`")
                 elif name == "pip" and "-r" not in args:
                     problems.append(f"{where}: pip installs only pinned requirements files: `{line}`")
+                elif name == "." and args != [".venv/bin/activate"]:
+                    problems.append(f"{where}: `.` sources the project's .venv/bin/activate only: `{line}`")
                 elif name == "npm" and (not args or args[0] != "ci"):
                     problems.append(f"{where}: npm only as `npm ci` (the committed lockfile): `{line}`")
                 elif name in ("python", "python3") and args[:1] not in (["-m"], ["-c"]):
@@ -391,7 +553,7 @@ def test_run_steps_call_invoke_tasks_or_standard_tools_only():
 
 def test_invoked_tasks_exist():
     called = invoked_tasks()
-    assert {"deploy", "smoke", "bootstrap", "up", "render", "test", "lint"} <= set(called)
+    assert {"deploy", "smoke", "bootstrap", "up", "render", "test", "lint", "setup"} <= set(called)
     existing = listed_tasks()
     unknown = {name: where for name, where in called.items() if name not in existing | PENDING_TASKS}
     assert not unknown, f"tasks called by workflows that `inv --list` does not know: {unknown}"
