@@ -119,6 +119,10 @@ def test_e2e_installs_the_k3s_release_k3stack_pins():
         f"{settings_defaults()['K3S_VERSION']}: bump both (and K3S_INSTALL_SHA256) with the command in {K3S_PIN.name}"
     )
     assert pin["K3S_INSTALL_SHA256"] == "" or re.fullmatch(r"[0-9a-f]{64}", pin["K3S_INSTALL_SHA256"])
+    # once k3stack's settings carry the checksum as their default, the two agree
+    default = settings_defaults().get("K3S_INSTALL_SHA256", "")
+    if default and pin["K3S_INSTALL_SHA256"]:
+        assert pin["K3S_INSTALL_SHA256"] == default, f"{K3S_PIN.name} and {SETTINGS_FILE} pin different installers"
     e2e = (ROOT / ".github" / "workflows" / "e2e.yml").read_text()
     assert ".github/k3s.env" in e2e
     assert "vars." not in e2e, "e2e needs nothing outside the repository"

@@ -381,6 +381,18 @@ def test_ci_test_job_is_the_machine_the_readme_describes():
     assert not any("setup-python" in str(step.get("uses", "")) for step in job["steps"]), "the container's Python"
 
 
+def test_ci_test_job_has_the_environment_ci_run_exports():
+    """.ci/run's `export A=x B=y` lines, value for value (CI=true, K3STACK_REQUIRE_TESTBED=1, ...)."""
+    exported = {}
+    for line in (ROOT / ".ci" / "run").read_text().splitlines():
+        if line.startswith("export "):
+            exported.update(word.split("=", 1) for word in shlex.split(line)[1:] if "=" in word)
+    assert {"CI", "K3STACK_REQUIRE_TESTBED"} <= set(exported), exported
+    workflow = load(ROOT / ".github" / "workflows" / "ci.yml")
+    env = {**(workflow.get("env") or {}), **ci_test_job()["env"]}
+    assert {name: str(env.get(name)) for name in exported} == exported
+
+
 def test_ci_caches_what_inv_setup_builds_keyed_on_what_builds_it():
     job = ci_test_job()
     restores = {
