@@ -349,6 +349,24 @@ def test_every_successful_deploy_is_tagged_and_failures_leave_diagnostics():
     assert "diagnostics" in upload[0]["with"]["path"]
 
 
+def test_e2e_frees_disk_before_k3s_pulls_the_images():
+    steps_ = load(ROOT / ".github" / "workflows" / "e2e.yml")["jobs"]["k3s"]["steps"]
+    runs = [step.get("run", "") for step in steps_]
+    free = next(i for i, run in enumerate(runs) if "rm -rf /usr/share/dotnet" in run)
+    up = next(i for i, run in enumerate(runs) if "inv up" in run)
+    assert free < up
+
+
+def test_dependabot_groups_its_updates_and_leaves_the_frozen_linters_alone():
+    config = yaml.safe_load((ROOT / ".github" / "dependabot.yml").read_text())
+    updates = {u["package-ecosystem"]: u for u in config["updates"]}
+    assert {"github-actions", "pip", "npm"} <= set(updates)
+    for ecosystem, update in updates.items():
+        assert update.get("groups"), f"{ecosystem}: one grouped pull request, not one per package"
+    # checkov's frozen closure: bumping one of its packages alone is unresolvable
+    assert "requirements-tools.txt" in updates["pip"]["exclude-paths"]
+
+
 # --- ci.yml's test job: the README's command, the bed required -------------------------------------
 
 
