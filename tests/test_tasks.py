@@ -80,7 +80,7 @@ def test_deploy_pulls_models_then_redeploy_reports_no_changes(kube, env_dir, tmp
     settings_text = (env_dir / "test.env").read_text()
     namespace = settings_text.split("STACK_NAMESPACE=")[1].split()[0]
     # Ollama's pods get the address of a test Ollama (speaking the real API) behind its Service.
-    fake = FakeOllama({"llama3.1:8b": [300_000, 1000], "mistral:7b": [200_000]})
+    fake = FakeOllama({"llama3.1:8b": [300_000, 1000], "mistral:7b": [200_000], "nomic-embed-text:v1.5": [50_000]})
     server = fake.serve(kube.serve_behind_pods(namespace, {"app.kubernetes.io/name": "ollama"}, 11434))
     env = {"K3STACK_ENV_DIR": str(env_dir), "KUBECONFIG": str(kube.kubeconfig), "CI": "true"}
     try:
@@ -89,7 +89,7 @@ def test_deploy_pulls_models_then_redeploy_reports_no_changes(kube, env_dir, tmp
         assert "deployment.apps/ollama created" in first.stdout
         assert "deployment.apps/ollama (cli-" in first.stdout  # rollout progress lines
         assert "model llama3.1:8b created (" in first.stdout
-        assert "2 model(s) pulled" in first.stdout
+        assert "3 model(s) pulled" in first.stdout  # the default OLLAMA_MODELS, embedding model included
         second = inv("deploy", "--env", "test", "--json", env=env)
         assert second.returncode == 0, second.stdout + second.stderr
         assert "==> no changes:" in second.stdout
