@@ -62,7 +62,7 @@ def prepare_host(host: SshHost) -> None:
     from ..kube import cached_binaries
     from ..plugin import unavailable
 
-    if cached_binaries() is None:  # e.g. GitHub's CI job, whose kube tier is k3d instead
+    if cached_binaries() is None:  # before `inv setup` built them
         unavailable("the stand-in K3s serves the bed's kube-apiserver build: run tests/testbed/build-kube.sh")
     shim = (HERE / "systemctl.sh").read_text()
     host.exec(
