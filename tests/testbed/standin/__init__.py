@@ -59,11 +59,12 @@ def installer_sha256() -> str:
 
 def prepare_host(host: SshHost) -> None:
     """Install the systemctl shim and /run/systemd/system on `host` (idempotent)."""
+    from tests.prereqs import unavailable
+
     from ..kube import cached_binaries
-    from ..plugin import unavailable
 
     if cached_binaries() is None:  # before `inv setup` built them
-        unavailable("the stand-in K3s serves the bed's kube-apiserver build: run tests/testbed/build-kube.sh")
+        unavailable("the stand-in K3s serves the bed's kube-apiserver build, which is not built yet")
     shim = (HERE / "systemctl.sh").read_text()
     host.exec(
         f"mkdir -p /run/systemd/system /usr/local/bin && printf '%s' {shlex.quote(shim)} > {SHIM_PATH}"
