@@ -19,7 +19,7 @@ REDIS_PASSWORD = 'redis "pass word" with \\ and # and spaces'
 
 
 @pytest.fixture(scope="session")
-def real_stack(kube) -> Iterator[RealStack]:
+def real_stack(kube, request) -> Iterator[RealStack]:
     if reason := missing():
         unavailable(reason)
     stack = RealStack.create(
@@ -31,6 +31,10 @@ def real_stack(kube) -> Iterator[RealStack]:
     )
     try:
         stack.deploy()
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:  # what a first start costs here, on the run's own machine
+            started = ", ".join(f"{c.name} {c.started_seconds:.0f}s" for c in stack.components.values())
+            reporter.write_line(f"\nreal stack ready (first start): {started}")
         yield stack
     finally:
         stack.close()
