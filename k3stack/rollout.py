@@ -178,7 +178,7 @@ class Waiter:
         for target in pending:
             lines.append(f"{target.describe()} ({target.namespace}): {statuses[target].message}")
             lines.extend("  " + line for line in self._why(target))
-            if target.kind == "HelmChart":
+            if target.kind == "HelmChart" and not statuses[target].missing:
                 obj = self.kube.get(target.api_version, target.kind, target.name, target.namespace) or {}
                 job = (obj.get("status") or {}).get("jobName") or f"helm-install-{target.name}"
                 lines.append(f"  the install job's log says why: `kubectl -n {target.namespace} logs job/{job}`")

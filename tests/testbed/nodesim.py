@@ -29,6 +29,9 @@ from .rest import call
 NODE = "testbed-node"
 HELM_ERROR_ANNOTATION = "testbed.k3stack.dev/helm-error"  # on install Jobs + pods whose values helm rejects
 MANAGED_BY_ANNOTATION = "helmcharts.cattle.io/managed-by"
+# The real controller's OnRemove sleeps 3 s after applying the helm-delete Job before it looks at
+# it again (and helm uninstall takes its time): a deleted HelmChart stays Terminating at least that long.
+HELM_DELETE_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,12 @@ HELM_CONTROLLER_VERSIONS = {
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _age(obj: dict) -> float:
+    """Seconds since the object was created."""
+    created = dt.datetime.strptime(obj["metadata"]["creationTimestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    return (dt.datetime.now(dt.UTC) - created).total_seconds()
 
 
 def _raw(response) -> dict:
@@ -534,7 +543,7 @@ class NodeSimulator:
             if self._create_helm_job(chart, job_name, ["delete"], {}, None, None):
                 return
             # The namespace is being deleted: no Job can run; helm's release goes with it.
-        elif not (job.get("status") or {}).get("succeeded"):
+        elif not (job.get("status") or {}).get("succeeded") or _age(job) < HELM_DELETE_SECONDS:
             return
         release.uninstall(self.core.api_client, chart)
         self._delete_job(job)
