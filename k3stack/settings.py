@@ -343,7 +343,11 @@ def load(
         if value is None:
             value = setting.default
         raw[setting.name] = (value or "").strip() if value is not None else ""
-    expanded = {name: _expand(name, value, raw, problems) for name, value in raw.items()}
+    # ${NAME} lets one setting build on another (CHAT_HOST=chat.${DOMAIN}); a secret is taken
+    # literally, always: `Xy7${DOMAIN}q` is a password, not a template.
+    expanded = {
+        name: value if name in SECRET_NAMES else _expand(name, value, raw, problems) for name, value in raw.items()
+    }
 
     failed: set[str] = set()
     for setting in SETTINGS:

@@ -80,3 +80,15 @@ def test_example_env_documents_every_setting():
     assert text == settings.example_env(), "env/example.env is stale: regenerate it from settings.example_env()"
     for setting in settings.SETTINGS:
         assert f"{setting.name}=" in text
+
+
+def test_a_secret_is_literal_even_with_a_dollar_brace():
+    environ = {
+        "DOMAIN": "203.0.113.10.sslip.io",
+        "ACME_EMAIL": "ops@example.com",
+        "POSTGRES_PASSWORD": "Xy7${DOMAIN}q-long-enough",
+        "CHAT_HOST": "chat.${DOMAIN}",
+    }
+    loaded = settings.load(env_dir=Path("/nonexistent"), environ=environ)
+    assert loaded.secrets["POSTGRES_PASSWORD"] == "Xy7${DOMAIN}q-long-enough"
+    assert loaded["CHAT_HOST"] == "chat.203.0.113.10.sslip.io"  # settings still build on each other
