@@ -16,6 +16,7 @@ import http.client
 import json
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -360,6 +361,8 @@ class Checks:
         self.kube = kube
         self.config = config
         self.browser = Browser(config)
+        self._token: str | None = None
+        self._signing_in = threading.Lock()
 
     def all(self) -> list[Check]:
         c = self.config
@@ -562,7 +565,15 @@ class Checks:
         return f"{running}"
 
     def _signin(self) -> str:
-        """The admin's token (POST /api/v1/auths/signin through the public URL)."""
+        """The admin's token (POST /api/v1/auths/signin through the public URL), asked for once
+        per run and shared by the checks: Open WebUI allows 15 sign-ins per user in 3 minutes
+        (counting failed ones), which retried checks would otherwise use up."""
+        with self._signing_in:
+            if self._token is None:
+                self._token = self._ask_for_token()
+            return self._token
+
+    def _ask_for_token(self) -> str:
         answer = self.browser.request(
             "POST",
             f"https://{self.config.chat_host}/api/v1/auths/signin",
@@ -571,6 +582,12 @@ class Checks:
         token = (answer.json() or {}).get("token") if answer.status == 200 else None
         if token:
             return token
+        if answer.status == 429:
+            raise CheckFailed(
+                f"admin sign-in as {self.config.admin_email} rate-limited: HTTP 429",
+                "Open WebUI allows 15 sign-ins per user in 3 minutes: wait a few minutes (something else is "
+                "signing in as the admin, or smoke ran many times in a row)",
+            )
         if answer.status in (400, 401, 403):
             raise CheckFailed(
                 f"admin sign-in as {self.config.admin_email} refused: HTTP {answer.status}",

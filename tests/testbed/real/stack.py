@@ -171,12 +171,25 @@ class RealStack:
     def webui(self) -> OpenWebUI:
         return self.components["open-webui"]  # type: ignore[return-value]
 
+    def forget_signins(self) -> None:
+        """Open WebUI allows 15 sign-ins per user in 3 minutes (kept in Redis): each test starts
+        with none counted, whatever the tests before it did."""
+        for key in self.redis("KEYS", "open-webui:ratelimit:*") or []:
+            self.redis("DEL", key)
+
+    def signins(self) -> int:
+        """Sign-ins Open WebUI counted (its rate limiter's buckets in Redis) since forget_signins()."""
+        return sum(int(self.redis("GET", key) or 0) for key in self.redis("KEYS", "open-webui:ratelimit:*") or [])
+
     def redis_keys(self, pattern: str = "*") -> list[str]:
-        """Keys in the real Redis (asked with the password from the cluster, never on argv)."""
+        return sorted(self.redis("KEYS", pattern) or [])
+
+    def redis(self, *command: str):
+        """A command to the real Redis (the password from the cluster, never on argv)."""
         assert self.plan is not None
         password = self.plan.secrets.values["REDIS_PASSWORD"]
         done = subprocess.run(
-            ["redis-cli", "-h", self.components["redis"].ip, "--no-auth-warning", "--json", "KEYS", pattern],
+            ["redis-cli", "-h", self.components["redis"].ip, "--no-auth-warning", "--json", *command],
             env={"REDISCLI_AUTH": password, "PATH": "/usr/bin:/bin"},
             capture_output=True,
             text=True,
@@ -184,8 +197,8 @@ class RealStack:
             check=False,
         )
         if done.returncode != 0:
-            raise BedError(f"redis-cli KEYS: {done.stderr.strip()}")
-        return sorted(json.loads(done.stdout) or [])
+            raise BedError(f"redis-cli {command[0]}: {done.stderr.strip()}")
+        return json.loads(done.stdout)
 
     def close(self) -> None:
         for component in self.components.values():
