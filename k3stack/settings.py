@@ -48,7 +48,8 @@ def hostname(v: str) -> str | None:
 
 
 def email(v: str) -> str | None:
-    if re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", v):
+    # Plain characters only: the address is written into text (Traefik's chart values) unescaped.
+    if re.match(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$", v):
         return None
     return "an e-mail address (Let's Encrypt sends expiry notices)"
 
@@ -95,7 +96,7 @@ def secret_value(v: str) -> str | None:
 
 
 def url(v: str) -> str | None:
-    return None if re.match(r"^https://[^\s]+$", v) else "an https:// URL"
+    return None if re.match(r"^https://[^\s\"'\\]+$", v) else "an https:// URL (no spaces, quotes or backslashes)"
 
 
 def k3s_version(v: str) -> str | None:

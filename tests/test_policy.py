@@ -135,3 +135,40 @@ def test_checkov_really_fails_a_bad_manifest(tmp_path):
     )
     failed = {c["check_id"] for c in checkov(tmp_path)["results"]["failed_checks"]}
     assert {"CKV_K8S_16", "CKV_K8S_19"} <= failed  # privileged container, host network
+
+
+def test_values_embedded_in_text_are_settings_that_cannot_break_it():
+    """A ${VAR} inside a block of text (a HelmChart's valuesContent, a script) is not escaped by
+    YAML: only settings whose validator admits nothing but names, host names, quantities, plain
+    e-mail addresses and URLs without quotes may go there, or constants k3stack computes (redis.conf
+    and htpasswd are written by k3stack/secrets.py with their own rules)."""
+    import re
+
+    import yaml
+
+    from k3stack import bootstrap, settings
+
+    safe = {settings.hostname, settings.dns_label, settings.quantity, settings.email, settings.url}
+    for path in sorted((ROOT / "k8s").glob("*/*.yaml")):
+        for node in _block_scalars(yaml.compose_all(path.read_text())):
+            for name in re.findall(r"\$\{([A-Za-z0-9_]+)\}", node.value):
+                if name == "ACME_CA_SERVER":  # bootstrap's constant: one of two Let's Encrypt URLs
+                    assert all(settings.url(u) is None for u in (bootstrap.STAGING_CA, bootstrap.PRODUCTION_CA))
+                    continue
+                setting = settings.BY_NAME.get(name)
+                assert setting is not None, f"{path.name}: ${{{name}}} in a text block is not a setting"
+                assert setting.check in safe, f"{path.name}: ${{{name}}} in a text block may hold any text"
+
+
+def _block_scalars(documents):
+    import yaml
+
+    stack = [d for d in documents if d is not None]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(n for pair in node.value for n in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.ScalarNode) and node.style in ("|", ">"):
+            yield node

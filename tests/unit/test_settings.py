@@ -92,3 +92,12 @@ def test_a_secret_is_literal_even_with_a_dollar_brace():
     loaded = settings.load(env_dir=Path("/nonexistent"), environ=environ)
     assert loaded.secrets["POSTGRES_PASSWORD"] == "Xy7${DOMAIN}q-long-enough"
     assert loaded["CHAT_HOST"] == "chat.203.0.113.10.sslip.io"  # settings still build on each other
+
+
+def test_addresses_written_into_chart_values_are_refused_when_they_could_break_them(tmp_path):
+    for bad in ('o"ps@example.com', "ops@example.com\n#", "o ps@example.com"):
+        with pytest.raises(SettingsError, match=r"ACME_EMAIL='.*': expected an e-mail address"):
+            load(tmp_path, {**BASE, "ACME_EMAIL": bad})
+    with pytest.raises(SettingsError, match=r"NETDATA_CHART_REPO=.*no spaces, quotes or backslashes"):
+        load(tmp_path, {**BASE, "NETDATA_CHART_REPO": 'https://charts.example.com/"x'})
+    assert load(tmp_path, {**BASE, "ACME_EMAIL": "ops+certs@mail.example.co"})["ACME_EMAIL"]
