@@ -195,11 +195,13 @@ def test_a_changed_setting_reaches_the_real_open_webui_after_a_redeploy(real_sta
     status, before = webui_api(ip, "GET", "/api/v1/retrieval/embedding", token=token)
     assert status == 200, before
     assert (before["RAG_EMBEDDING_ENGINE"], before["RAG_EMBEDDING_MODEL"]) == ("ollama", "nomic-embed-text:v1.5")
-    started = real_stack.webui().process.popen
+    running = {name: c.process.popen for name, c in real_stack.components.items()}
 
     real_stack.deploy(OLLAMA_EMBEDDING_MODEL="mxbai-embed-large:335m")
 
-    assert real_stack.webui().process.popen is not started  # the pod rolled: a new process
+    # Only Open WebUI's pod template changed: it alone rolled (a new process), nothing else.
+    now = {name: c.process.popen for name, c in real_stack.components.items()}
+    assert [name for name in running if now[name] is not running[name]] == ["open-webui"]
     status, after = webui_api(ip, "GET", "/api/v1/retrieval/embedding", token=token)
     assert status == 200, after  # the token from before the rollout still holds
     assert after["RAG_EMBEDDING_MODEL"] == "mxbai-embed-large:335m"
