@@ -195,6 +195,7 @@ class DeployReport:
     pruned: list[Result] = field(default_factory=list)
     rollouts: dict[Target, Status] = field(default_factory=dict)
     seconds: float = 0.0
+    charts_changed: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -246,8 +247,9 @@ def deploy(
     report.results = applier.apply(plan.manifests, current, on_result=show)
     if prune:
         report.pruned = applier.prune(plan.manifests, current, on_result=show)
+    report.charts_changed = charts_changed(report.results, current)
     if wait and not dry_run:
-        report.rollouts = wait_for_rollouts(kube, plan, console, timeout)
+        report.rollouts = wait_for_rollouts(kube, plan, console, timeout, report.charts_changed)
     report.seconds = time.monotonic() - started
     return report
 
@@ -288,14 +290,40 @@ def deploy_many(
         results=[r for report in reports for r in report.results],
         pruned=[r for report in reports for r in report.pruned],
     )
+    merged.charts_changed = {k: v for report in reports for k, v in report.charts_changed.items()}
     if wait and not options.get("dry_run"):
-        merged.rollouts = wait_for_rollouts(kube, [m for p in plans for m in p.manifests], console, timeout)
+        everything = [m for p in plans for m in p.manifests]
+        merged.rollouts = wait_for_rollouts(kube, everything, console, timeout, merged.charts_changed)
     merged.seconds = time.monotonic() - started
     return merged
 
 
+def charts_changed(results: list[Result], current: dict[tuple, dict]) -> dict[tuple[str, str], str]:
+    """HelmCharts whose spec this apply created or changed -> the server's time of that apply (our
+    managedFields entry), for the Waiter: only a Job created since then reports on the change."""
+    changed = {}
+    for r in results:
+        if r.obj.get("kind") != "HelmChart" or r.action not in ("created", "configured"):
+            continue
+        before = current.get(mf.object_key(r.obj))
+        if before is not None and before.get("spec") == r.obj.get("spec"):
+            continue  # metadata only: the controller does not rerun the chart
+        times = [
+            f.get("time", "")
+            for f in r.obj["metadata"].get("managedFields") or []
+            if f.get("manager") == mf.MANAGER and f.get("operation") == "Apply"
+        ]
+        if times:
+            changed[(r.obj["metadata"].get("namespace", ""), r.obj["metadata"]["name"])] = max(times)
+    return changed
+
+
 def wait_for_rollouts(
-    kube: Kube, plan: Plan | list[mf.Manifest], console: Console, timeout: float
+    kube: Kube,
+    plan: Plan | list[mf.Manifest],
+    console: Console,
+    timeout: float,
+    changed_at: dict[tuple[str, str], str] | None = None,
 ) -> dict[Target, Status]:
     items = targets(plan.manifests if isinstance(plan, Plan) else plan)
     reported: dict[Target, str] = {}
@@ -313,7 +341,7 @@ def wait_for_rollouts(
                             style="green" if status.done else None,
                         )
 
-        return Waiter(kube).wait(items, timeout, on_progress=progress)
+        return Waiter(kube, changed_at=changed_at).wait(items, timeout, on_progress=progress)
 
 
 def show_diff(kube: Kube, plan: Plan, console: Console) -> int:

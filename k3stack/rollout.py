@@ -129,9 +129,13 @@ def plain_job_status(obj: dict) -> Status:
 
 
 class Waiter:
-    def __init__(self, kube: Kube, interval: float = 0.5):
+    def __init__(self, kube: Kube, interval: float = 0.5, *, changed_at: dict[tuple[str, str], str] | None = None):
+        """`changed_at`: (namespace, name) of HelmCharts whose spec this run changed -> when (the
+        server's time of the apply). Their install Job must be newer: the helm-controller deletes
+        and recreates it, and until it has, the previous (complete) Job says nothing of the change."""
         self.kube = kube
         self.interval = interval
+        self.changed_at = dict(changed_at or {})
 
     def status(self, target: Target) -> Status:
         obj = self.kube.get(target.api_version, target.kind, target.name, target.namespace)
@@ -149,9 +153,14 @@ class Waiter:
             return plain_job_status(obj)
         job_name = (obj.get("status") or {}).get("jobName") or f"helm-install-{target.name}"
         failed = _condition(obj, "Failed")
+        job = self.kube.get("batch/v1", "Job", job_name, target.namespace)
+        changed = self.changed_at.get((target.namespace, target.name), "")
+        if job is not None and changed and job["metadata"].get("creationTimestamp", "") < changed:
+            # RFC 3339 UTC timestamps compare as text. The Job predates the change: not its result.
+            return Status(False, f"waiting for helm-controller to rerun the install job of {target.name}", desired=1)
         if failed and failed.get("status") == "True":
             return Status(False, f"helm chart failed: {failed.get('message', '')}", failed=True, desired=1)
-        return job_status(self.kube.get("batch/v1", "Job", job_name, target.namespace), target.name)
+        return job_status(job, target.name)
 
     def wait(
         self, items: list[Target], timeout: float, on_progress: Callable[[dict[Target, Status]], None] = lambda s: None

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from k3stack import deploy as stack
 from k3stack import settings
@@ -214,7 +215,9 @@ def test_dry_run_changes_nothing(stack_env):
 
 def test_diff_shows_changes_with_secrets_redacted(stack_env):
     # At rest first (rollouts done, claims bound): controllers no longer change what diff compares.
-    stack_env.deploy(stack_env.plan(REDIS_PASSWORD="first-redis-password"))
+    first = stack_env.plan(REDIS_PASSWORD="first-redis-password")
+    stack_env.deploy(first)
+    at_rest(stack_env.kube_client, first)
     plan = stack_env.plan(REDIS_PASSWORD="second-redis-password", OLLAMA_MEMORY_LIMIT="12Gi")
     stack_env.console.add_secrets(plan.secrets.values.values())
     changed = stack.show_diff(stack_env.kube_client, plan, stack_env.console)
@@ -401,3 +404,45 @@ def test_a_chart_the_helm_controller_fails_is_failed_with_helms_message(kube, na
     assert message.startswith("failed: helmchart.helm.cattle.io/demo")
     assert 'invalid duration "soon"' in message
     assert f"`kubectl -n {namespace} logs job/helm-install-demo`" in message
+
+
+def test_netdata_volumes_the_chart_made_are_adopted_not_lost(stack_env):
+    """A stack deployed before Netdata's claims were the stack's (the chart made them, persistence
+    on): the next deploy adopts them -- same names, Helm's keep policy set before the chart's
+    upgrade turns its persistence off -- so the upgrade does not delete them, nor does destroy."""
+    plan = stack_env.plan()
+    chart = next(m for m in plan.manifests if m.kind == "HelmChart")
+    values = yaml.safe_load(chart.obj["spec"]["valuesContent"])
+    values["parent"] = {
+        **{k: v for k, v in values["parent"].items() if not k.startswith("extraVolume")},
+        "database": {"persistence": True, "storageclass": "local-path", "volumesize": plan.settings["NETDATA_STORAGE"]},
+        "alarms": {"persistence": True, "storageclass": "local-path", "volumesize": "1Gi"},
+    }
+    values["k8sState"] = {"persistence": {"enabled": True, "storageclass": "local-path", "volumesize": "1Gi"}}
+    old_chart = type(chart)(
+        {**chart.obj, "spec": {**chart.obj["spec"], "valuesContent": yaml.safe_dump(values)}}, chart.source
+    )
+    netdata_claims = {"netdata-parent-database", "netdata-parent-alarms", "netdata-k8s-state-varlib"}
+    before = [
+        old_chart if m is chart else m
+        for m in plan.manifests
+        if not (m.kind == "PersistentVolumeClaim" and m.name in netdata_claims)
+    ]
+    stack_env.deploy(stack.Plan(plan.settings, before, plan.secrets))
+    kube = stack_env.kube_client
+    monitoring = plan.settings["MONITORING_NAMESPACE"]
+
+    def uids() -> dict[str, str]:
+        return {
+            c["metadata"]["name"]: c["metadata"]["uid"]
+            for c in kube.list("v1", "PersistentVolumeClaim", monitoring)
+            if not c["metadata"].get("deletionTimestamp")
+        }
+
+    made = uids()
+    assert set(made) == netdata_claims  # the chart's own claims
+    stack_env.deploy(plan)
+    at_rest(kube, plan)
+    assert uids() == made
+    stack.destroy(kube, plan, stack_env.console)
+    assert uids() == made

@@ -366,8 +366,8 @@ class NodeSimulator:
         - it runs the install Job `helm-install-<name>` (recreated when the chart changes) with the
           chart's TIMEOUT as that version renders it (`&Duration{Duration:10m0s,}` before v0.13, which
           helm refuses: the Job's pod crash-loops), and sets the Failed condition on v0.17;
-        - once the Job completes, "helm" installs the release (release.py: the Netdata chart's
-          workloads and the claims it makes from its values); changed values upgrade it;
+        - "helm" in that Job installs the release (release.py: the Netdata chart's workloads and
+          the claims it makes from its values) before the Job completes; changed values upgrade it;
         - a deleted HelmChart stays Terminating behind the finalizer while `helm-delete-<name>`
           runs; then the release's objects (the chart's PVCs too) go, and the finalizer.
         `helm_stamp(chart)` (constructor) may replace what "changed" means -- it returns the Job's
@@ -447,9 +447,9 @@ class NodeSimulator:
         if job is not None and not current:
             self._delete_job(job)
             return  # recreated on a later pass, once the old one is gone
-        if job is None:
-            self._create_helm_job(chart, job_name, ["install"], stamp, error, timeout)
-        elif (job.get("status") or {}).get("succeeded"):
+        # helm runs inside the Job: the release is there by the time the Job completes.
+        started = job is None and self._create_helm_job(chart, job_name, ["install"], stamp, error, timeout)
+        if started and not error:
             release.install(self.core.api_client, chart, stamp)
         if version.status_subresource:
             self._set_status(chart, job_name, job, error)
