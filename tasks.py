@@ -20,32 +20,12 @@ CLUSTER_HELP = {
 }
 
 
-# Expected failures of modules not under K3stackError yet, by module: only those already
-# imported can have raised, so catching them never imports a module (kubernetes costs ~0.9 s).
-_KNOWN_ERRORS = {
-    "k3stack.apply": "ApplyError",
-    "k3stack.kube": "KubeError",
-    "k3stack.manifests": "RenderError",
-    "k3stack.rollout": "RolloutError",
-    "k3stack.secrets": "SecretsError",
-    "k3stack.settings": "SettingsError",
-    "k3stack.errors": ("BootstrapError", "KubeconfigError", "K3stackError"),
-}
-
-
-def _known(exc: BaseException) -> bool:
-    for module, names in _KNOWN_ERRORS.items():
-        loaded = sys.modules.get(module)
-        for name in (names,) if isinstance(names, str) else names:
-            if loaded is not None and isinstance(exc, getattr(loaded, name)):
-                return True
-    return False
-
-
 @contextmanager
 def _reported(console):
     """Known failures become one clear line and exit 1; Ctrl-C says what it means and exits 130;
     anything unexpected is one line too (exit 2), with K3STACK_DEBUG=1 for the traceback."""
+    from k3stack.errors import K3stackError  # imports nothing: no client loaded to report an error
+
     try:
         yield
     except KeyboardInterrupt:
@@ -53,10 +33,10 @@ def _reported(console):
         raise Exit(code=130) from None
     except Exit:
         raise
+    except K3stackError as exc:
+        console.error(str(exc))
+        raise Exit(code=1) from None
     except Exception as exc:
-        if _known(exc):
-            console.error(str(exc))
-            raise Exit(code=1) from None
         if os.environ.get("K3STACK_DEBUG", "").lower() in ("1", "true", "yes"):
             raise
         console.error(

@@ -5,14 +5,14 @@ one clear line without paying for paramiko or cryptography when a task never nee
 class K3stackError(RuntimeError):
     """An expected failure, for a person: `what` went wrong (naming the host, setting or file)
     and `hint`, the fix. str() is `<what> — fix: <hint>` (just `what` when the message already
-    says what to do). Error classes move under this base one by one (issue 11)."""
+    says what to do). Every expected failure of k3stack is one (tests/unit/test_errors.py)."""
 
     def __init__(self, what: str, hint: str = ""):
         self.what, self.hint = what, hint
         super().__init__(f"{what} — fix: {hint}" if hint else what)
 
 
-class BootstrapError(RuntimeError):
+class BootstrapError(K3stackError):
     """Bootstrap cannot go on; the message says which host or setting and what to do."""
 
 
@@ -20,5 +20,5 @@ class RemoteError(K3stackError):
     """A host could not be reached or a command failed; the message names the host and the fix."""
 
 
-class KubeconfigError(ValueError):
+class KubeconfigError(K3stackError, ValueError):
     """A kubeconfig (or the API server behind it) is not usable; str() names the file, problem and fix."""

@@ -19,10 +19,12 @@ import yaml
 from kubernetes import client, config
 from kubernetes.config.config_exception import ConfigException
 
+from .errors import K3stackError
+
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
-class KubeError(RuntimeError):
+class KubeError(K3stackError):
     """A problem talking to the cluster, explained for a person (what, where, the fix)."""
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
+from .errors import K3stackError
+
 REPO = Path(__file__).resolve().parent.parent
 K8S_DIR = REPO / "k8s"
 TARGETS = ("llm-stack", "monitoring")  # k8s/k3s/ is placed on servers by bootstrap, not applied
@@ -49,7 +51,7 @@ PHASES: dict[str, int] = {
 LAST_PHASE = max(PHASES.values())
 
 
-class RenderError(ValueError):
+class RenderError(K3stackError, ValueError):
     """Manifests could not be rendered; str() lists every problem with file:line."""
 
     def __init__(self, problems: list[str]):

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from .console import human_size
+from .errors import K3stackError
 
 if TYPE_CHECKING:  # the Kubernetes client is a heavy import: settings validation needs none of it
     from .console import Console
@@ -74,7 +75,7 @@ FINAL_MARKERS: dict[str, str] = {
 }
 
 
-class OllamaError(RuntimeError):
+class OllamaError(K3stackError):
     """Ollama could not do what was asked; `hint` says what to do about it, `retry` whether
     another try may succeed (see `transient`)."""
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from .errors import K3stackError
 from .kube import Kube
 from .manifests import Manifest, describe
 
@@ -36,7 +37,7 @@ class Status:
     terminating: bool = False  # it is being deleted (a HelmChart while its helm-delete Job runs)
 
 
-class RolloutError(RuntimeError):
+class RolloutError(K3stackError):
     def __init__(self, report: str, statuses: dict[Target, Status]):
         self.statuses = statuses
         super().__init__(report)

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import bcrypt
 
+from .errors import K3stackError
 from .manifests import MANAGED_BY, MANAGER, SOURCE_ANNOTATION, Manifest
 from .settings import Settings
 
@@ -47,8 +48,8 @@ PINNED_BY_VOLUME = {
 ReadSecret = Callable[[str, str], dict[str, str] | None]  # (namespace, name) -> decoded data or None
 
 
-class SecretsError(ValueError):
-    pass
+class SecretsError(K3stackError, ValueError):
+    """A secret cannot be used as given (e.g. it differs from what a volume was initialised with)."""
 
 
 @dataclass(frozen=True)

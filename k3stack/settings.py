@@ -16,13 +16,15 @@ from types import MappingProxyType
 
 from dotenv import dotenv_values
 
+from .errors import K3stackError
+
 REPO = Path(__file__).resolve().parent.parent
 ENV_DIR = REPO / "env"
 DEFAULT_ENV = "default"
 REF = re.compile(r"\$\{([A-Z0-9_]+)\}")
 
 
-class SettingsError(ValueError):
+class SettingsError(K3stackError, ValueError):
     """One or more settings are wrong; str() lists each with what is expected."""
 
     def __init__(self, problems: list[str], source: str):
