@@ -19,11 +19,11 @@ REDIS_PASSWORD = 'redis "pass word" with \\ and # and spaces'
 
 
 @pytest.fixture(scope="session")
-def real_stack(kube, request) -> Iterator[RealStack]:
-    if reason := missing():
+def real_stack(request) -> Iterator[RealStack]:
+    if reason := missing():  # before the bed starts: nothing to wait for when this skips
         unavailable(reason)
     stack = RealStack.create(
-        kube,
+        request.getfixturevalue("kube"),
         models=MODELS,
         WEBUI_ADMIN_PASSWORD=ADMIN_PASSWORD,
         NETDATA_PASSWORD=NETDATA_PASSWORD,
