@@ -7,6 +7,7 @@ one: a bad configuration is reported whole, secrets shown redacted.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -66,6 +67,17 @@ def quantity(v: str) -> str | None:
 
 def dns_label(v: str) -> str | None:
     return None if _DNS_LABEL.match(v) else "a lower-case DNS label (a-z, 0-9, -)"
+
+
+# Namespaces Kubernetes and K3s run themselves in: a stack there would put its default-deny
+# policy on their pods, and a purge would delete what lives there.
+RESERVED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+def namespace(v: str) -> str | None:
+    if v in RESERVED_NAMESPACES:
+        return f"a namespace of the stack's own, not {v} (reserved: {', '.join(RESERVED_NAMESPACES)})"
+    return dns_label(v)
 
 
 def image(v: str) -> str | None:
@@ -165,8 +177,8 @@ SETTINGS: tuple[Setting, ...] = (
     # Cluster
     Setting("KUBE_CONTEXT", "", "kubeconfig context to use (empty: the current context)"),
     Setting("K8S_VERSION", "1.35", "Kubernetes minor the manifests are validated against (the pinned K3s)", k8s_minor),
-    Setting("STACK_NAMESPACE", "llm-stack", "namespace of Open WebUI, Ollama, PostgreSQL, Redis", dns_label),
-    Setting("MONITORING_NAMESPACE", "monitoring", "namespace of Netdata", dns_label),
+    Setting("STACK_NAMESPACE", "llm-stack", "namespace of Open WebUI, Ollama, PostgreSQL, Redis", namespace),
+    Setting("MONITORING_NAMESPACE", "monitoring", "namespace of Netdata", namespace),
     Setting("STORAGE_CLASS", "local-path", "StorageClass of every volume (K3s ships local-path)", dns_label),
     # Hosts and K3s (inv bootstrap)
     Setting(
@@ -334,18 +346,16 @@ def load(
         )
     unknown = sorted(k for k in file_values if k not in BY_NAME)
     for name in unknown:
-        close = [n for n in BY_NAME if n.split("_")[0] == name.split("_")[0]]
+        close = difflib.get_close_matches(name, list(BY_NAME), n=1, cutoff=0.75)  # typos, not topics
         hint = f" (did you mean {close[0]}?)" if close else ""
         problems.append(f"{name}: unknown setting in {path.name}{hint}; see env/example.env")
 
     raw: dict[str, str] = {}
     for setting in SETTINGS:
-        value = environ.get(setting.name)
-        if value is None:
-            value = file_values.get(setting.name)
-        if value is None:
-            value = setting.default
-        raw[setting.name] = (value or "").strip() if value is not None else ""
+        # An empty value counts as unset (`OPEN_WEBUI_IMAGE=` keeps the pinned image; an empty
+        # secret is generated), in the environment and in the file alike.
+        value = (environ.get(setting.name) or "").strip() or (file_values.get(setting.name) or "").strip()
+        raw[setting.name] = value or (setting.default or "")
     # ${NAME} lets one setting build on another (CHAT_HOST=chat.${DOMAIN}); a secret is taken
     # literally, always: `Xy7${DOMAIN}q` is a password, not a template.
     expanded = {

@@ -101,3 +101,45 @@ def test_addresses_written_into_chart_values_are_refused_when_they_could_break_t
     with pytest.raises(SettingsError, match=r"NETDATA_CHART_REPO=.*no spaces, quotes or backslashes"):
         load(tmp_path, {**BASE, "NETDATA_CHART_REPO": 'https://charts.example.com/"x'})
     assert load(tmp_path, {**BASE, "ACME_EMAIL": "ops+certs@mail.example.co"})["ACME_EMAIL"]
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("DOMIAN", "DOMAIN"),
+        ("OLLAMA_MODEL", "OLLAMA_MODELS"),
+        ("WEBUI_ADMIN_PASWORD", "WEBUI_ADMIN_PASSWORD"),
+        ("POSTGRES_PASWORD", "POSTGRES_PASSWORD"),
+        ("STACK_NAMESPCE", "STACK_NAMESPACE"),
+    ],
+)
+def test_did_you_mean_is_the_closest_setting_by_spelling(tmp_path, typo, meant):
+    (tmp_path / "prod.env").write_text(f"DOMAIN=x.example.com\nACME_EMAIL=a@example.com\n{typo}=something\n")
+    with pytest.raises(SettingsError, match=rf"{typo}: unknown setting in prod.env \(did you mean {meant}\?\)"):
+        load(tmp_path, {}, env_name="prod")
+
+
+def test_an_unrelated_unknown_setting_gets_no_guess(tmp_path):
+    (tmp_path / "prod.env").write_text("DOMAIN=x.example.com\nACME_EMAIL=a@example.com\nFAVOURITE_COLOUR=blue\n")
+    with pytest.raises(SettingsError) as err:
+        load(tmp_path, {}, env_name="prod")
+    assert "FAVOURITE_COLOUR: unknown setting in prod.env; see env/example.env" in str(err.value)
+
+
+def test_an_empty_value_counts_as_unset(tmp_path):
+    (tmp_path / "prod.env").write_text(
+        "DOMAIN=x.example.com\nACME_EMAIL=a@example.com\nOPEN_WEBUI_IMAGE=\nCHAT_HOST=\nPOSTGRES_PASSWORD=\n"
+        "OLLAMA_STORAGE=20Gi\n"
+    )
+    s = load(tmp_path, {"OLLAMA_STORAGE": ""}, env_name="prod")
+    assert s["OPEN_WEBUI_IMAGE"] == settings.BY_NAME["OPEN_WEBUI_IMAGE"].default  # not `image: null`
+    assert s["CHAT_HOST"] == "chat.x.example.com"  # not an Ingress matching every host
+    assert "POSTGRES_PASSWORD" not in s.secrets  # generated, not an empty password
+    assert s["OLLAMA_STORAGE"] == "20Gi"  # an empty environment variable does not blank the file's value
+
+
+@pytest.mark.parametrize("name", ["STACK_NAMESPACE", "MONITORING_NAMESPACE"])
+@pytest.mark.parametrize("reserved", ["default", "kube-system", "kube-public", "kube-node-lease"])
+def test_reserved_namespaces_are_refused(tmp_path, name, reserved):
+    with pytest.raises(SettingsError, match=rf"{name}='{reserved}': expected a namespace of the stack's own"):
+        load(tmp_path, {**BASE, name: reserved})
