@@ -139,6 +139,7 @@ def ssh_options(settings: Settings, options: Options) -> SshOptions:
         jump=parse_target(jump, user=settings["SSH_USER"], port=22, role="jump") if jump else None,
         timeout=float(settings["SSH_TIMEOUT"]),
         sudo_password=settings.secrets.get("SUDO_PASSWORD", ""),
+        key_passphrase=settings.secrets.get("SSH_KEY_PASSPHRASE", ""),
         trust_new_keys=options.trust_new_host_keys,
     )
 

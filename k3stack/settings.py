@@ -282,6 +282,12 @@ SETTINGS: tuple[Setting, ...] = (
         secret=True,
     ),
     Setting("SUDO_PASSWORD", None, "sudo password of SSH_USER on hosts without passwordless sudo", secret=True),
+    Setting(
+        "SSH_KEY_PASSPHRASE",
+        None,
+        "passphrase of an encrypted SSH_KEY, from the environment (ssh-agent is the better choice)",
+        secret=True,
+    ),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 SECRET_NAMES = frozenset(s.name for s in SETTINGS if s.secret)

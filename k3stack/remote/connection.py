@@ -60,6 +60,7 @@ class SshOptions:
     jump: Target | None = None
     timeout: float = 10  # seconds to connect (TCP + SSH handshake)
     sudo_password: str = field(default="", repr=False)
+    key_passphrase: str = field(default="", repr=False)  # for an encrypted key_file (ssh-agent preferred)
     trust_new_keys: bool = False
     attempts: int = 3
     keepalive: float = 15  # seconds between SSH keepalives: a dead peer cannot hold a session open
@@ -151,9 +152,11 @@ class Host:
         config = Config(overrides={"run": {"in_stream": False, "hide": True, "warn": True}, "sudo": {"password": ""}})
         if self.options.sudo_password:
             config.sudo.password = self.options.sudo_password
-        connect_kwargs = (
+        connect_kwargs: dict = (
             {"key_filename": [str(Path(self.options.key_file).expanduser())]} if self.options.key_file else {}
         )
+        if self.options.key_passphrase:
+            connect_kwargs["passphrase"] = self.options.key_passphrase
         gateway = None
         if self.options.jump is not None:
             # Same host-key rules for the bastion; a key trusted there is reported like any other.
@@ -204,7 +207,8 @@ class Host:
                     f"{self.name}: the SSH key {self.options.key_file or '(default key)'} is encrypted and no "
                     "passphrase is available here (k3stack never prompts)",
                     f"load it into ssh-agent first (ssh-add {self.options.key_file or '~/.ssh/id_ed25519'}) and "
-                    "unset SSH_KEY so the agent is used, or use a key without a passphrase kept private",
+                    "unset SSH_KEY so the agent is used, or set SSH_KEY_PASSPHRASE in the environment"
+                    + (" (the one set does not open this key)" if self.options.key_passphrase else ""),
                 ) from None
             except paramiko.AuthenticationException:
                 raise RemoteError(

@@ -162,6 +162,10 @@ def test_an_encrypted_key_without_agent_names_ssh_agent(bed, monkeypatch):
     encrypted = r"the SSH key \S+locked is encrypted .*; fix: load it into ssh-agent"
     with pytest.raises(boot.BootstrapError, match=encrypted):
         b.run(SSH_KEY=str(locked))
+    # With its passphrase the key opens: the host then refuses it (not in authorized_keys), as it should.
+    with pytest.raises(boot.BootstrapError, match=r"SSH login refused for user root"):
+        b.run(SSH_KEY=str(locked), SSH_KEY_PASSPHRASE="a passphrase")
+    assert "a passphrase" not in b.output.getvalue()
     assert untouched(b.hosts[0])
 
 
