@@ -430,7 +430,7 @@ def render(c, env=None, out=None, show_secrets=False, validate=False):
 
 @task(help=CLUSTER_HELP)
 def status(c, env=None, kubeconfig=None, context=None):
-    """Show each component: ready/desired, image tag, volumes (bound + size) and URL."""
+    """Show each component: ready/desired, image tag, volumes (bound + size) and URL; exit 1 unless all are ready."""
     from k3stack import deploy as stack
 
     console = _console()
@@ -440,6 +440,10 @@ def status(c, env=None, kubeconfig=None, context=None):
     console.table(
         f"k3stack on {kube.server}", ["namespace", "workload", "ready", "state", "image", "volumes", "url"], rows
     )
+    if not stack.healthy(rows):
+        unhealthy = ", ".join(f"{row[1]} ({row[0]}): {row[3]}" for row in rows if row[3] != "ready")
+        console.error(f"the stack is not healthy: {unhealthy} — `inv deploy` brings it back")
+        raise Exit(code=1)
 
 
 @task(

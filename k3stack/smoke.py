@@ -398,9 +398,10 @@ class Checks:
             if ready.get("status") != "True":
                 bad.append(f"{node['metadata']['name']} ({ready.get('reason') or 'no Ready condition'})")
         if bad:
+            first = bad[0].split(" ")[0]
             raise CheckFailed(
                 f"not Ready: {', '.join(bad)}",
-                "look at the node: `kubectl describe node NAME`; on it, `journalctl -u k3s`",
+                f"look at the node: `kubectl describe node {first}`; on it, `journalctl -u k3s`",
             )
         return f"{len(nodes)} node(s) Ready"
 
@@ -450,15 +451,20 @@ class Checks:
             raise CheckFailed(f"no HelmChart in {namespace}", "deploy the stack: `inv deploy`")
         waiter = rollout.Waiter(self.kube)
         done, bad, failed = [], [], False
+        jobs = []
         for chart in charts:
-            target = rollout.Target("helm.cattle.io/v1", "HelmChart", namespace, chart["metadata"]["name"])
+            name = chart["metadata"]["name"]
+            target = rollout.Target("helm.cattle.io/v1", "HelmChart", namespace, name)
             status = waiter.status(target)
-            (done if status.done else bad).append(f"{chart['metadata']['name']}: {status.message}")
+            (done if status.done else bad).append(f"{name}: {status.message}")
+            if not status.done:
+                jobs.append((chart.get("status") or {}).get("jobName") or f"helm-install-{name}")
             failed = failed or status.failed
         if bad:
+            logs = "; ".join(f"`kubectl -n {namespace} logs job/{job}`" for job in jobs)
             raise CheckFailed(
                 "; ".join(bad),
-                f"the install job's log says why: `kubectl -n {namespace} logs job/helm-install-NAME`",
+                f"the install job's log says why: {logs}",
                 final=failed,  # failurePolicy abort: a failed install stays failed until a person acts
             )
         return "; ".join(done)
@@ -484,7 +490,7 @@ class Checks:
         if status != 200 or not data or "version" not in data:
             raise CheckFailed(
                 f"Ollama /api/version: HTTP {status} {message}",
-                "is Ollama ready? `inv status`; `kubectl -n NS logs deploy/ollama`",
+                f"is Ollama ready? `inv status`; `kubectl -n {self.config.stack_namespace} logs deploy/ollama`",
             )
         return f"Ollama {data['version']}"
 
@@ -503,7 +509,7 @@ class Checks:
         if status != 200:
             raise CheckFailed(
                 f"Open WebUI /health: HTTP {status} {message}",
-                "is Open WebUI running? `kubectl -n NS logs deploy/open-webui`",
+                f"is Open WebUI running? `kubectl -n {self.config.stack_namespace} logs deploy/open-webui`",
             )
         return "200"
 

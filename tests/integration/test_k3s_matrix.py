@@ -225,11 +225,6 @@ def test_a_by_design_conflict_never_fails_a_deploy(bed, env):
     assert kube.get("helm.cattle.io/v1", "HelmChart", "netdata", monitoring)["spec"]["version"] != "0.0.1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inv status exits 1 only with the tasks.py patch of issue 13's report (tasks.py is the lead's); "
-    "once applied this passes: remove this marker",
-)
 def test_inv_status_of_a_half_deployed_stack_says_missing_and_exits_1(bed, env, tmp_path):
     plan = env.plan()
     early = [m for m in plan.manifests if m.phase <= 3]
