@@ -139,16 +139,16 @@ def test_checkov_really_fails_a_bad_manifest(tmp_path):
 
 def test_values_embedded_in_text_are_settings_that_cannot_break_it():
     """A ${VAR} inside a block of text (a HelmChart's valuesContent, a script) is not escaped by
-    YAML: only settings whose validator admits nothing but names, host names, quantities, plain
-    e-mail addresses and URLs without quotes may go there, or constants k3stack computes (redis.conf
-    and htpasswd are written by k3stack/secrets.py with their own rules)."""
+    YAML: only settings whose validator refuses quotes, backslashes, spaces, newlines, `#` and `:`
+    may go there, or constants k3stack computes (redis.conf and htpasswd are written by
+    k3stack/secrets.py with their own rules)."""
     import re
 
     import yaml
 
     from k3stack import bootstrap, settings
 
-    safe = {settings.hostname, settings.dns_label, settings.quantity, settings.email, settings.url}
+    valid = settings.load(env_dir=Path("/nonexistent"), environ=SETTINGS).values
     for path in sorted((ROOT / "k8s").glob("*/*.yaml")):
         for node in _block_scalars(yaml.compose_all(path.read_text())):
             for name in re.findall(r"\$\{([A-Za-z0-9_]+)\}", node.value):
@@ -157,7 +157,11 @@ def test_values_embedded_in_text_are_settings_that_cannot_break_it():
                     continue
                 setting = settings.BY_NAME.get(name)
                 assert setting is not None, f"{path.name}: ${{{name}}} in a text block is not a setting"
-                assert setting.check in safe, f"{path.name}: ${{{name}}} in a text block may hold any text"
+                assert setting.check is not None, f"{path.name}: ${{{name}}} in a text block is not validated"
+                sample = valid[name]
+                for char in "\"'\\ \n#:":
+                    probe = sample[:1] + char + sample[1:]
+                    assert setting.check(probe) is not None, f"{path.name}: ${{{name}}} may be {probe!r}"
 
 
 def _block_scalars(documents):
