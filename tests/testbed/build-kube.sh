@@ -9,6 +9,10 @@ cache_root=${K3STACK_TESTBED_CACHE:-$HOME/.cache/k3stack-testbed}
 work=$cache_root/src
 apt_dir=$cache_root/apt
 mkdir -p "$work" "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
+# One build at a time (two test runs, or inv setup beside a test, share the work directory):
+# the second waits, then finds the first one's binaries cached.
+exec 9>"$cache_root/.build.lock"
+flock 9
 
 # Private apt configuration: the system's URIs and suites as deb-src, own lists and cache.
 sources=$apt_dir/sources.list
