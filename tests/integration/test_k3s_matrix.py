@@ -16,6 +16,7 @@ from k3stack.apply import FIELD_MANAGER
 from k3stack.kube import ApiError, Kube
 from k3stack.manifests import REPO
 from tests.integration.test_deploy import at_rest, stack_env  # noqa: F401 - a fixture
+from tests.testbed.ingress import Ingress, TestCA
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -79,6 +80,17 @@ def test_matrix_row_deploys_idempotently_prunes_and_keeps_data(bed, env, row):
     monitoring = env.values["MONITORING_NAMESPACE"]
     middleware_api = f"{traefik[0]}/v1alpha1"
     assert kube.get(middleware_api, "Middleware", "netdata-auth", monitoring) is not None
+    # and routes: the Traefik stand-in finds the basic-auth Middleware in the group this cluster serves
+    monitor_host = env.plan().settings["MONITOR_HOST"]
+    ingress = Ingress(
+        kube, [monitoring], TestCA().issue([monitor_host]), chart_backends={(monitoring, "netdata"): ("127.0.0.1", 9)}
+    )
+    try:
+        route = ingress.match("websecure", monitor_host, "/")
+        assert route is not None, f"no route for {monitor_host} on {row}"
+        assert [sorted(m) for m in route.middlewares] == [["basicAuth", "namespace"]]
+    finally:
+        ingress.close()
     chart = kube.get("helm.cattle.io/v1", "HelmChart", "netdata", monitoring)
     assert chart["metadata"]["finalizers"]  # the controller has reconciled (and written) it
     assert "deploy" in {f["manager"] for f in chart["metadata"]["managedFields"]}

@@ -36,7 +36,8 @@ from cryptography.x509.oid import NameOID
 from k3stack.kube import Kube
 
 ANNOTATION = "traefik.ingress.kubernetes.io/"
-MIDDLEWARE_API = "traefik.io/v1alpha1"
+# Traefik ≥ 2.10 serves traefik.io; older Traefik (K3s ≤ 1.26) only traefik.containo.us.
+MIDDLEWARE_APIS = ("traefik.io/v1alpha1", "traefik.containo.us/v1alpha1")
 
 
 class TestCA:
@@ -197,9 +198,10 @@ class Ingress:
             return None
         for namespace in self.namespaces:
             if name.startswith(namespace + "-"):
-                obj = self.kube.get(MIDDLEWARE_API, "Middleware", name[len(namespace) + 1 :], namespace)
-                if obj is not None:
-                    return {**obj["spec"], "namespace": namespace}
+                for api in MIDDLEWARE_APIS:  # whichever group the cluster serves (an unserved one reads as absent)
+                    obj = self.kube.get(api, "Middleware", name[len(namespace) + 1 :], namespace)
+                    if obj is not None:
+                        return {**obj["spec"], "namespace": namespace}
         return None
 
     def _endpoint(self, namespace: str, service: str, port: dict) -> tuple[str, int] | None:
