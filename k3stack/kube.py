@@ -16,8 +16,6 @@ from urllib.parse import quote
 
 import urllib3
 import yaml
-from kubernetes import client, config
-from kubernetes.config.config_exception import ConfigException
 
 from .errors import K3stackError
 
@@ -156,6 +154,11 @@ class Kube:
     """A cluster reached through a kubeconfig (path or default) and optional context."""
 
     def __init__(self, kubeconfig: str | None = None, context: str | None = None, *, retries: int = 5):
+        # The client (~0.9 s to import) loads only when a cluster is talked to: `inv render`
+        # and bootstrap's planning import this module without it.
+        from kubernetes import client, config
+        from kubernetes.config.config_exception import ConfigException
+
         where = _kubeconfig_source(kubeconfig)
         try:
             configuration = client.Configuration()
