@@ -69,6 +69,10 @@ class Slot:
                     if cls._owner_alive(path):
                         continue
                     cls(index, path)._sweep()
+                elif Path(f"/sys/class/net/k3stb{index}").exists():
+                    # A bridge with no slot here: a bed with another /tmp (a container, a chroot)
+                    # holds this index. Links are machine-wide, so leave it to its owner.
+                    continue
                 path.mkdir(mode=0o700)
                 (path / "owner").write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
                 return cls(index, path)
@@ -118,6 +122,11 @@ class Slot:
     def ensure_bridge(self) -> None:
         if self._bridge_up:
             return
+        if Path(f"/sys/class/net/{self.name}").exists():
+            # never record (and so never sweep) a link this slot did not create
+            raise BedError(
+                f"bridge {self.name} already exists and is not this bed's: another bed holds slot {self.index}"
+            )
         self._record("link", self.name)
         run(["ip", "link", "add", self.name, "type", "bridge"])
         run(["ip", "addr", "add", f"{self.gateway}/24", "dev", self.name])

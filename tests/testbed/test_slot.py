@@ -47,3 +47,23 @@ def test_release_removes_bridge_namespaces_and_state(bed_slot):  # bed_slot: roo
     assert netns not in run(["ip", "netns", "list"])
     assert not Path(f"/sys/class/net/{slot.name}").exists()
     assert not slot.path.exists()
+
+
+def test_a_bridge_of_a_bed_with_another_tmp_is_left_alone(bed_slot):
+    """Beds in a container or chroot have their own /tmp but share the machine's links: an index
+    whose bridge exists without a slot here is skipped, and that bridge is never swept."""
+    from . import slot as slots
+
+    index = next(i for i in range(1, slots.MAX_SLOTS + 1) if not (slots.ROOT / f"{slots.PREFIX}{i}").exists())
+    foreign = f"k3stb{index}"
+    run(["ip", "link", "add", foreign, "type", "bridge"])
+    try:
+        claimed = Slot.claim()
+        try:
+            assert claimed.index != index
+        finally:
+            claimed.release()
+        Slot.sweep_stale()
+        assert Path(f"/sys/class/net/{foreign}").exists()
+    finally:
+        run(["ip", "link", "del", foreign])
