@@ -620,6 +620,7 @@ def models_list(c, env=None, kubeconfig=None, context=None, json=False):
         "junit": SMOKE_HELP["junit"],
         "only": SMOKE_HELP["only"] + " (default: all)",
         "timeout": "seconds to wait at each stage",
+        "pull": "pull OLLAMA_MODELS after the deploy (default on; --no-pull skips)",
     },
 )
 def up(
@@ -635,6 +636,7 @@ def up(
     junit=None,
     only="",
     timeout="600",
+    pull=True,
 ):
     """Everything: bootstrap the hosts, deploy the stack, pull the models, smoke-test it; stops at the first failure."""
     console = _console()
@@ -664,7 +666,7 @@ def up(
         wait=True,
         timeout=timeout,
         json=False,
-        pull=True,
+        pull=pull,
     )
     console.step("3/3 smoke")
     _run_smoke(console, env, kubeconfig, context, False, junit, insecure, None, None, None, groups)

@@ -175,10 +175,12 @@ def test_up_runs_bootstrap_deploy_and_smoke_and_stops_at_the_failing_stage(ssh_h
         f"DOMAIN={host.ip}.sslip.io\nACME_EMAIL=ops@example.com\nSERVERS={host.ip}\nSSH_KEY={hosts.client_key}\n"
         f"SSH_KNOWN_HOSTS={hosts.known_hosts}\nK3S_INSTALL_URL={installer.as_uri()}\n"
         f"K3S_INSTALL_SHA256={standin.installer_sha256()}\nKUBECONFIG_PATH={tmp_path / 'kubeconfig'}\n"
-        "OLLAMA_MODELS=\nSMOKE_TIMEOUT=3\n"
+        "SMOKE_TIMEOUT=3\n"
     )
     junit = tmp_path / "smoke.xml"
-    done = inv("up", "--env", "site", "--junit", str(junit), env={"K3STACK_ENV_DIR": str(tmp_path), "CI": "true"})
+    done = inv(
+        "up", "--env", "site", "--junit", str(junit), "--no-pull", env={"K3STACK_ENV_DIR": str(tmp_path), "CI": "true"}
+    )
     out = done.stdout + done.stderr
     # Bootstrap and deploy went through on the stand-in K3s; smoke ran and failed (no Ollama,
     # no Open WebUI, no public ingress here), so `up` exits 1 with the smoke report.
