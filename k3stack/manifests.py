@@ -121,24 +121,25 @@ def _leftover(path: Path) -> bool:
     return name.startswith((".", "#")) or name.endswith(("~", ".bak", ".orig", ".rej", ".swp"))
 
 
+def _files(k8s_dir: Path, targets: Iterable[str]) -> list[Path]:
+    """Every file directly in k8s/<target>/, sorted per target."""
+    return [
+        p for t in targets for p in sorted((k8s_dir / t).iterdir() if (k8s_dir / t).is_dir() else []) if p.is_file()
+    ]
+
+
+def _read(path: Path) -> bool:
+    return path.suffix in MANIFEST_SUFFIXES and not _leftover(path)
+
+
 def manifest_files(k8s_dir: Path = K8S_DIR, targets: Iterable[str] = TARGETS) -> list[Path]:
     """Every *.yaml and *.yml of k8s/<target>/, sorted per target; leftovers (see `skipped_files`) excluded."""
-    return [
-        p
-        for t in targets
-        for p in sorted((k8s_dir / t).iterdir() if (k8s_dir / t).is_dir() else [])
-        if p.is_file() and p.suffix in MANIFEST_SUFFIXES and not _leftover(p)
-    ]
+    return [p for p in _files(k8s_dir, targets) if _read(p)]
 
 
 def skipped_files(k8s_dir: Path = K8S_DIR, targets: Iterable[str] = TARGETS) -> list[Path]:
     """Files in k8s/<target>/ that are not read: leftovers and files that are not *.yaml/*.yml."""
-    return [
-        p
-        for t in targets
-        for p in sorted((k8s_dir / t).iterdir() if (k8s_dir / t).is_dir() else [])
-        if p.is_file() and (p.suffix not in MANIFEST_SUFFIXES or _leftover(p))
-    ]
+    return [p for p in _files(k8s_dir, targets) if not _read(p)]
 
 
 def render(
