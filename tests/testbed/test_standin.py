@@ -119,7 +119,11 @@ def upper_files(bed_slot, host: SshHost) -> set[str]:
     """Files the host wrote into its copy-on-write root (not directories: copy-ups of existing
     ones stay), outside /var/log (unit logs outlive an uninstall, as the journal does)."""
     upper = bed_slot.path / "hosts" / host.name / "fs" / "upper"
-    listing = run(["nsenter", "-t", str(host.pid), "-m", "find", str(upper), "-mindepth", "1"])
+    # The upper dir is on a tmpfs mounted in the host's mount namespace only. Enter that namespace
+    # through the launcher (unshare, in that namespace with our own root), taking its root too
+    # (-r): sshd's root is the overlay, and a bare -m lands at the namespace's real / — outside
+    # the root we run in when that is a chroot, where the slot's path does not exist.
+    listing = run(["nsenter", "-t", str(host.launcher_pid), "-m", "-r", "find", str(upper), "-mindepth", "1"])
     entries = {line[len(str(upper)) + 1 :] for line in listing.splitlines()}
     return {e for e in entries if not e.startswith("var/log") and not Path("/", e).is_dir()}
 
