@@ -13,37 +13,13 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from .kinds import KEPT_KINDS, KINDS, PRUNABLE
 from .kube import ApiError, Cluster, Kube, KubeError, NotServedError
 from .manifests import MANAGED_BY, MANAGER, Manifest, describe, object_key, phases
 
 FIELD_MANAGER = MANAGER
 INSTANCE_LABEL = "k3stack.dev/instance"
-# Never pruned or deleted by deploy: data (PVC), credentials a volume depends on (Secret), and
-# namespaces (deleting one deletes every PVC in it).
-KEPT_KINDS = frozenset({"PersistentVolumeClaim", "Secret", "Namespace"})
-# Kinds looked at for pruning, kubectl's allowlist idea: what k3stack may have created.
-PRUNABLE: tuple[tuple[str, str], ...] = (
-    ("v1", "ConfigMap"),
-    ("v1", "Service"),
-    ("v1", "ServiceAccount"),
-    ("apps/v1", "Deployment"),
-    ("apps/v1", "StatefulSet"),
-    ("apps/v1", "DaemonSet"),
-    ("batch/v1", "Job"),
-    ("networking.k8s.io/v1", "Ingress"),
-    ("networking.k8s.io/v1", "NetworkPolicy"),
-    ("rbac.authorization.k8s.io/v1", "Role"),
-    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
-    ("traefik.io/v1alpha1", "Middleware"),
-    ("traefik.containo.us/v1alpha1", "Middleware"),
-    ("helm.cattle.io/v1", "HelmChart"),
-)
 PARALLEL = 8
-# Controllers that write back fields of objects k3stack applies, by design: K3s's helm-controller
-# UPDATEs the HelmChart it reconciles (field manager `deploy`; `helm-controller` when run on its
-# own), writing `.spec` back as its Go types know it. A conflict with only these managers is not a
-# person's change to protect: k3stack's values win (one forced re-apply), nothing fails.
-BY_DESIGN: dict[str, frozenset[str]] = {"HelmChart": frozenset({"deploy", "helm-controller", "k3s"})}
 CONFLICT_MANAGER = re.compile(r'conflict with "([^"]+)"')
 
 
@@ -211,31 +187,15 @@ class Applier:
 
 def by_design_conflict(kind: str, exc: ApiError) -> bool:
     """A 409 apply conflict whose every other manager is a controller that writes back by design."""
-    if exc.status != 409 or kind not in BY_DESIGN:
+    co_managers = next((k.co_managers for k in KINDS if k.kind == kind), frozenset())
+    if exc.status != 409 or not co_managers:
         return False
     causes = (exc.body.get("details") or {}).get("causes") or []
     managers = {found.group(1) for c in causes if (found := CONFLICT_MANAGER.search(c.get("message", "")))}
-    return bool(managers) and len(managers) == len(causes) and managers <= BY_DESIGN[kind]
+    return bool(managers) and len(managers) == len(causes) and managers <= co_managers
 
 
 # -- errors explained ---------------------------------------------------------------------------
-FIXES = {
-    "PersistentVolumeClaim": (
-        "a claim's spec cannot change after creation except to grow its storage request, "
-        "and K3s's local-path cannot grow volumes: set the size back, or back up the data, "
-        "delete the PVC yourself (k3stack never deletes volumes) and deploy again"
-    ),
-    "StatefulSet": (
-        "volumeClaimTemplates and selector of a StatefulSet are fixed: delete it with "
-        "`kubectl delete statefulset {name} -n {namespace} --cascade=orphan` (pods and PVCs stay) and deploy again"
-    ),
-    "Deployment": (
-        "a Deployment's selector is fixed: delete the Deployment (`kubectl delete deployment {name} -n {namespace}`; "
-        "its PVC stays) and deploy again"
-    ),
-}
-
-
 def explain(m: Manifest, exc: ApiError) -> str:
     causes = (exc.body.get("details") or {}).get("causes") or []
     message = exc.body.get("message", "")
@@ -255,7 +215,8 @@ def explain(m: Manifest, exc: ApiError) -> str:
     ]
     if exc.status == 422 and (immutable or "immutable" in message):
         fields = ", ".join(sorted({c.get("field", "?") for c in immutable})) or "spec"
-        fix = FIXES.get(m.kind, "delete the object yourself and deploy again")
+        known = next((k for k in KINDS if k.kind == m.kind and k.immutable_fix), None)
+        fix = known.immutable_fix if known else "delete the object yourself and deploy again"
         fix = fix.format(name=m.name, namespace=m.namespace or "default")
         return f"{fields} cannot be changed on an existing {m.kind} — fix: {fix}"
     if exc.status == 422:

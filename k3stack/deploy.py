@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from . import kinds as kinds_
 from . import manifests as mf
 from . import secrets as sec
 from .apply import (
@@ -383,7 +384,7 @@ def destroy(
     selector = instance_selector(plan.instance)
     kinds = {(m.obj["apiVersion"], m.kind) for m in plan.manifests} | set(PRUNABLE)
     kinds = {k for k in kinds if cluster.serves(k[0])}
-    order = sorted(kinds, key=lambda k: (-mf.PHASES.get(k[1], mf.LAST_PHASE), k))
+    order = sorted(kinds, key=lambda k: (-kinds_.phase(k[1]), k))
     charts: list[dict] = []
     for api_version, kind in order:
         if kind in KEPT_KINDS and not purge:

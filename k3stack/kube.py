@@ -18,6 +18,7 @@ import urllib3
 import yaml
 
 from .errors import K3stackError
+from .kinds import KNOWN, Resource
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -73,24 +74,6 @@ class Cluster:
         return api_version in self.served
 
 
-@dataclass(frozen=True)
-class Resource:
-    """Where a kind lives in the REST API."""
-
-    prefix: str  # /api/v1 or /apis/<group>/<version>
-    plural: str
-    namespaced: bool
-
-    def path(self, namespace: str | None = None, name: str | None = None) -> str:
-        parts = [self.prefix]
-        if self.namespaced and namespace:
-            parts.append(f"namespaces/{quote(namespace)}")
-        parts.append(self.plural)
-        if name:
-            parts.append(quote(name))
-        return "/".join(parts)
-
-
 def _kubeconfig_source(kubeconfig: str | None) -> str:
     """Which file(s) a kubeconfig is read from, as kubectl picks them (--kubeconfig, else every
     path in $KUBECONFIG, else ~/.kube/config), named for messages. Raises KubeError naming the
@@ -123,31 +106,6 @@ def _spec_fields(crd: dict) -> frozenset[str]:
     chosen = next((v for v in versions if v.get("storage")), versions[0] if versions else {})
     schema = ((chosen.get("schema") or {}).get("openAPIV3Schema") or {}).get("properties") or {}
     return frozenset(((schema.get("spec") or {}).get("properties") or {}).keys())
-
-
-# The kinds k3stack ships, so applying them needs no discovery round trips.
-KNOWN: dict[tuple[str, str], Resource] = {
-    ("v1", "Namespace"): Resource("/api/v1", "namespaces", False),
-    ("v1", "Secret"): Resource("/api/v1", "secrets", True),
-    ("v1", "ConfigMap"): Resource("/api/v1", "configmaps", True),
-    ("v1", "Service"): Resource("/api/v1", "services", True),
-    ("v1", "ServiceAccount"): Resource("/api/v1", "serviceaccounts", True),
-    ("v1", "PersistentVolumeClaim"): Resource("/api/v1", "persistentvolumeclaims", True),
-    ("apps/v1", "Deployment"): Resource("/apis/apps/v1", "deployments", True),
-    ("apps/v1", "StatefulSet"): Resource("/apis/apps/v1", "statefulsets", True),
-    ("apps/v1", "DaemonSet"): Resource("/apis/apps/v1", "daemonsets", True),
-    ("batch/v1", "Job"): Resource("/apis/batch/v1", "jobs", True),
-    ("networking.k8s.io/v1", "Ingress"): Resource("/apis/networking.k8s.io/v1", "ingresses", True),
-    ("networking.k8s.io/v1", "NetworkPolicy"): Resource("/apis/networking.k8s.io/v1", "networkpolicies", True),
-    ("rbac.authorization.k8s.io/v1", "Role"): Resource("/apis/rbac.authorization.k8s.io/v1", "roles", True),
-    ("rbac.authorization.k8s.io/v1", "RoleBinding"): Resource(
-        "/apis/rbac.authorization.k8s.io/v1", "rolebindings", True
-    ),
-    ("traefik.io/v1alpha1", "Middleware"): Resource("/apis/traefik.io/v1alpha1", "middlewares", True),
-    ("traefik.containo.us/v1alpha1", "Middleware"): Resource("/apis/traefik.containo.us/v1alpha1", "middlewares", True),
-    ("helm.cattle.io/v1", "HelmChart"): Resource("/apis/helm.cattle.io/v1", "helmcharts", True),
-    ("helm.cattle.io/v1", "HelmChartConfig"): Resource("/apis/helm.cattle.io/v1", "helmchartconfigs", True),
-}
 
 
 class Kube:

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
+from . import kinds
 from .errors import K3stackError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,31 +25,6 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "k3stack"
 SOURCE_ANNOTATION = "k3stack.dev/source"
 VAR = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
-
-# Apply order (kubectl users know it from `kubectl apply` of a sorted directory): what others
-# refer to goes first. Objects of one phase do not depend on each other.
-PHASES: dict[str, int] = {
-    "Namespace": 0,
-    "CustomResourceDefinition": 1,
-    "ServiceAccount": 2,
-    "Secret": 2,
-    "ConfigMap": 2,
-    "PersistentVolumeClaim": 2,
-    "Role": 2,
-    "RoleBinding": 2,
-    "ClusterRole": 2,
-    "ClusterRoleBinding": 2,
-    "Service": 3,
-    "Deployment": 4,
-    "StatefulSet": 4,
-    "DaemonSet": 4,
-    "Job": 4,
-    "Ingress": 5,
-    "Middleware": 5,
-    "HelmChart": 5,
-    "NetworkPolicy": 5,
-}
-LAST_PHASE = max(PHASES.values())
 
 
 class RenderError(K3stackError, ValueError):
@@ -105,7 +81,7 @@ class Manifest:
 
     @property
     def phase(self) -> int:
-        return PHASES.get(self.kind, LAST_PHASE)
+        return kinds.phase(self.kind)
 
     def describe(self) -> str:
         return describe(self.obj["apiVersion"], self.kind, self.name)

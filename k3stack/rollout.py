@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .errors import K3stackError
+from .kinds import WAITED_KINDS, status_of
 from .kube import Kube
 from .manifests import Manifest, describe
-
-WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "HelmChart")
+from .readiness import Status, condition, job_status
 
 
 @dataclass(frozen=True)
@@ -26,17 +26,6 @@ class Target:
         return describe(self.api_version, self.kind, self.name)
 
 
-@dataclass(frozen=True)
-class Status:
-    done: bool
-    message: str  # kubectl's words: "2 of 3 updated replicas are available..."
-    failed: bool = False
-    ready: int = 0
-    desired: int = 0
-    missing: bool = False  # the object does not exist
-    terminating: bool = False  # it is being deleted (a HelmChart while its helm-delete Job runs)
-
-
 class RolloutError(K3stackError):
     def __init__(self, report: str, statuses: dict[Target, Status]):
         self.statuses = statuses
@@ -44,89 +33,7 @@ class RolloutError(K3stackError):
 
 
 def targets(manifests: Iterable[Manifest]) -> list[Target]:
-    return [
-        Target(m.obj["apiVersion"], m.kind, m.namespace or "", m.name) for m in manifests if m.kind in WORKLOAD_KINDS
-    ]
-
-
-def _condition(obj: dict, kind: str) -> dict | None:
-    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == kind), None)
-
-
-def deployment_status(obj: dict) -> Status:
-    spec, status, meta = obj.get("spec", {}), obj.get("status") or {}, obj["metadata"]
-    want = spec.get("replicas", 1)
-    updated, total, available = (status.get(k, 0) for k in ("updatedReplicas", "replicas", "availableReplicas"))
-    if status.get("observedGeneration", 0) < meta.get("generation", 0):
-        return Status(False, "waiting for deployment spec update to be observed", ready=available, desired=want)
-    progressing = _condition(obj, "Progressing")
-    if progressing and progressing.get("reason") == "ProgressDeadlineExceeded":
-        return Status(
-            False,
-            f"deployment {meta['name']!r} exceeded its progress deadline",
-            failed=True,
-            ready=available,
-            desired=want,
-        )
-    if updated < want:
-        return Status(False, f"{updated} out of {want} new replicas have been updated", ready=available, desired=want)
-    if total > updated:
-        return Status(False, f"{total - updated} old replicas are pending termination", ready=available, desired=want)
-    if available < updated:
-        return Status(False, f"{available} of {updated} updated replicas are available", ready=available, desired=want)
-    return Status(True, "successfully rolled out", ready=available, desired=want)
-
-
-def statefulset_status(obj: dict) -> Status:
-    spec, status, meta = obj.get("spec", {}), obj.get("status") or {}, obj["metadata"]
-    want = spec.get("replicas", 1)
-    ready, updated = status.get("readyReplicas", 0), status.get("updatedReplicas", 0)
-    if status.get("observedGeneration", 0) < meta.get("generation", 0):
-        return Status(False, "waiting for statefulset spec update to be observed", ready=ready, desired=want)
-    if ready < want:
-        return Status(False, f"{ready} of {want} pods are ready", ready=ready, desired=want)
-    if status.get("updateRevision") and status.get("currentRevision") != status.get("updateRevision"):
-        return Status(False, f"{updated} of {want} pods updated to the new revision", ready=ready, desired=want)
-    return Status(
-        True, f"{ready} pods ready at revision {status.get('currentRevision', '?')}", ready=ready, desired=want
-    )
-
-
-def daemonset_status(obj: dict) -> Status:
-    status, meta = obj.get("status") or {}, obj["metadata"]
-    want = status.get("desiredNumberScheduled", 0)
-    updated, available = status.get("updatedNumberScheduled", 0), status.get("numberAvailable", 0)
-    if status.get("observedGeneration", 0) < meta.get("generation", 0):
-        return Status(False, "waiting for daemon set spec update to be observed", ready=available, desired=want)
-    if updated < want:
-        return Status(False, f"{updated} out of {want} new pods have been updated", ready=available, desired=want)
-    if available < want:
-        return Status(False, f"{available} of {updated} updated pods are available", ready=available, desired=want)
-    return Status(True, "successfully rolled out", ready=available, desired=want)
-
-
-def job_status(obj: dict | None, chart: str) -> Status:
-    if obj is None:
-        return Status(False, f"waiting for helm-controller to start the install job of {chart}", desired=1)
-    failed = _condition(obj, "Failed")
-    if failed and failed.get("status") == "True":
-        return Status(
-            False, f"install job {obj['metadata']['name']} failed: {failed.get('message', '')}", failed=True, desired=1
-        )
-    if (obj.get("status") or {}).get("succeeded", 0) >= 1:
-        return Status(True, f"chart installed (job {obj['metadata']['name']} complete)", ready=1, desired=1)
-    return Status(False, f"install job {obj['metadata']['name']} running", desired=1)
-
-
-def plain_job_status(obj: dict) -> Status:
-    """A Job of our own (not a chart's): complete, failed, or how far it got."""
-    name, status = obj["metadata"]["name"], obj.get("status") or {}
-    failed = _condition(obj, "Failed")
-    if failed and failed.get("status") == "True":
-        return Status(False, f"job {name} failed: {failed.get('message', '')}", failed=True, desired=1)
-    if status.get("succeeded", 0) >= (obj.get("spec") or {}).get("completions", 1):
-        return Status(True, f"job {name} complete", ready=1, desired=1)
-    return Status(False, f"job {name} running ({status.get('failed', 0)} failed attempt(s))", desired=1)
+    return [Target(m.obj["apiVersion"], m.kind, m.namespace or "", m.name) for m in manifests if m.kind in WAITED_KINDS]
 
 
 class Waiter:
@@ -144,16 +51,10 @@ class Waiter:
             return Status(False, f"{target.describe()} not found in {target.namespace}", missing=True)
         if obj["metadata"].get("deletionTimestamp"):
             return Status(False, f"{target.describe()} is being deleted", terminating=True)
-        if target.kind == "Deployment":
-            return deployment_status(obj)
-        if target.kind == "StatefulSet":
-            return statefulset_status(obj)
-        if target.kind == "DaemonSet":
-            return daemonset_status(obj)
-        if target.kind == "Job":
-            return plain_job_status(obj)
+        if judge := status_of(target.api_version, target.kind):
+            return judge(obj)
         job_name = (obj.get("status") or {}).get("jobName") or f"helm-install-{target.name}"
-        failed = _condition(obj, "Failed")
+        failed = condition(obj, "Failed")
         job = self.kube.get("batch/v1", "Job", job_name, target.namespace)
         changed = self.changed_at.get((target.namespace, target.name), "")
         if job is not None and changed and job["metadata"].get("creationTimestamp", "") < changed:

@@ -27,7 +27,7 @@ import websocket  # websocket-client (also what the kubernetes client streams wi
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID, NameOID
 
-from . import rollout
+from . import kinds, rollout
 from .console import Console
 from .kube import Kube, KubeError
 from .ollama import normalise
@@ -406,11 +406,8 @@ class Checks:
         return f"{len(nodes)} node(s) Ready"
 
     def workloads_available(self) -> str:
-        statuses = {
-            "Deployment": rollout.deployment_status,
-            "StatefulSet": rollout.statefulset_status,
-            "DaemonSet": rollout.daemonset_status,
-        }
+        # The workloads whose readiness the object alone tells (a HelmChart's is its Job's).
+        statuses = {k.kind: k.status for k in kinds.KINDS if k.waited and k.status and k.api_version == "apps/v1"}
         seen, bad = 0, []
         for namespace in self.namespaces:
             for kind, judge in statuses.items():

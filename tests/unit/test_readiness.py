@@ -1,0 +1,132 @@
+"""kubectl's rollout rules, field by field (kubectl pkg/polymorphichelpers/rollout_status.go)."""
+
+import pytest
+
+from k3stack import readiness as r
+
+
+def deployment(generation=2, observed=2, want=2, updated=2, total=2, available=2, conditions=()):
+    return {
+        "metadata": {"name": "web", "generation": generation},
+        "spec": {"replicas": want},
+        "status": {
+            "observedGeneration": observed,
+            "updatedReplicas": updated,
+            "replicas": total,
+            "availableReplicas": available,
+            "conditions": list(conditions),
+        },
+    }
+
+
+def test_a_rolled_out_deployment_is_done():
+    status = r.deployment_status(deployment())
+    assert (status.done, status.failed, status.ready, status.desired) == (True, False, 2, 2)
+    assert status.message == "successfully rolled out"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"observed": 1}, "waiting for deployment spec update to be observed"),
+        ({"updated": 1}, "1 out of 2 new replicas have been updated"),
+        ({"total": 3}, "1 old replicas are pending termination"),
+        ({"available": 1}, "1 of 2 updated replicas are available"),
+    ],
+)
+def test_a_deployment_is_not_done_until_every_rule_holds(fields, message):
+    status = r.deployment_status(deployment(**fields))
+    assert (status.done, status.failed, status.message) == (False, False, message)
+
+
+def test_a_stale_status_never_counts_even_when_its_counts_look_done():
+    # The status is for generation 1: it says nothing about the spec just applied.
+    assert not r.deployment_status(deployment(generation=3, observed=2)).done
+    assert r.deployment_status(deployment(generation=2, observed=3)).done
+
+
+def test_replicas_default_to_one_and_a_missing_status_is_not_done():
+    obj = {"metadata": {"name": "web", "generation": 1}, "spec": {}, "status": None}
+    status = r.deployment_status(obj)
+    assert (status.done, status.desired) == (False, 1)
+
+
+def test_progress_deadline_exceeded_is_a_failure_not_a_wait():
+    cond = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
+    status = r.deployment_status(deployment(available=1, conditions=[cond]))
+    assert (status.done, status.failed) == (False, True)
+    assert "exceeded its progress deadline" in status.message
+    for other in ("True", "False"):  # kubectl judges by the reason alone
+        cond = {"type": "Progressing", "status": other, "reason": "ReplicaSetUpdated"}
+        assert not r.deployment_status(deployment(available=1, conditions=[cond])).failed
+
+
+def statefulset(generation=1, observed=1, want=1, ready=1, current="web-1", update="web-1"):
+    return {
+        "metadata": {"name": "db", "generation": generation},
+        "spec": {"replicas": want},
+        "status": {
+            "observedGeneration": observed,
+            "readyReplicas": ready,
+            "updatedReplicas": ready,
+            "currentRevision": current,
+            "updateRevision": update,
+        },
+    }
+
+
+def test_statefulset_rules():
+    assert r.statefulset_status(statefulset()).done
+    assert "web-1" in r.statefulset_status(statefulset()).message
+    assert r.statefulset_status(statefulset(observed=0)).message == (
+        "waiting for statefulset spec update to be observed"
+    )
+    assert r.statefulset_status(statefulset(ready=0)).message == "0 of 1 pods are ready"
+    pending = r.statefulset_status(statefulset(update="web-2"))
+    assert (pending.done, pending.message) == (False, "1 of 1 pods updated to the new revision")
+
+
+def daemonset(generation=1, observed=1, desired=3, updated=3, available=3):
+    return {
+        "metadata": {"name": "netdata", "generation": generation},
+        "status": {
+            "observedGeneration": observed,
+            "desiredNumberScheduled": desired,
+            "updatedNumberScheduled": updated,
+            "numberAvailable": available,
+        },
+    }
+
+
+def test_daemonset_rules():
+    assert r.daemonset_status(daemonset()).done
+    assert not r.daemonset_status(daemonset(observed=0)).done
+    assert r.daemonset_status(daemonset(updated=2)).message == "2 out of 3 new pods have been updated"
+    assert r.daemonset_status(daemonset(available=2)).message == "2 of 3 updated pods are available"
+    assert r.daemonset_status(daemonset(desired=0, updated=0, available=0)).done  # no node matches: nothing to wait
+
+
+def job(succeeded=0, failed_condition=False, completions=None):
+    conditions = [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}] if failed_condition else []
+    spec = {} if completions is None else {"completions": completions}
+    return {
+        "metadata": {"name": "helm-install-netdata"},
+        "spec": spec,
+        "status": {"succeeded": succeeded, "conditions": conditions},
+    }
+
+
+def test_chart_install_job_rules():
+    assert r.job_status(None, "netdata").message == "waiting for helm-controller to start the install job of netdata"
+    assert r.job_status(job(succeeded=1), "netdata").done
+    assert not r.job_status(job(), "netdata").done
+    failed = r.job_status(job(failed_condition=True), "netdata")
+    assert (failed.done, failed.failed) == (False, True)
+    assert "BackoffLimitExceeded" in failed.message
+
+
+def test_plain_job_counts_completions():
+    assert r.plain_job_status(job(succeeded=1)).done
+    assert not r.plain_job_status(job(succeeded=1, completions=2)).done
+    assert r.plain_job_status(job(succeeded=2, completions=2)).done
+    assert r.plain_job_status(job(failed_condition=True)).failed
