@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import yaml
 from cryptography import x509
 
+from . import reader
 from .errors import KubeconfigError
 
 K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
@@ -55,14 +56,17 @@ class WriteResult:
     backup: Path | None  # the previous content, when there was one and it changed
 
 
-def rewrite(text: str, *, server: str, name: str, source: str) -> dict:
+def rewrite(text: str | bytes, *, server: str, name: str, source: str) -> dict:
     """K3s's kubeconfig pointed at `server`, with cluster, user and context renamed to `name`.
 
-    Credentials (certificate-authority-data, client certificate/key, token) are kept as they are.
-    Raises KubeconfigError (naming `source`) unless `text` is a kubeconfig with exactly one
-    cluster, user and context that refer to each other, as K3s writes it.
+    `text` may be the file's bytes as read from the host (UTF-8). Credentials
+    (certificate-authority-data, client certificate/key, token) are kept as they are. Raises
+    KubeconfigError (naming `source`, and the line for YAML errors) unless `text` is a kubeconfig
+    with exactly one cluster, user and context that refer to each other, as K3s writes it.
     """
     _check_server(server, source="the API endpoint")
+    if isinstance(text, bytes):
+        text = _decode(text, source)
     if not isinstance(name, str) or not name.strip() or name != name.strip():
         raise KubeconfigError(
             f"{source}: context name {name!r} is empty or has spaces; fix: set a name like my-cluster"
@@ -245,7 +249,7 @@ def _write(path: Path, config: dict, merge_into_existing: bool) -> WriteResult:
     old_bytes = path.read_bytes() if path.exists() else None
     existing = None
     if old_bytes is not None:
-        existing = _parse(old_bytes.decode("utf-8", errors="replace"), str(path), existing_file=True)
+        existing = _parse(_decode(old_bytes, str(path), existing_file=True), str(path), existing_file=True)
     final = merge(existing, config) if merge_into_existing else config
     if existing == final:
         return WriteResult(path=path, changed=False, backup=None)
@@ -276,7 +280,7 @@ def _forget(path: Path, name: str) -> WriteResult:
     if not path.exists():
         return WriteResult(path=path, changed=False, backup=None)
     old_bytes = path.read_bytes()
-    existing = _parse(old_bytes.decode("utf-8", errors="replace"), str(path), existing_file=True) or {}
+    existing = _parse(_decode(old_bytes, str(path), existing_file=True), str(path), existing_file=True) or {}
     final = dict(existing)
     for section, _ in SECTIONS:
         final[section] = [e for e in existing.get(section) or [] if e.get("name") != name]
@@ -291,16 +295,41 @@ def _forget(path: Path, name: str) -> WriteResult:
     return WriteResult(path=path, changed=True, backup=backup)
 
 
-# -- helpers ----------------------------------------------------------------------------------
-def _parse(text: str, source: str, *, existing_file: bool = False) -> dict | None:
-    """The kubeconfig in `text`, None when empty; KubeconfigError when it is not one."""
-    fix = "move it aside (k3stack does not overwrite it) and run again" if existing_file else "fetch it again"
+def check_file(path: Path | str) -> dict | None:
+    """The kubeconfig at `path`, read through k3stack.reader and checked for shape (what `write`
+    would accept), None for an empty file. Raises KubeconfigError `path[:line]: what — fix: how`
+    for a file that is missing, unreadable, not UTF-8, not YAML or not a kubeconfig: call it
+    before handing a user's --kubeconfig to the kubernetes client, whose errors are tracebacks
+    or several lines."""
+    shown = str(path)
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise KubeconfigError(f"{source}: not valid YAML{where}; fix: {fix}") from None
+        text = reader.read_text(Path(path).expanduser(), shown=shown)
+    except reader.ReadError as exc:
+        raise KubeconfigError(exc.what, exc.hint) from None
+    return _parse(text, shown, existing_file=True)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _fix(existing_file: bool) -> str:
+    return "move it aside (k3stack does not overwrite it) and run again" if existing_file else "fetch it again"
+
+
+def _decode(data: bytes, source: str, *, existing_file: bool = False) -> str:
+    """`data` as UTF-8 text; KubeconfigError naming the line of the first byte that is not."""
+    try:
+        return reader.decode(data, source)
+    except reader.ReadError as exc:
+        raise KubeconfigError(exc.what, _fix(existing_file)) from None
+
+
+def _parse(text: str, source: str, *, existing_file: bool = False) -> dict | None:
+    """The kubeconfig in `text`, None when empty; KubeconfigError when it is not one (YAML errors
+    as `source:line: not valid YAML (problem) — fix: ...`, through k3stack.reader)."""
+    fix = _fix(existing_file)
+    try:
+        data = reader.yaml_document(text, source, hint=fix)
+    except reader.ReadError as exc:
+        raise KubeconfigError(exc.what, exc.hint) from None
     if data is None:
         return None
     # kubectl accepts a file without `kind`, but not one without any kubeconfig key: a stray YAML
@@ -313,6 +342,9 @@ def _parse(text: str, source: str, *, existing_file: bool = False) -> dict | Non
     for section, _ in SECTIONS:
         if data.get(section) is not None and not isinstance(data[section], list):
             raise KubeconfigError(f"{source}: {section} is not a list; fix: {fix}")
+        for index, entry in enumerate(data.get(section) or []):
+            if not isinstance(entry, dict):  # `forget` and `merge` read entry names
+                raise KubeconfigError(f"{source}: {section}[{index}] is not a mapping; fix: {fix}")
     return data
 
 

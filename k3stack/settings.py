@@ -8,15 +8,16 @@ one: a bad configuration is reported whole, secrets shown redacted.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
 
-from dotenv import dotenv_values
-
+from . import reader
 from .errors import K3stackError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,7 +38,22 @@ class SettingsError(K3stackError, ValueError):
 
 # -- checks: each returns None when fine, else what is expected ------------------------------
 _HOST = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$")
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
+# Kubernetes' quantity grammar, from the comment on `type Quantity` in k8s.io/apimachinery
+# pkg/api/resource/quantity.go (https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/quantity/):
+#   <quantity> ::= <signedNumber><suffix>;  <number> ::= <digits> | <digits>.<digits> | <digits>. | .<digits>
+#   <suffix> ::= <binarySI> (Ki Mi Gi Ti Pi Ei) | <decimalSI> (n u m "" k M G T P E)
+#              | <decimalExponent> (e|E<signedNumber>)
+# A regex, not kubernetes.utils.quantity.parse_quantity: importing that loads the whole client
+# (measured: ~0.6 s), and `inv render` must not (tests/test_imports.py).
+_QUANTITY = re.compile(
+    r"^(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"(?P<suffix>[eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$"
+)
+_SCALE = {
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: Decimal(10) ** e for s, e in (("n", -9), ("u", -6), ("m", -3), ("k", 3), ("M", 6), ("G", 9))},
+    **{s: Decimal(10) ** e for s, e in (("T", 12), ("P", 15), ("E", 18), ("", 0))},
+}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _IMAGE = re.compile(
     r"^[a-z0-9][a-z0-9._/-]*(:[0-9]+)?[a-z0-9._/-]*"  # registry[:port]/repository
@@ -46,7 +62,19 @@ _IMAGE = re.compile(
 
 
 def hostname(v: str) -> str | None:
-    return None if _HOST.match(v) else "a DNS name such as example.com or 203.0.113.10.sslip.io"
+    """None for a lower-case DNS name of two labels or more (RFC 1123; Kubernetes requires Ingress
+    hosts in lower case, networking/v1 IngressRule.host); else what is expected, saying which fix."""
+    if _HOST.match(v):
+        return None
+    fixed = v.lower().rstrip(".")
+    if fixed != v and _HOST.match(fixed):
+        which = []
+        if v != v.lower():
+            which.append("in lower case")
+        if v.endswith("."):
+            which.append("without the trailing dot")
+        return f"the name {' and '.join(which)}: {fixed} (Ingress hosts are lower-case names without a root dot)"
+    return "a DNS name such as example.com or 203.0.113.10.sslip.io"
 
 
 def email(v: str) -> str | None:
@@ -60,8 +88,39 @@ def boolean(v: str) -> str | None:
     return None if v.lower() in ("true", "false", "1", "0", "yes", "no") else "true or false"
 
 
+def parse_quantity(v: str) -> Decimal | None:
+    """The value of a Kubernetes quantity ("500m" -> 0.5, "1Gi" -> 1073741824), None when `v` does
+    not follow the grammar (k8s.io/apimachinery pkg/api/resource/quantity.go)."""
+    match = _QUANTITY.match(v)
+    if not match:
+        return None
+    suffix = match["suffix"] or ""
+    scale = Decimal(10) ** int(suffix[1:]) if suffix[:1] in ("e", "E") and len(suffix) > 1 else _SCALE[suffix]
+    try:
+        return Decimal(match["number"]) * scale
+    except ArithmeticError:  # an exponent too large for Decimal
+        return None
+
+
 def quantity(v: str) -> str | None:
-    return None if _QUANTITY.match(v) else "a Kubernetes quantity such as 500m, 2, 512Mi or 10Gi"
+    """A CPU amount: a non-negative Kubernetes quantity (500m = half a core, 2 = two cores)."""
+    value = parse_quantity(v)
+    if value is None or value < 0:
+        return "a Kubernetes quantity such as 500m, 2, 512Mi or 10Gi"
+    return None
+
+
+def byte_quantity(v: str) -> str | None:
+    """Memory or storage: a non-negative quantity of whole bytes. `512m` parses, but means 0.512
+    bytes (Kubernetes' docs warn about exactly this: "400m of memory" is 0.4 bytes), so it is refused."""
+    value = parse_quantity(v)
+    if value is None or value < 0:
+        return "a Kubernetes quantity of bytes such as 512Mi or 10Gi"
+    if value != value.to_integral_value():
+        match = _QUANTITY.match(v)
+        guess = f" (did you mean {match['number']}Mi?)" if match["suffix"] == "m" else ""
+        return f"whole bytes such as 512Mi or 10Gi: {v} is a fraction of a byte{guess}"
+    return None
 
 
 def dns_label(v: str) -> str | None:
@@ -109,7 +168,170 @@ def secret_value(v: str) -> str | None:
 
 
 def url(v: str) -> str | None:
-    return None if re.match(r"^https://[^\s\"'\\]+$", v) else "an https:// URL (no spaces, quotes or backslashes)"
+    """An https:// URL without spaces, quotes or backslashes (it is written into chart values and
+    fetched by tools that do not verify plain http)."""
+    if re.match(r"^https://[^\s\"'\\]+$", v):
+        return None
+    if v.lower().startswith("http://"):
+        return f"https:// instead of http:// ({'https://' + v[7:]}): over plain http anyone on the way can alter it"
+    return "an https:// URL (no spaces, quotes or backslashes)"
+
+
+def installer_url(v: str) -> str | None:
+    """K3S_INSTALL_URL: https://, or file:// for a copy on this machine (airgap, the test bed). The
+    script runs as root on every host, so plain http (alterable on the way) is refused."""
+    if v.startswith("file:///") and not re.search(r"[\s\"'\\]", v):
+        return None
+    problem = url(v)
+    return problem and problem.replace("an https:// URL (", "an https:// URL (or file:/// for a local copy; ", 1)
+
+
+def bcrypt_secret(v: str) -> str | None:
+    """A secret that ends up hashed with bcrypt, which takes at most 72 bytes: Traefik's basic auth
+    (htpasswd) and Open WebUI (utils/auth.py PASSWORD_BCRYPT_MAX_BYTES = 72, refused with
+    PASSWORD_TOO_LONG, so the admin would never be created)."""
+    size = len(v.encode("utf-8", "surrogatepass"))
+    if size > 72:
+        return f"at most 72 bytes (bcrypt hashes it and reads no further; this one has {size})"
+    return secret_value(v)
+
+
+def sudo_password(v: str) -> str | None:
+    """sudo reads a password up to the first newline: one with a line break can never be typed."""
+    return "one line (sudo reads the password up to the first line break)" if "\n" in v or "\r" in v else None
+
+
+def _host_or_ip(host: str) -> bool:
+    """A DNS name (lower case, RFC 1123), a single-label name such as `localhost`, or an IP address."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_HOST.match(host) or _DNS_LABEL.match(host))
+
+
+def split_endpoint(v: str) -> tuple[str, int | None]:
+    """(host, port or None) of API_ENDPOINT: `host`, `host:port`, `[v6]:port`, a bare IPv6 address.
+    Raises ValueError when it is not one of these."""
+    if v.startswith("["):
+        host, sep, rest = v[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(v)
+        port_text = rest[1:] if rest else None
+    elif v.count(":") > 1:
+        host, port_text = v, None  # a bare IPv6 address
+    else:
+        host, _, port_text = v.partition(":")
+        port_text = port_text if ":" in v else None
+    if port_text is not None and port(port_text):
+        raise ValueError(v)
+    if not _host_or_ip(host):
+        raise ValueError(v)
+    return host, int(port_text) if port_text is not None else None
+
+
+def endpoint(v: str) -> str | None:
+    """API_ENDPOINT: host[:port] as clients dial it; K3s puts the host into its certificate
+    (--tls-san takes names and addresses, not URLs: docs.k3s.io/cli/server), so a scheme or a
+    path is refused with the form that was meant."""
+    try:
+        split_endpoint(v)
+        return None
+    except ValueError:
+        pass
+    if "://" in v or "/" in v:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(v if "://" in v else "//" + v)
+            host, explicit = parts.hostname, parts.port
+        except ValueError:
+            host, explicit = None, None
+        if host and _host_or_ip(host):
+            shown = f"[{host}]" if ":" in host else host
+            with_port = f"{shown}:{explicit}" if explicit else f"{shown}:6443"
+            return f"host[:port] without a scheme or path: {with_port} or {host}"
+    return "host[:port] without a scheme or path, e.g. 203.0.113.10:6443 or 203.0.113.10"
+
+
+def tls_sans(v: str) -> str | None:
+    """K3S_TLS_SAN: names or IP addresses only (K3s --tls-san), no scheme, port or path."""
+    bad = [item for item in split_list(v) if not _host_or_ip(item)]
+    return f"comma-separated DNS names or IP addresses, no scheme or port (not {', '.join(bad)})" if bad else None
+
+
+# Label syntax, https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#syntax-and-character-set:
+# a key is an optional prefix (a DNS subdomain, at most 253 characters) and `/`, then a name of at
+# most 63 characters, alphanumeric at both ends with `-`, `_`, `.` between; a value is empty or
+# the same shape as a name (at most 63 characters).
+_LABEL_NAME = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^((?=.{1,63}$)[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?)?$")
+_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+# The kubelet refuses to start with --node-labels in the kubernetes.io / k8s.io namespaces except
+# these (kubelet reference, --node-labels: https://kubernetes.io/docs/reference/command-line-tools-reference/kubelet/).
+_KUBELET_PREFIXES = ("kubelet.kubernetes.io", "node.kubernetes.io")
+_KUBELET_LABELS = frozenset(
+    {
+        "beta.kubernetes.io/arch",
+        "beta.kubernetes.io/instance-type",
+        "beta.kubernetes.io/os",
+        "failure-domain.beta.kubernetes.io/region",
+        "failure-domain.beta.kubernetes.io/zone",
+        "kubernetes.io/arch",
+        "kubernetes.io/hostname",
+        "kubernetes.io/os",
+        "node.kubernetes.io/instance-type",
+        "topology.kubernetes.io/region",
+        "topology.kubernetes.io/zone",
+    }
+)
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def _label_key_problem(key: str) -> str | None:
+    prefix, slash, name = key.rpartition("/")
+    if slash and not _SUBDOMAIN.match(prefix):
+        return f"key {key!r}: the prefix before / must be a lower-case DNS subdomain"
+    if not _LABEL_NAME.match(name):
+        return f"key {key!r}: the name must be 1-63 letters, digits, -, _ or ., starting and ending alphanumeric"
+    if slash and (prefix in ("kubernetes.io", "k8s.io") or prefix.endswith((".kubernetes.io", ".k8s.io"))):
+        allowed = key in _KUBELET_LABELS or any(prefix == p or prefix.endswith("." + p) for p in _KUBELET_PREFIXES)
+        if not allowed:
+            return f"key {key!r}: the kubelet refuses kubernetes.io/k8s.io keys other than node.kubernetes.io/*"
+    return None
+
+
+def _label_problem(key: str, value: str) -> str | None:
+    """What is wrong with a label (or taint) key=value, None when both follow the label syntax."""
+    if not _LABEL_VALUE.match(value):
+        return f"value {value!r}: at most 63 letters, digits, -, _ or ., starting and ending alphanumeric"
+    return _label_key_problem(key)
+
+
+def node_labels(v: str) -> str | None:
+    """K3S_NODE_LABELS: key=value entries by Kubernetes' label syntax (see above)."""
+    for item in split_list(v):
+        key, eq, value = item.partition("=")
+        problem = _label_problem(key, value) if eq else f"{item!r} has no ="
+        if problem:
+            return f"Kubernetes labels key=value, comma-separated; {problem}"
+    return None
+
+
+def node_taints(v: str) -> str | None:
+    """K3S_NODE_TAINTS: key[=value]:Effect entries, Effect one of NoSchedule, PreferNoSchedule,
+    NoExecute; key and value follow the label syntax
+    (https://kubernetes.io/docs/concepts/scheduling-eviction/taint-and-toleration/)."""
+    for item in split_list(v):
+        rest, colon, effect = item.rpartition(":")
+        key, _, value = rest.partition("=")
+        if colon and effect in TAINT_EFFECTS:
+            problem = _label_problem(key, value)
+        else:
+            problem = f"{item!r} needs :Effect, one of {', '.join(TAINT_EFFECTS)}"
+        if problem:
+            return f"taints key=value:Effect, comma-separated; {problem}"
+    return None
 
 
 def k3s_version(v: str) -> str | None:
@@ -159,9 +381,9 @@ def _resources(component: str, cpu: str, memory: str, cpu_limit: str, memory_lim
     c = component.upper().replace("-", "_")
     return [
         Setting(f"{c}_CPU_REQUEST", cpu, f"{component}: CPU requested", quantity),
-        Setting(f"{c}_MEMORY_REQUEST", memory, f"{component}: memory requested", quantity),
+        Setting(f"{c}_MEMORY_REQUEST", memory, f"{component}: memory requested", byte_quantity),
         Setting(f"{c}_CPU_LIMIT", cpu_limit, f"{component}: CPU limit", quantity),
-        Setting(f"{c}_MEMORY_LIMIT", memory_limit, f"{component}: memory limit", quantity),
+        Setting(f"{c}_MEMORY_LIMIT", memory_limit, f"{component}: memory limit", byte_quantity),
     ]
 
 
@@ -198,16 +420,22 @@ SETTINGS: tuple[Setting, ...] = (
         "K3S_INSTALL_URL",
         "https://raw.githubusercontent.com/k3s-io/k3s/${K3S_VERSION}/install.sh",
         "installer script (pinned to the release's tag), fetched here and verified before it runs",
+        installer_url,
     ),
     Setting(
         "K3S_INSTALL_SHA256", "", "sha256 of the installer script (empty: refused unless --trust-installer)", sha256_hex
     ),
     Setting("K3S_AIRGAP_BINARY", "", "local k3s binary to upload instead of downloading on the hosts (airgap)"),
     Setting("K3S_AIRGAP_IMAGES", "", "local k3s-airgap-images-<arch>.tar(.zst|.gz) to upload with it (airgap)"),
-    Setting("API_ENDPOINT", "", "address clients use for the API server (empty: the first server's address)"),
-    Setting("K3S_TLS_SAN", "", "extra names/addresses for the API server certificate, comma-separated"),
-    Setting("K3S_NODE_LABELS", "", "labels for every node, key=value, comma-separated"),
-    Setting("K3S_NODE_TAINTS", "", "taints for agent nodes, key=value:Effect, comma-separated"),
+    Setting(
+        "API_ENDPOINT",
+        "",
+        "address clients use for the API server, host[:port] (empty: the first server's address)",
+        endpoint,
+    ),
+    Setting("K3S_TLS_SAN", "", "extra names/addresses for the API server certificate, comma-separated", tls_sans),
+    Setting("K3S_NODE_LABELS", "", "labels for every node, key=value, comma-separated", node_labels),
+    Setting("K3S_NODE_TAINTS", "", "taints for agent nodes, key=value:Effect, comma-separated", node_taints),
     Setting(
         "K3S_DISABLE",
         "",
@@ -226,11 +454,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NETDATA_CHART_REPO", "https://netdata.github.io/helmchart/", "Netdata Helm repository", url),
     Setting("NETDATA_CHART_VERSION", "3.7.172", "Netdata chart version", version),
     # Storage
-    Setting("OLLAMA_STORAGE", "50Gi", "volume for Ollama models", quantity),
-    Setting("OPEN_WEBUI_STORAGE", "5Gi", "volume for Open WebUI uploads and cache", quantity),
-    Setting("POSTGRES_STORAGE", "10Gi", "volume for PostgreSQL", quantity),
-    Setting("REDIS_STORAGE", "1Gi", "volume for Redis", quantity),
-    Setting("NETDATA_STORAGE", "5Gi", "volume for Netdata's metrics database", quantity),
+    Setting("OLLAMA_STORAGE", "50Gi", "volume for Ollama models", byte_quantity),
+    Setting("OPEN_WEBUI_STORAGE", "5Gi", "volume for Open WebUI uploads and cache", byte_quantity),
+    Setting("POSTGRES_STORAGE", "10Gi", "volume for PostgreSQL", byte_quantity),
+    Setting("REDIS_STORAGE", "1Gi", "volume for Redis", byte_quantity),
+    Setting("NETDATA_STORAGE", "5Gi", "volume for Netdata's metrics database", byte_quantity),
     # Resources
     *_resources("ollama", "1", "4Gi", "8", "16Gi"),
     *_resources("open-webui", "250m", "1Gi", "2", "2Gi"),
@@ -272,8 +500,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTGRES_PASSWORD", None, "PostgreSQL password", secret_value, secret=True),
     Setting("REDIS_PASSWORD", None, "Redis password", secret_value, secret=True),
     Setting("WEBUI_SECRET_KEY", None, "Open WebUI session signing key", secret_value, secret=True),
-    Setting("WEBUI_ADMIN_PASSWORD", None, "Open WebUI admin password", secret_value, secret=True),
-    Setting("NETDATA_PASSWORD", None, "Netdata dashboard password", secret_value, secret=True),
+    Setting("WEBUI_ADMIN_PASSWORD", None, "Open WebUI admin password", bcrypt_secret, secret=True),
+    Setting("NETDATA_PASSWORD", None, "Netdata dashboard password", bcrypt_secret, secret=True),
     Setting(
         "K3S_TOKEN",
         None,
@@ -281,7 +509,13 @@ SETTINGS: tuple[Setting, ...] = (
         secret_value,
         secret=True,
     ),
-    Setting("SUDO_PASSWORD", None, "sudo password of SSH_USER on hosts without passwordless sudo", secret=True),
+    Setting(
+        "SUDO_PASSWORD",
+        None,
+        "sudo password of SSH_USER on hosts without passwordless sudo",
+        sudo_password,
+        secret=True,
+    ),
     Setting(
         "SSH_KEY_PASSPHRASE",
         None,
@@ -294,7 +528,11 @@ SECRET_NAMES = frozenset(s.name for s in SETTINGS if s.secret)
 
 
 def redact(setting: Setting, value: str) -> str:
-    return "<redacted>" if setting.secret and value else repr(value)
+    """How a value is shown in a problem: secrets as <redacted>, others quoted on one line (repr
+    escapes newlines), a long one cut to its start and length."""
+    if setting.secret and value:
+        return "<redacted>"
+    return repr(value) if len(value) <= 80 else f"{value[:60]!r}… ({len(value)} characters)"
 
 
 @dataclass(frozen=True)
@@ -340,7 +578,10 @@ def load(
         raise SettingsError([f"--env {env_name!r}: use a plain name such as prod (reads env/prod.env)"], str(path))
     file_values: dict[str, str | None] = {}
     if path.exists():
-        file_values = dotenv_values(path, interpolate=False)
+        try:
+            file_values = reader.env_values(path)
+        except reader.ReadError as exc:
+            raise SettingsError([str(exc)], str(path)) from None
         if path.stat().st_mode & 0o004 and any(file_values.get(n) for n in SECRET_NAMES):
             problems.append(f"{path}: holds secrets but is world-readable (fix: chmod 600 {path})")
     elif env_name != DEFAULT_ENV:
@@ -357,9 +598,11 @@ def load(
 
     raw: dict[str, str] = {}
     for setting in SETTINGS:
-        # An empty value counts as unset (`OPEN_WEBUI_IMAGE=` keeps the pinned image; an empty
-        # secret is generated), in the environment and in the file alike.
-        value = (environ.get(setting.name) or "").strip() or (file_values.get(setting.name) or "").strip()
+        # An empty (or all-blank) value counts as unset (`OPEN_WEBUI_IMAGE=` keeps the pinned image;
+        # an empty secret is generated), in the environment and in the file alike. Surrounding
+        # blanks are dropped from plain settings; a secret is kept byte for byte.
+        given = [v for v in (environ.get(setting.name), file_values.get(setting.name)) if v and v.strip()]
+        value = (given[0] if setting.secret else given[0].strip()) if given else ""
         raw[setting.name] = value or (setting.default or "")
     # ${NAME} lets one setting build on another (CHAT_HOST=chat.${DOMAIN}); a secret is taken
     # literally, always: `Xy7${DOMAIN}q` is a password, not a template.
@@ -376,6 +619,7 @@ def load(
         _check(setting, value, problems)
         if len(problems) > before:
             failed.add(setting.name)
+    _cross_check(expanded, failed, problems)
     if problems:
         raise SettingsError(problems, str(path) + ("" if path.exists() else " (absent) + environment"))
     return Settings(
@@ -386,15 +630,78 @@ def load(
     )
 
 
+def _text_problem(value: str) -> str | None:
+    """What no setting may hold, whatever it is: text that is not Unicode (an undecodable byte in
+    the environment arrives as a lone surrogate) and NUL, which no environment variable, command
+    line or C string can carry."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "text that is valid UTF-8 (it holds an undecodable byte)"
+    return "text without NUL characters" if "\0" in value else None
+
+
 def _check(setting: Setting, value: str, problems: list[str]) -> None:
     if not value:
         if setting.default is None and not setting.secret:
             expected = setting.check("") if setting.check else "a value"
             problems.append(f"{setting.name}: not set — {setting.doc}; expected {expected}")
         return
-    expected = setting.check(value) if setting.check else None
+    expected = _text_problem(value) or (setting.check(value) if setting.check else None)
     if expected:
-        problems.append(f"{setting.name}={redact(setting, value)}: expected {expected}")
+        problems.append(f"{setting.name}={redact(setting, _shown(value))}: expected {expected}")
+
+
+def _shown(value: str) -> str:
+    """`value` safe to print: undecodable bytes (lone surrogates) shown as \\udcXX escapes."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# Per component: the settings whose limit may not be below its request (Kubernetes refuses such a
+# container: "must be less than or equal to cpu limit", core/v1 validation of ResourceRequirements).
+RESOURCE_COMPONENTS = ("OLLAMA", "OPEN_WEBUI", "POSTGRES", "REDIS")
+
+
+def _address(entry: str) -> str:
+    """The host of a [user@]host[:port] entry, lower case (IPv6 in brackets or bare)."""
+    host = entry.rpartition("@")[2]
+    try:
+        return split_endpoint(host)[0].lower()
+    except ValueError:
+        return host.lower()
+
+
+def _cross_check(values: Mapping[str, str], failed: set[str], problems: list[str]) -> None:
+    """Rules between settings, checked with the rest before any host or cluster is touched; a
+    setting that already failed its own check is not judged again."""
+    for component in RESOURCE_COMPONENTS:
+        for resource in ("CPU", "MEMORY"):
+            request, limit = f"{component}_{resource}_REQUEST", f"{component}_{resource}_LIMIT"
+            if {request, limit} & failed:
+                continue
+            if parse_quantity(values[limit]) < parse_quantity(values[request]):
+                problems.append(
+                    f"{limit}={values[limit]!r}: expected at least {request} ({values[request]}); Kubernetes "
+                    f"refuses a limit below its request (raise {limit} or lower {request})"
+                )
+    if not {"CHAT_HOST", "MONITOR_HOST"} & failed and values["CHAT_HOST"] == values["MONITOR_HOST"]:
+        problems.append(
+            f"MONITOR_HOST={values['MONITOR_HOST']!r}: expected a name other than CHAT_HOST's (both Ingresses "
+            f"would claim the same host; e.g. MONITOR_HOST=monitor.${{DOMAIN}})"
+        )
+    if not {"SERVERS", "AGENTS"} & failed:
+        servers = [_address(e) for e in split_list(values["SERVERS"])]
+        agents = [_address(e) for e in split_list(values["AGENTS"])]
+        for name, hosts in (("SERVERS", servers), ("AGENTS", agents)):
+            twice = sorted({h for h in hosts if hosts.count(h) > 1})
+            if twice:
+                problems.append(f"{name}: {', '.join(twice)} listed twice; expected each host once")
+        both = sorted(set(servers) & set(agents))
+        if both:
+            problems.append(
+                f"AGENTS: {', '.join(both)} also in SERVERS; expected each host in one list (a node is a server "
+                f"or an agent: K3s servers run workloads too)"
+            )
 
 
 def _expand(name: str, value: str, raw: Mapping[str, str], problems: list[str]) -> str:

@@ -137,7 +137,7 @@ def test_rewrite_keeps_a_token_user_and_ipv6_server():
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("clusters: [\n", "not valid YAML at line"),
+        ("clusters: [\n", "k3s.yaml:2: not valid YAML"),
         ("", "file is empty"),
         ("- a\n- b\n", "not a kubeconfig"),
         ("kind: Pod\n", "not a kubeconfig"),
@@ -158,7 +158,7 @@ def test_rewrite_refuses_what_k3s_does_not_write(text, expected):
     with pytest.raises(KubeconfigError) as err:
         kubeconfig.rewrite(text, server=SERVER, name="prod", source="web-1:/etc/rancher/k3s/k3s.yaml")
     message = str(err.value)
-    assert message.startswith("web-1:/etc/rancher/k3s/k3s.yaml: ")
+    assert message.startswith("web-1:/etc/rancher/k3s/k3s.yaml:")  # :line: for YAML errors
     assert expected in message
     assert "fix:" in message
     assert "\n" not in message
@@ -482,7 +482,7 @@ def test_write_through_a_symlink_updates_the_target(tmp_path):
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ("clusters: [\n  - a\n  b: c\n", "not valid YAML at line"),
+        ("clusters: [\n  - a\n  b: c\n", "config:2: not valid YAML"),
         ("just some text\n", "not a kubeconfig"),
         ("replicaCount: 2\nimage: {tag: v1}\n", "not a kubeconfig"),  # a stray values.yaml: no kind, no kubeconfig key
         ("kind: Config\nclusters: {a: 1}\n", "clusters is not a list"),
@@ -495,7 +495,7 @@ def test_write_refuses_to_clobber_a_file_that_is_not_a_kubeconfig(tmp_path, cont
         with pytest.raises(KubeconfigError) as err:
             kubeconfig.write(path, _config("prod", "NEW"), merge_into_existing=merge_into_existing)
         message = str(err.value)
-        assert message.startswith(f"{path}: ")
+        assert message.startswith(f"{path}:")  # path:line: for YAML errors
         assert expected in message
         assert "fix: move it aside" in message
     assert path.read_text() == content
