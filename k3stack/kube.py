@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ import yaml
 
 from .errors import K3stackError
 from .kinds import KNOWN, Resource
+from .retry import retrying
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -31,11 +31,23 @@ class ApiError(KubeError):
     """The API server answered with an error status; `body` is its Status object (or, for a body
     that is not JSON, a Status-like dict whose message is the body's first line)."""
 
-    def __init__(self, status: int, body: dict, method: str, path: str):
+    def __init__(self, status: int, body: dict, method: str, path: str, *, retry_after: str | None = None):
         self.status = status
         self.body = body
         self.reason = body.get("reason", "")
+        # Retry-After in seconds (RFC 9110 10.2.3; the API server sends delta-seconds), or None.
+        text = (retry_after or "").strip()
+        self.retry_after = float(text) if text.isdigit() else None
         super().__init__(f"{method} {path}: {status} {one_line(str(body.get('message') or body))}")
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether another try of the same request can succeed: the connection failed (urllib3 or
+    socket errors), the server is overloaded (429) or failing (500, 502, 503, 504). Everything else
+    — 4xx such as 409 Conflict or 422 Invalid, and any other exception — is final."""
+    if isinstance(exc, ApiError):
+        return exc.status in RETRY_STATUSES
+    return isinstance(exc, (urllib3.exceptions.HTTPError, OSError))
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -127,6 +139,14 @@ class Kube:
             # invisible to the request count: this class does the retrying.
             configuration.retries = False
             self.api = client.ApiClient(configuration)
+            # Backoff 0.2 s doubling to 5 s with jitter: `retries` + 1 tries, ~6 s at most by default.
+            self.policy = retrying(
+                transient,
+                attempts=retries + 1,
+                first=0.2,
+                cap=5.0,
+                retry_after=lambda exc: getattr(exc, "retry_after", None),
+            )
         except (ConfigException, OSError, TypeError, AttributeError, yaml.YAMLError) as exc:
             raise KubeError(
                 f"kubeconfig {where}: {exc} — fix: `inv kubeconfig` fetches one from the server, "
@@ -154,51 +174,48 @@ class Kube:
         # text, and JSON is YAML, so those get our dump.
         payload = body if body is None or "json" in content_type else json.dumps(body)
         query = list(query)  # sent again on every retry
-        delay = 0.2
-        for attempt in range(self.retries + 1):
-            try:
-                response = self._send(method, path, query, headers, payload, timeout)
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                if attempt < self.retries:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 5)
-                    continue
-                raise KubeError(
-                    f"cannot reach the Kubernetes API at {self.server} ({_root_cause(exc)}) — is the "
-                    f"cluster up and this the right kubeconfig/context? `inv kubeconfig` fetches a "
-                    f"fresh one"
-                ) from None
-            status = response.status
+
+        def once():
+            response = self._send(method, path, query, headers, payload, timeout)
             data, is_json = decode_body(response.data, response.getheader("Content-Type") or "")
-            if 200 <= status < 300:
-                if not is_json or not isinstance(data, dict):
-                    raise KubeError(
-                        f"{method} {path}: the server at {self.server} answered {status} with a body that is not "
-                        f"a JSON object ({one_line(str(data), 120)!r}) — is this kubeconfig's server a Kubernetes "
-                        f"API server (not a proxy or web page)?"
-                    )
-                return data
+            if not 200 <= response.status < 300 and (not is_json or not isinstance(data, dict)):
+                data = {
+                    "message": one_line(str(data)) or f"HTTP {response.status}",
+                    "reason": REASONS.get(response.status, ""),
+                }
+            if response.status in RETRY_STATUSES:
+                raise ApiError(response.status, data, method, path, retry_after=response.getheader("Retry-After"))
+            return response.status, data, is_json
+
+        try:
+            status, data, is_json = self.policy(once)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeError(
+                f"cannot reach the Kubernetes API at {self.server} ({_root_cause(exc)}) — is the "
+                f"cluster up and this the right kubeconfig/context? `inv kubeconfig` fetches a "
+                f"fresh one"
+            ) from None
+        if 200 <= status < 300:
             if not is_json or not isinstance(data, dict):
-                data = {"message": one_line(str(data)) or f"HTTP {status}", "reason": REASONS.get(status, "")}
-            if status in RETRY_STATUSES and attempt < self.retries:
-                retry_after = (response.getheader("Retry-After") or "").strip()
-                time.sleep(float(retry_after) if retry_after.isdigit() else delay)
-                delay = min(delay * 2, 5)
-                continue
-            if status == 401:
                 raise KubeError(
-                    f"the API server at {self.server} did not accept our credentials (401) — the "
-                    f"kubeconfig's certificate or token is wrong or expired; fetch a new one with "
-                    f"`inv kubeconfig`"
+                    f"{method} {path}: the server at {self.server} answered {status} with a body that is not "
+                    f"a JSON object ({one_line(str(data), 120)!r}) — is this kubeconfig's server a Kubernetes "
+                    f"API server (not a proxy or web page)?"
                 )
-            if status == 403:
-                raise KubeError(
-                    f"forbidden (403): {one_line(str(data.get('message', '')))} — the kubeconfig's user lacks RBAC "
-                    f"rights for this; use the cluster's admin kubeconfig (`inv kubeconfig`) or the "
-                    f"right --context"
-                )
-            raise ApiError(status, data, method, path)
-        raise AssertionError("unreachable")
+            return data
+        if status == 401:
+            raise KubeError(
+                f"the API server at {self.server} did not accept our credentials (401) — the "
+                f"kubeconfig's certificate or token is wrong or expired; fetch a new one with "
+                f"`inv kubeconfig`"
+            )
+        if status == 403:
+            raise KubeError(
+                f"forbidden (403): {one_line(str(data.get('message', '')))} — the kubeconfig's user lacks RBAC "
+                f"rights for this; use the cluster's admin kubeconfig (`inv kubeconfig`) or the "
+                f"right --context"
+            )
+        raise ApiError(status, data, method, path)
 
     # -- discovery ------------------------------------------------------------------------------
     def discover(self) -> Cluster:

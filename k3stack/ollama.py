@@ -36,10 +36,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying
 
 from .console import human_size
 from .errors import K3stackError
+from .retry import retrying
 
 if TYPE_CHECKING:  # the Kubernetes client is a heavy import: settings validation needs none of it
     from .console import Console
@@ -261,13 +262,14 @@ def retry_policy(
     OllamaError with `retry` set (see `transient`); pause n is backoff·2^(n-1) plus up to
     `backoff` at random (jitter: parallel pulls do not retry in step), at most MAX_PAUSE seconds.
     The last failure is raised as it is."""
-    return Retrying(
-        stop=stop_after_attempt(max(1, attempts)),
-        wait=wait_exponential_jitter(multiplier=backoff, max=MAX_PAUSE, jitter=backoff),
-        retry=retry_if_exception(lambda exc: isinstance(exc, OllamaError) and exc.retry),
+    return retrying(
+        lambda exc: isinstance(exc, OllamaError) and exc.retry,
+        attempts=attempts,
+        first=backoff,
+        cap=MAX_PAUSE,
+        jitter=backoff,
         sleep=sleep,
         before_sleep=before_sleep,
-        reraise=True,
     )
 
 

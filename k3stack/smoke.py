@@ -32,6 +32,7 @@ from .console import Console
 from .kube import Kube, KubeError
 from .ollama import normalise
 from .report import CheckResult, SmokeReport
+from .retry import retrying
 
 GROUPS = ("cluster", "in-cluster", "public")
 # Open WebUI's Socket.IO is websocket-only when ENABLE_WEBSOCKET_SUPPORT=true: no polling first.
@@ -718,7 +719,10 @@ def _engineio_packet(ws: websocket.WebSocket, prefix: str, what: str) -> str:
 
 
 # -- running them ---------------------------------------------------------------------------------
-RETRIED_ERRORS = (CheckFailed, KubeError, OSError, ValueError, KeyError, http.client.HTTPException)
+# What a check that is not true YET fails with: its own CheckFailed, the API or the network not
+# there yet, a body that is not the JSON it will be (a proxy's HTML page while a pod starts).
+# Anything else (KeyError, TypeError, ...) is a bug in the check: reported at once, never retried.
+RETRIED_ERRORS = (CheckFailed, KubeError, OSError, json.JSONDecodeError, http.client.HTTPException)
 
 
 def run_checks(
@@ -729,36 +733,50 @@ def run_checks(
     on_result: Callable[[CheckResult], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> SmokeReport:
-    """Run every check at once; a failing one tries again every `interval` until `deadline`
-    seconds from the start (or at once gives up when its failure is final)."""
+    """Run every check at once; a failing one tries again every `interval` seconds (k3stack.retry,
+    steady pace) until `deadline` seconds from the start, or gives up at once when its failure is
+    final. Returns a SmokeReport with one CheckResult per check, in the order given."""
     started = time.monotonic()
-    end = started + deadline
 
     def one(check: Check) -> CheckResult:
         first = time.monotonic()
         attempts = 0
-        while True:
+
+        def attempt() -> str:
+            nonlocal attempts
             attempts += 1
-            begun = time.monotonic()
             try:
-                detail = check.run()
+                return check.run()
+            except CheckFailed:
+                raise
             except RETRIED_ERRORS as exc:
-                failure = exc if isinstance(exc, CheckFailed) else CheckFailed(f"{type(exc).__name__}: {exc}")
-                if failure.final or time.monotonic() + interval >= end:
-                    return CheckResult(
-                        check.name,
-                        check.group,
-                        False,
-                        time.monotonic() - first,
-                        reason=failure.reason,
-                        hint=failure.hint,
-                        attempts=attempts,
-                    )
-                sleep(max(0.0, interval - (time.monotonic() - begun)))
-                continue
+                raise CheckFailed(f"{type(exc).__name__}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - one check's bug must not hide the others' results
+                raise CheckFailed(f"unexpected {type(exc).__name__}: {exc} (a bug in this check)", final=True) from None
+
+        # No new try once the next one could not finish before the deadline.
+        budget = max(0.0, deadline - (first - started) - interval)
+        policy = retrying(
+            lambda exc: isinstance(exc, CheckFailed) and not exc.final,
+            within=budget,
+            first=interval,
+            cap=interval,
+            jitter=interval / 10,
+            sleep=sleep,
+        )
+        try:
+            detail = policy(attempt)
+        except CheckFailed as failure:
             return CheckResult(
-                check.name, check.group, True, time.monotonic() - first, detail=detail, attempts=attempts
+                check.name,
+                check.group,
+                False,
+                time.monotonic() - first,
+                reason=failure.reason,
+                hint=failure.hint,
+                attempts=attempts,
             )
+        return CheckResult(check.name, check.group, True, time.monotonic() - first, detail=detail, attempts=attempts)
 
     results: list[CheckResult] = []
     with ThreadPoolExecutor(max_workers=max(1, len(checks)), thread_name_prefix="smoke") as pool:

@@ -18,13 +18,13 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import paramiko
 
 from ..errors import RemoteError
+from ..retry import retrying
 
 ROOT_UNKNOWN, ROOT_DIRECT, ROOT_SUDO_NOPASS, ROOT_SUDO_PASSWORD = range(4)
 
@@ -187,15 +187,13 @@ class Host:
         return self._conn
 
     def _open(self, conn) -> None:
-        last = ""
-        for attempt in range(self.options.attempts):
+        """Open the SSH connection: up to `options.attempts` tries for what another try can fix
+        (refused, reset, timed out: the host may be booting), with backoff; a changed host key,
+        an encrypted key without passphrase and a refused login are final (RemoteError at once)."""
+
+        def once():
             try:
                 conn.open()
-                # A host that vanishes mid-run (power, network black hole) is noticed, not waited on forever.
-                conn.transport.set_keepalive(max(1, int(self.options.keepalive)))
-                return
-            except RemoteError:
-                raise
             except paramiko.BadHostKeyException as exc:
                 raise RemoteError(
                     f"{self.name}: host key CHANGED — got {fingerprint(exc.key)}, {self.options.known_hosts} has "
@@ -215,14 +213,25 @@ class Host:
                     f"{self.name}: SSH login refused for user {self.target.user}",
                     "check SSH_USER/SSH_KEY (key file or ssh-agent) and that the key is in the user's authorized_keys",
                 ) from None
-            except (OSError, paramiko.SSHException, EOFError) as exc:
-                last = str(exc) or type(exc).__name__
-                if attempt + 1 < self.options.attempts:
-                    time.sleep(min(2**attempt, 5))
-        raise RemoteError(
-            f"{self.name}: cannot connect on port {self.target.port} ({last}) after {self.options.attempts} attempts",
-            "check the address, SSH_PORT and that sshd runs and the firewall lets you in",
+            # A host that vanishes mid-run (power, network black hole) is noticed, not waited on forever.
+            conn.transport.set_keepalive(max(1, int(self.options.keepalive)))
+
+        policy = retrying(
+            lambda exc: (
+                isinstance(exc, (OSError, paramiko.SSHException, EOFError)) and not isinstance(exc, RemoteError)
+            ),
+            attempts=self.options.attempts,
+            first=1.0,
+            cap=5.0,
         )
+        try:
+            policy(once)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise RemoteError(
+                f"{self.name}: cannot connect on port {self.target.port} ({str(exc) or type(exc).__name__}) "
+                f"after {self.options.attempts} attempts",
+                "check the address, SSH_PORT and that sshd runs and the firewall lets you in",
+            ) from None
 
     def _abandon(self) -> None:
         """Drop a connection whose peer stopped answering: close the socket under it (which

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import threading
 import time
 from pathlib import Path
@@ -186,3 +187,27 @@ def test_engineio_packet_not_arriving_or_a_closed_socket_is_a_check_failure():
 def test_the_websocket_check_never_asks_for_polling():
     assert "transport=websocket" in sm.WEBSOCKET_PATH
     assert "polling" not in sm.WEBSOCKET_PATH
+
+
+def test_a_bug_in_a_check_is_reported_at_once_not_retried_until_the_deadline():
+    calls = []
+
+    def buggy() -> str:
+        calls.append(1)
+        return {}["token"]
+
+    def html_while_starting() -> str:
+        calls.append(2)
+        raise json.JSONDecodeError("Expecting value", "<html>", 0)
+
+    started = time.monotonic()
+    report = sm.run_checks(
+        [sm.Check("buggy", "public", buggy), sm.Check("starting", "public", html_while_starting)],
+        deadline=0.5,
+        interval=0.1,
+    )
+    bug, starting = report.results
+    assert (bug.ok, bug.attempts, calls.count(1)) == (False, 1, 1)
+    assert bug.reason == "unexpected KeyError: 'token' (a bug in this check)"
+    assert starting.attempts >= 3  # a body that is not JSON yet is a state, retried
+    assert time.monotonic() - started < 1.0
