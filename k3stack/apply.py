@@ -33,6 +33,12 @@ class ApplyError(KubeError):
 
 @dataclass(frozen=True)
 class Result:
+    """One object's outcome. `describe`: kubectl's spelling; `namespace`: "" for cluster-scoped
+    objects; `source`: its file under k8s/ (for a pruned object, its k3stack.dev/source annotation);
+    `detail`: why it failed, or a note; `obj`: the object as the server returned it from the apply
+    (the manifest itself for a dry-run object in a namespace not created yet; empty when failed or
+    pruned)."""
+
     describe: str  # deployment.apps/ollama
     namespace: str
     action: str  # created | configured | unchanged | pruned | failed
@@ -42,6 +48,8 @@ class Result:
 
 
 def instance_selector(instance: str | Iterable[str]) -> str:
+    """The label selector of one stack's objects (managed-by=k3stack and k3stack.dev/instance=NAME),
+    or of several stacks' (a set-based `k3stack.dev/instance in (A,B)`, names sorted)."""
     if isinstance(instance, str):
         return f"{MANAGED_BY}={MANAGER},{INSTANCE_LABEL}={instance}"
     return f"{MANAGED_BY}={MANAGER},{INSTANCE_LABEL} in ({','.join(sorted(instance))})"
@@ -66,6 +74,11 @@ def stamp_instance(manifests: Iterable[Manifest], instance: str) -> list[Manifes
 
 
 class Applier:
+    """kubectl apply --server-side for one stack: field manager k3stack, objects labelled with the
+    stack's `instance`, prune limited to objects carrying that label. `force` takes over fields other
+    managers own (kubectl's --force-conflicts); `dry_run` asks the server to check without writing
+    (dryRun=All); `cluster` (Kube.discover) spares LIST requests for kinds of unserved API groups."""
+
     def __init__(
         self,
         kube: Kube,
@@ -110,6 +123,17 @@ class Applier:
         current: dict[tuple, dict],
         on_result: Callable[[Result], None] = lambda r: None,
     ) -> list[Result]:
+        """Apply the manifests phase by phase (k3stack.manifests.phases), the objects of one phase in
+        parallel. `current` (from `current()`) tells the action: created (not in it), unchanged (same
+        resourceVersion after the apply), configured; a dry run compares the objects instead (volatile
+        metadata and status left out). A 409 conflict only with controllers that write back by design
+        (Kind.co_managers) is applied again with force. `on_result` is called for each result once its
+        phase is done. Returns the results in apply order.
+
+        An object the server rejects becomes a `failed` result (explained by `explain`); after a phase
+        with failures, ApplyError (with the results so far) stops the apply — a dry run checks every
+        phase first and raises once at the end. Other KubeErrors (API unreachable, 401/403, a kind not
+        served) propagate as they are."""
         results: list[Result] = []
         created_namespaces = {m.name for m in manifests if m.kind == "Namespace" and m.key not in current}
         groups = phases(manifests)
@@ -197,6 +221,11 @@ def by_design_conflict(kind: str, exc: ApiError) -> bool:
 
 # -- errors explained ---------------------------------------------------------------------------
 def explain(m: Manifest, exc: ApiError) -> str:
+    """What an ApiError from applying `m` means and what to do: a 409 conflict names the other field
+    managers (fix: --force, or undo their change); a 422 about immutable or forbidden fields names
+    the fields and the kind's fix (Kind.immutable_fix, else delete and deploy again); another 422 the
+    invalid fields and the file; a 404 suggests a missing namespace or CRD; anything else is
+    `<status> <reason>: <message>`."""
     causes = (exc.body.get("details") or {}).get("causes") or []
     message = exc.body.get("message", "")
     if exc.status == 409 and exc.reason == "Conflict" and causes:
@@ -248,6 +277,10 @@ def _normalized(obj: dict) -> dict:
 
 
 def diff(before: dict | None, after: dict, label: str) -> str:
+    """A unified diff (like `kubectl diff`) of `before` (the live object; None: it does not exist
+    yet) against `after`, as YAML with sorted keys, labelled live/<label> and k8s/<label>. Status and
+    volatile metadata (managedFields, resourceVersion, uid, ...) are left out; a Secret's `data`
+    values are shown as short sha256 digests, never as values. "" when there is no difference."""
     old = yaml.safe_dump(_normalized(before), sort_keys=True).splitlines(keepends=True) if before else []
     new = yaml.safe_dump(_normalized(after), sort_keys=True).splitlines(keepends=True)
     return "".join(difflib.unified_diff(old, new, f"live/{label}", f"k8s/{label}"))

@@ -83,6 +83,8 @@ class Cluster:
     helmchart_fields: frozenset[str] | None  # spec properties of the HelmChart CRD; None: not readable
 
     def serves(self, api_version: str) -> bool:
+        """Whether the cluster serves `api_version` as a manifest writes it: "v1", "apps/v1",
+        "traefik.io/v1alpha1"."""
         return api_version in self.served
 
 
@@ -169,6 +171,16 @@ class Kube:
         content_type: str = "application/json",
         timeout: float = 30,
     ) -> dict:
+        """One API request, parsed: the JSON object of a 2xx answer.
+
+        `path` is the URL path (/api/v1/..., /apis/...); `query` (name, value) pairs, sent again on every
+        try; `body` a dict, sent as JSON (for a non-JSON `content_type` such as
+        application/apply-patch+yaml it is dumped as JSON text, which is YAML too); `timeout` the read
+        timeout in seconds (connecting: 5 s). Connection errors, 429 (honouring Retry-After) and 500,
+        502, 503, 504 are retried with k3stack.retry's backoff, `retries` + 1 tries in all.
+        Raises KubeError when the server stays unreachable, for 401 and 403 (not retried, with the fix),
+        and for a 2xx body that is not a JSON object (a proxy or web page, not an API server); ApiError
+        for any other status, including a 429/5xx still there after the last try."""
         headers = {"Accept": "application/json", "Content-Type": content_type}
         # The client serialises JSON bodies itself; other types (apply-patch+yaml) go as given
         # text, and JSON is YAML, so those get our dump.
@@ -240,6 +252,10 @@ class Kube:
 
     # -- resources --------------------------------------------------------------------------
     def resource(self, api_version: str, kind: str) -> Resource:
+        """Where a kind lives in the REST API: from k3stack.kinds when registered (no request), else
+        from the API group/version's discovery document (GET /api/v1 or /apis/<group>/<version>, once per
+        kind and Kube; subresources such as pods/log skipped). Raises NotServedError when the cluster does
+        not serve the group/version (its CRD is not installed) or serves it without this kind."""
         key = (api_version, kind)
         if key in KNOWN:
             return KNOWN[key]
@@ -261,6 +277,9 @@ class Kube:
         return self._discovered[key]
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict | None:
+        """The object as the server has it (GET), or None when it does not exist (404 — also for a
+        registered kind whose API group the cluster does not serve). An unregistered kind of an unserved
+        group raises NotServedError (see `resource`); any other error status ApiError."""
         try:
             return self.request("GET", self.resource(api_version, kind).path(namespace, name))
         except ApiError as exc:
@@ -277,6 +296,11 @@ class Kube:
         label_selector: str = "",
         field_selector: str = "",
     ) -> list[dict]:
+        """The objects of a kind (one LIST, not paginated) in `namespace`, or in every namespace when it
+        is None; `label_selector` and `field_selector` as kubectl's -l and --field-selector. Each item
+        gets the apiVersion and kind that list answers leave out. Returns [] on 404 (e.g. a registered kind
+        whose API group is not served); an unregistered kind of an unserved group raises NotServedError,
+        any other error status ApiError."""
         query = [(k, v) for k, v in (("labelSelector", label_selector), ("fieldSelector", field_selector)) if v]
         try:
             items = self.request("GET", self.resource(api_version, kind).path(namespace), query=query)["items"]
@@ -292,6 +316,11 @@ class Kube:
     def delete(
         self, api_version: str, kind: str, name: str, namespace: str | None = None, *, dry_run: bool = False
     ) -> bool:
+        """Delete one object with propagationPolicy=Background (its dependents, such as a Job's pods,
+        are deleted by the garbage collector afterwards: kubectl's default cascade). `dry_run`: the
+        server checks the deletion without doing it (dryRun=All). Returns True when the server accepted
+        the deletion (the object may linger while finalizers run), False when it did not exist (404);
+        raises ApiError for any other error status."""
         query = [("propagationPolicy", "Background")] + ([("dryRun", "All")] if dry_run else [])
         try:
             self.request("DELETE", self.resource(api_version, kind).path(namespace, name), query=query)
@@ -311,6 +340,9 @@ class Kube:
         return self.request("PATCH", path, query=query, body=obj, content_type="application/apply-patch+yaml")
 
     def log_tail(self, namespace: str, pod: str, container: str, lines: int = 20) -> str:
+        """The last `lines` lines of a container's log (like `kubectl logs --tail`), as text. One try
+        with a 10 s read timeout; "" when the API is unreachable or answers anything but 200 — logs only
+        ever illustrate an error report."""
         path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/log"
         query = [("container", container), ("tailLines", str(lines))]
         try:
@@ -419,6 +451,9 @@ class ProxyResponse:
         self._raw = raw
 
     def read(self) -> bytes:
+        """The rest of the body, whole (what Kube.proxy stores in `body`).
+        Raises ProxyTimeoutError when the backend sends nothing for the read timeout, KubeError when the
+        connection breaks."""
         try:
             return self._raw.read()
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -465,6 +500,9 @@ class ProxyResponse:
 
 
 def service_proxy_path(namespace: str, service: str, port: int, path: str) -> str:
+    """The API server path that proxies to port `port` of Service `service` (the services/proxy
+    subresource): /api/v1/namespaces/NS/services/NAME:PORT/proxy/PATH. Namespace and service are
+    percent-encoded; `path` (leading / optional, a query string allowed) goes as given."""
     return f"/api/v1/namespaces/{quote(namespace)}/services/{quote(service)}:{port}/proxy/{path.lstrip('/')}"
 
 

@@ -65,25 +65,31 @@ class Manifest:
 
     @property
     def kind(self) -> str:
+        """The object's kind, e.g. Deployment."""
         return self.obj["kind"]
 
     @property
     def name(self) -> str:
+        """The object's metadata.name."""
         return self.obj["metadata"]["name"]
 
     @property
     def namespace(self) -> str | None:
+        """The object's metadata.namespace; None when the manifest sets none (cluster-scoped kinds)."""
         return self.obj["metadata"].get("namespace")
 
     @property
     def key(self) -> tuple[str, str, str, str]:
+        """(group, kind, namespace, name), see `object_key`: how the object is matched with the cluster's."""
         return object_key(self.obj)
 
     @property
     def phase(self) -> int:
+        """The apply phase of its kind (k3stack.kinds.phase): lower goes first; an unregistered kind last."""
         return kinds.phase(self.kind)
 
     def describe(self) -> str:
+        """kubectl's spelling of the object: deployment.apps/ollama, service/ollama."""
         return describe(self.obj["apiVersion"], self.kind, self.name)
 
 
@@ -245,4 +251,6 @@ def validate(manifests: Iterable[Manifest], k8s_version: str, skipped: list[Mani
 
 
 def to_yaml(manifests: Iterable[Manifest]) -> str:
+    """The manifests as one YAML stream, each document starting with `---`, keys in manifest order
+    (what `inv render` prints; bootstrap's k8s/k3s files); "" for no manifests."""
     return "".join("---\n" + yaml.safe_dump(m.obj, sort_keys=False) for m in manifests)

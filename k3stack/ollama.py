@@ -87,11 +87,17 @@ class OllamaError(K3stackError):
 
 
 class UnknownModelError(OllamaError):
+    """The registry has no such model or tag (Ollama's manifest fetch 404s): final, no retry; the
+    hint points at https://ollama.com/library."""
+
     def __init__(self, model: str, message: str):
         super().__init__(f"{model}: no such model ({message})", LIBRARY_HINT, retry=False)
 
 
 class StallError(OllamaError):
+    """A download got no new bytes for `stall_seconds` (see StallWatch); worth another try, which
+    resumes where Ollama stopped."""
+
     pass
 
 
@@ -337,19 +343,26 @@ class PullResult:
 
     @property
     def ok(self) -> bool:
+        """True unless the model's pull failed (pulled or already present)."""
         return self.action != "failed"
 
 
 @dataclass
 class PullReport:
+    """The outcome of `Ollama.pull_all`: one PullResult per model, in the order the names were first
+    given (names of the same model counted once); `seconds` for the whole run."""
+
     results: list[PullResult] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
+        """True when no model failed (also for no models at all)."""
         return all(r.ok for r in self.results)
 
     def to_json(self) -> dict:
+        """{"ok": bool, "seconds": float, "models": [each PullResult's fields]}, floats rounded to
+        milliseconds (the JSON output of `inv models.pull`)."""
         return {
             "ok": self.ok,
             "seconds": round(self.seconds, 3),
@@ -407,6 +420,7 @@ class Ollama:
 
     @property
     def where(self) -> str:
+        """Where this Ollama is, for messages: "service NAME:PORT in namespace NS"."""
         return f"service {self.service}:{self.port} in namespace {self.namespace}"
 
     # -- reading ------------------------------------------------------------------------------------

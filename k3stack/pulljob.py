@@ -21,6 +21,10 @@ from .settings import Settings
 
 
 def job_manifest(settings: Settings, names: list[str]) -> mf.Manifest:
+    """The pull Job rendered from k8s/jobs/ with the settings' variables, PULL_MODELS (`names`
+    joined by spaces, as given) and PULL_ID (the first 10 hex digits of sha256 over OLLAMA_IMAGE and
+    PULL_MODELS: the same image and list, in the same order, give the same Job name). Names are not
+    checked here (pull_in_cluster does). Raises RenderError when the manifest does not render."""
     models = " ".join(names)
     pull_id = hashlib.sha256(f"{settings['OLLAMA_IMAGE']} {models}".encode()).hexdigest()[:10]
     variables = {**settings.render_vars(), "PULL_ID": pull_id, "PULL_MODELS": models}

@@ -17,26 +17,37 @@ from .readiness import Status, condition, job_status
 
 @dataclass(frozen=True)
 class Target:
+    """One object to wait for, as the API names it; `namespace` is "" for cluster-scoped kinds."""
+
     api_version: str
     kind: str
     namespace: str
     name: str
 
     def describe(self) -> str:
+        """kubectl's spelling of the object: deployment.apps/ollama, helmchart.helm.cattle.io/netdata."""
         return describe(self.api_version, self.kind, self.name)
 
 
 class RolloutError(K3stackError):
+    """A wait ended before every target was done: the timeout passed, or a target failed. str() is
+    the report of `Waiter.explain`; `statuses` holds the last Status of every target."""
+
     def __init__(self, report: str, statuses: dict[Target, Status]):
         self.statuses = statuses
         super().__init__(report)
 
 
 def targets(manifests: Iterable[Manifest]) -> list[Target]:
+    """The manifests whose kind is waited for (k3stack.kinds: Deployment, StatefulSet, DaemonSet,
+    HelmChart), as Targets in the order given."""
     return [Target(m.obj["apiVersion"], m.kind, m.namespace or "", m.name) for m in manifests if m.kind in WAITED_KINDS]
 
 
 class Waiter:
+    """Waits for targets like `kubectl rollout status`, all at once, polling every `interval`
+    seconds through `kube`; explains a target that does not get ready."""
+
     def __init__(self, kube: Kube, interval: float = 0.5, *, changed_at: dict[tuple[str, str], str] | None = None):
         """`changed_at`: (namespace, name) of HelmCharts whose spec this run changed -> when (the
         server's time of the apply). Their install Job must be newer: the helm-controller deletes
@@ -46,6 +57,12 @@ class Waiter:
         self.changed_at = dict(changed_at or {})
 
     def status(self, target: Target) -> Status:
+        """A target's readiness now, from one or two GETs: `missing` when it does not exist,
+        `terminating` while it is being deleted; otherwise its kind's readiness rule (k3stack.kinds ->
+        k3stack.readiness). A HelmChart has no rule of its own: not done while its install Job
+        (status.jobName, by default helm-install-<name>) predates this run's change of the chart
+        (`changed_at`); else failed when its Failed condition is True; else the Job's status. Raises
+        KubeError (ApiError) when the API does."""
         obj = self.kube.get(target.api_version, target.kind, target.name, target.namespace)
         if obj is None:
             return Status(False, f"{target.describe()} not found in {target.namespace}", missing=True)
@@ -67,6 +84,10 @@ class Waiter:
     def wait(
         self, items: list[Target], timeout: float, on_progress: Callable[[dict[Target, Status]], None] = lambda s: None
     ) -> dict[Target, Status]:
+        """Poll every pending target every `interval` seconds until all are done; `timeout` in seconds.
+        `on_progress` gets a copy of every target's latest Status after each round. Returns the final
+        statuses. Raises RolloutError (report from `explain`) as soon as a pending target has failed, or
+        once `timeout` has passed; KubeError when the API fails."""
         deadline = time.monotonic() + timeout
         statuses: dict[Target, Status] = {}
         pending = list(items)
@@ -84,6 +105,11 @@ class Waiter:
 
     # -- why ----------------------------------------------------------------------------------
     def explain(self, pending: list[Target], statuses: dict[Target, Status], timeout: float | None) -> str:
+        """The report for a RolloutError: a first line (`timed out after Ns waiting for ...`, or
+        `failed:` when `timeout` is None), then per pending target its status message, its conditions
+        that are not True (and a Failed one), and for up to 3 of its pods each container that is not
+        ready — reason, last 10 log lines, the pod's last 5 events; for a HelmChart, the kubectl command
+        showing its install Job's log. Makes API requests to gather this."""
         head = f"timed out after {timeout:.0f}s waiting for" if timeout is not None else "failed:"
         lines = [f"{head} {', '.join(t.describe() for t in pending)}"]
         for target in pending:

@@ -126,6 +126,9 @@ def parse_connect_to(specs: Iterable[str]) -> dict[tuple[str, int], tuple[str, i
 # -- HTTP as a browser sees it ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class CertInfo:
+    """What a served TLS certificate says: `issuer` and `subject` as "organisation / common name" (the
+    RFC 4514 string when they have neither), `not_after` (UTC), `hosts` its DNS subjectAltNames."""
+
     issuer: str
     subject: str
     not_after: dt.datetime
@@ -133,14 +136,18 @@ class CertInfo:
 
     @property
     def days_left(self) -> int:
+        """Whole days until `not_after`, rounded down: 0 in the last 24 hours, negative once expired."""
         return (self.not_after - dt.datetime.now(dt.UTC)).days
 
     @property
     def staging(self) -> bool:
+        """Whether Let's Encrypt's staging CA issued it: its issuer names carry "(STAGING)"."""
         return STAGING_MARK in self.issuer
 
     @classmethod
     def from_der(cls, der: bytes) -> CertInfo:
+        """A DER certificate's CertInfo (no subjectAltName extension: no hosts). Raises ValueError when
+        `der` is not a certificate (cryptography's parser)."""
         cert = x509.load_der_x509_certificate(der)
 
         def name(n: x509.Name) -> str:
@@ -159,6 +166,9 @@ class CertInfo:
         return cls(name(cert.issuer), name(cert.subject), cert.not_valid_after_utc, hosts)
 
     def matches(self, host: str) -> bool:
+        """Whether the certificate names `host`, ignoring case: a subjectAltName equal to it, or a
+        wildcard `*.rest` where `rest` is `host` without its first label (a wildcard covers one label
+        only, RFC 6125 6.4.3)."""
         for pattern in self.hosts:
             if pattern.lower() == host.lower():
                 return True
@@ -169,12 +179,16 @@ class CertInfo:
 
 @dataclass(frozen=True)
 class Answer:
+    """An HTTP answer as Browser.request got it: `headers` with lower-case names, the whole `body`,
+    and `cert` the certificate the server presented (None over plain HTTP)."""
+
     status: int
     headers: Mapping[str, str]
     body: bytes
     cert: CertInfo | None = None
 
     def json(self):
+        """The body parsed as JSON; None when it is not JSON."""
         try:
             return json.loads(self.body)
         except ValueError:
@@ -216,6 +230,13 @@ class Browser:
     def request(
         self, method: str, url: str, *, headers: Mapping[str, str] | None = None, body: dict | None = None
     ) -> Answer:
+        """One request as a browser sends it: to the URL's host and port (default `https_port` or
+        `http_port`; `connect_to` may send the connection elsewhere, the Host header and TLS name stay),
+        TLS verified (see the class), `body` sent as JSON, `headers` over the default User-Agent. No
+        redirect is followed and nothing is retried here. Returns the Answer whatever its status.
+        Raises CheckFailed when the certificate does not verify (the reason says what is served and
+        why), when --insecure meets a certificate that is not a staging one for the host (final), and
+        when the host cannot be reached or answers no HTTP."""
         parts = urlsplit(url)
         tls = parts.scheme == "https"
         port = parts.port or (self.config.https_port if tls else self.config.http_port)
@@ -350,6 +371,9 @@ def _unreachable_hint(host: str) -> str:
 # -- the checks -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Check:
+    """One check: `name` as shown, `group` (one of GROUPS, for --only), and `run`, which returns what
+    it saw (the detail of a pass) or raises CheckFailed."""
+
     name: str
     group: str
     run: Callable[[], str]  # returns what it saw; raises CheckFailed
@@ -366,6 +390,7 @@ class Checks:
         self._signing_in = threading.Lock()
 
     def all(self) -> list[Check]:
+        """Every check in report order: 4 cluster, 4 in-cluster, 6 public."""
         c = self.config
         return [
             Check("nodes Ready", "cluster", self.nodes_ready),
@@ -386,10 +411,13 @@ class Checks:
 
     @property
     def namespaces(self) -> tuple[str, str]:
+        """(stack namespace, monitoring namespace): where the cluster checks look."""
         return self.config.stack_namespace, self.config.monitoring_namespace
 
     # -- cluster
     def nodes_ready(self) -> str:
+        """Proves every node's kubelet reports Ready (its Ready condition is True). Fails when the cluster
+        has no nodes or a node is not Ready (naming the condition's reason)."""
         nodes = self.kube.list("v1", "Node")
         if not nodes:
             raise CheckFailed("the cluster has no nodes", "is K3s running? `inv bootstrap`")
@@ -407,6 +435,9 @@ class Checks:
         return f"{len(nodes)} node(s) Ready"
 
     def workloads_available(self) -> str:
+        """Proves every Deployment, StatefulSet and DaemonSet in both namespaces is rolled out and
+        available, judged as deploy's wait judges it (k3stack.readiness, after `kubectl rollout status`).
+        All workloads there count, not only k3stack's. Fails when there are none or one is not done."""
         # The workloads whose readiness the object alone tells (a HelmChart's is its Job's).
         statuses = {k.kind: k.status for k in kinds.KINDS if k.waited and k.status and k.api_version == "apps/v1"}
         seen, bad = 0, []
@@ -424,6 +455,8 @@ class Checks:
         return f"{seen} workload(s) available"
 
     def volumes_bound(self) -> str:
+        """Proves every PersistentVolumeClaim in both namespaces is Bound (its data has a volume). Fails
+        when there are none or one is not Bound (Pending, Lost)."""
         claims = [c for ns in self.namespaces for c in self.kube.list("v1", "PersistentVolumeClaim", ns)]
         if not claims:
             raise CheckFailed(
@@ -443,6 +476,9 @@ class Checks:
         return f"{len(claims)} volume(s) Bound"
 
     def helm_charts(self) -> str:
+        """Proves every HelmChart in the monitoring namespace (Netdata's) is installed: its install Job
+        completed, as rollout.Waiter judges it. Fails when there is none or one is not done; final when
+        one has failed (the chart's failurePolicy is abort: it stays failed until a person acts)."""
         namespace = self.config.monitoring_namespace
         charts = self.kube.list("helm.cattle.io/v1", "HelmChart", namespace)
         if not charts:
@@ -484,6 +520,8 @@ class Checks:
         return [m for m in (normalise(n) for n in self.config.models) if m not in listed]
 
     def ollama_version(self) -> str:
+        """Proves Ollama's API answers inside the cluster: GET /api/version through the API server's
+        service proxy returns a version (the Service has a ready endpoint). Fails on any other answer."""
         status, data, message = self._proxy_get(self.config.ollama_service, "api/version")
         if status != 200 or not data or "version" not in data:
             raise CheckFailed(
@@ -493,6 +531,8 @@ class Checks:
         return f"Ollama {data['version']}"
 
     def ollama_models(self) -> str:
+        """Proves every configured model (OLLAMA_MODELS, compared in /api/tags's normalised form) is on
+        Ollama's volume. Fails when /api/tags does not answer or a model is missing."""
         status, data, message = self._proxy_get(self.config.ollama_service, "api/tags")
         if status != 200 or data is None:
             raise CheckFailed(f"Ollama /api/tags: HTTP {status} {message}", "is Ollama ready? `inv status`")
@@ -503,6 +543,8 @@ class Checks:
         return f"{len(self.config.models)} model(s) present"
 
     def webui_health(self) -> str:
+        """Proves Open WebUI's server is up: GET /health through the service proxy answers 200. Fails on
+        any other status."""
         status, _, message = self._proxy_get(self.config.webui_service, "health")
         if status != 200:
             raise CheckFailed(
@@ -512,6 +554,9 @@ class Checks:
         return "200"
 
     def webui_ready(self) -> str:
+        """Proves Open WebUI is ready to serve: GET /ready through the service proxy answers 200 (images
+        without /ready answer 404; then its database ping /health/db stands in). Failure points at
+        PostgreSQL or Redis."""
         status, _, message = self._proxy_get(self.config.webui_service, "ready")
         path = "/ready"
         if status == 404:  # images before /ready existed: the database ping is the next best thing
@@ -526,6 +571,9 @@ class Checks:
 
     # -- public, through the ingress
     def https_health(self) -> str:
+        """Proves the public HTTPS path works: GET https://CHAT_HOST/health through the ingress answers
+        200 over TLS as Browser verifies it, with a certificate that has not expired. Returns its issuer and the days
+        it has left."""
         answer = self.browser.request("GET", f"https://{self.config.chat_host}/health")
         if answer.status != 200:
             raise CheckFailed(
@@ -545,6 +593,8 @@ class Checks:
         )
 
     def http_redirect(self) -> str:
+        """Proves plain HTTP is redirected to HTTPS: GET http://CHAT_HOST/ answers 301, 302, 307 or 308
+        with a Location starting with https://CHAT_HOST (Traefik's web -> websecure redirect)."""
         answer = self.browser.request("GET", f"http://{self.config.chat_host}/")
         location = answer.headers.get("location", "")
         if answer.status not in (301, 302, 307, 308) or not location.startswith(f"https://{self.config.chat_host}"):
@@ -556,6 +606,9 @@ class Checks:
         return f"{answer.status} → {location}"
 
     def webui_version(self) -> str:
+        """Proves the ingress reaches the Open WebUI just deployed: GET https://CHAT_HOST/api/version
+        answers 200 with the version of the deployed image tag (a leading v ignored on both sides).
+        Fails while the old image still answers, or when the ingress reaches another Open WebUI."""
         answer = self.browser.request("GET", f"https://{self.config.chat_host}/api/version")
         data = answer.json()
         running = str((data or {}).get("version", "")) if isinstance(data, dict) else ""
@@ -609,6 +662,9 @@ class Checks:
         )
 
     def signin_models(self) -> str:
+        """Proves the admin can sign in through the public URL and that Open WebUI lists every configured
+        model (GET /api/models with the run's shared token; ids compared normalised), so it reaches
+        Ollama. A refused password is final; a missing model or another status is retried."""
         token = self._signin()
         answer = self.browser.request(
             "GET", f"https://{self.config.chat_host}/api/models", headers={"Authorization": f"Bearer {token}"}
@@ -672,6 +728,9 @@ class Checks:
         return f"websocket upgraded, Socket.IO connected, event back through Redis (upgrades: {upgrades or 'none'})"
 
     def netdata_auth(self) -> str:
+        """Proves the Netdata dashboard is behind basic auth: GET https://MONITOR_HOST/api/v1/info answers
+        401 without credentials and 200 with NETDATA_USER/NETDATA_PASSWORD. A 200 without credentials
+        (open to anyone) is final."""
         url = f"https://{self.config.monitor_host}{NETDATA_PATH}"
         anonymous = self.browser.request("GET", url)
         if anonymous.status != 401:
