@@ -621,13 +621,24 @@ def load(
             failed.add(setting.name)
     _cross_check(expanded, failed, problems)
     if problems:
-        raise SettingsError(problems, str(path) + ("" if path.exists() else " (absent) + environment"))
+        raise SettingsError(
+            [_one_line(p) for p in problems], str(path) + ("" if path.exists() else " (absent) + environment")
+        )
     return Settings(
         env_name=env_name,
         source=str(path),
         values=MappingProxyType({n: v for n, v in expanded.items() if n not in SECRET_NAMES}),
         secrets=MappingProxyType({n: v for n, v in expanded.items() if n in SECRET_NAMES and v}),
     )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
+
+def _one_line(problem: str) -> str:
+    """A problem on one line whatever a check quoted from the value: control characters and line
+    separators shown as escapes (\\n, \\x00), as repr() would."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], problem)
 
 
 def _text_problem(value: str) -> str | None:
