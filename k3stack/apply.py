@@ -19,6 +19,10 @@ from .manifests import MANAGED_BY, MANAGER, Manifest, describe, object_key, phas
 
 FIELD_MANAGER = MANAGER
 INSTANCE_LABEL = "k3stack.dev/instance"
+# Set on a namespace by the run that created it (value: the instance), by a merge patch outside the
+# field manager's apply, so later applies keep it. Only such a namespace is ever deleted by a purge;
+# one that existed before k3stack came is used as it is, never labelled as ours, never deleted.
+CREATED_BY = "k3stack.dev/created-by"
 PARALLEL = 8
 CONFLICT_MANAGER = re.compile(r'conflict with "([^"]+)"')
 
@@ -135,7 +139,7 @@ class Applier:
         phase first and raises once at the end. Other KubeErrors (API unreachable, 401/403, a kind not
         served) propagate as they are."""
         results: list[Result] = []
-        created_namespaces = {m.name for m in manifests if m.kind == "Namespace" and m.key not in current}
+        manifests, created_namespaces = self._claim_namespaces(manifests, current)
         groups = phases(manifests)
         for number, group in enumerate(groups):
             with ThreadPoolExecutor(PARALLEL) as pool:
@@ -157,6 +161,38 @@ class Applier:
                 raise ApplyError(f"{head}:\n{detail}", results)
         return results
 
+    def _claim_namespaces(
+        self, manifests: list[Manifest], current: dict[tuple, dict]
+    ) -> tuple[list[Manifest], set[str]]:
+        """(manifests to apply, names of the namespaces this run creates). A namespace that exists
+        without this stack's CREATED_BY record is someone else's (or predates the record): it is
+        applied without k3stack's labels, so neither prune nor destroy ever selects it. One GET per
+        namespace not already known as ours."""
+        created, chosen = set(), []
+        for m in manifests:
+            if m.kind != "Namespace":
+                chosen.append(m)
+                continue
+            live = current.get(m.key) or self.kube.get("v1", "Namespace", m.name)
+            if live is None:
+                created.add(m.name)
+            elif (live["metadata"].get("annotations") or {}).get(CREATED_BY) != self.instance:
+                obj = copy.deepcopy(m.obj)
+                for label in (MANAGED_BY, INSTANCE_LABEL):
+                    obj["metadata"].get("labels", {}).pop(label, None)
+                m = Manifest(obj, m.source)
+            chosen.append(m)
+        return chosen, created
+
+    def _record_created(self, name: str) -> None:
+        """Mark namespace `name` as created by this stack (see CREATED_BY)."""
+        self.kube.request(
+            "PATCH",
+            f"/api/v1/namespaces/{name}",
+            body={"metadata": {"annotations": {CREATED_BY: self.instance}}},
+            content_type="application/merge-patch+json",
+        )
+
     def _apply_one(self, m: Manifest, current: dict[tuple, dict], created_namespaces: set[str]) -> Result:
         before = current.get(m.key)
         try:
@@ -171,6 +207,8 @@ class Applier:
                 # Server dry-run cannot place an object in a namespace that does not exist yet.
                 return Result(m.describe(), m.namespace or "", "created", m.source, "(namespace created first)", m.obj)
             return Result(m.describe(), m.namespace or "", "failed", m.source, explain(m, exc))
+        if m.kind == "Namespace" and m.name in created_namespaces and not self.dry_run:
+            self._record_created(m.name)
         if before is None:
             action = "created"
         elif before["metadata"].get("resourceVersion") == after["metadata"].get("resourceVersion"):

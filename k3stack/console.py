@@ -110,6 +110,12 @@ class Console:
         """`data` as indented JSON on stdout (redacted), for CI."""
         self._rich.file.write(self.redact(json.dumps(data, indent=2, sort_keys=True)) + "\n")
 
+    def document(self, text: str) -> None:
+        """The task's product as it is (render's YAML) on stdout: not styled, not wrapped, not
+        redacted (render redacts Secret data itself unless asked to show it)."""
+        with self._lock:
+            self._rich.file.write(text)
+
     def result(self, what: str, action: str, detail: str = "") -> None:
         """kubectl's shape: `deployment.apps/ollama configured`."""
         text = f"{what} {action}" + (f" {detail}" if detail else "")

@@ -13,6 +13,7 @@ from . import kinds as kinds_
 from . import manifests as mf
 from . import secrets as sec
 from .apply import (
+    CREATED_BY,
     KEPT_KINDS,
     PRUNABLE,
     Applier,
@@ -31,16 +32,23 @@ from .settings import Settings
 
 @dataclass(frozen=True)
 class Plan:
+    """One stack ready to apply: its settings, every object (rendered from k8s/ plus the generated
+    Secrets, stamped with the instance label, in apply order) and its resolved secrets."""
+
     settings: Settings
     manifests: list[mf.Manifest]  # Secrets included, instance-stamped, in apply order
     secrets: sec.StackSecrets
 
     @property
     def instance(self) -> str:
+        """The stack's instance name (its STACK_NAMESPACE): the label value its objects carry."""
         return self.settings["STACK_NAMESPACE"]
 
 
 def read_secret_from(kube: Kube) -> sec.ReadSecret:
+    """A secrets reader over the cluster: (namespace, name) -> the Secret's decoded data, or None
+    when it does not exist (a 404). Raises KubeError when the cluster cannot be asked."""
+
     def read(namespace: str, name: str) -> dict[str, str] | None:
         obj = kube.get("v1", "Secret", name, namespace)
         return sec.decode(obj) if obj else None
@@ -48,9 +56,17 @@ def read_secret_from(kube: Kube) -> sec.ReadSecret:
     return read
 
 
-def make_plan(settings: Settings, read_secret: sec.ReadSecret) -> Plan:
-    """Resolve secrets and render every manifest; raises before anything is written."""
-    stack_secrets = sec.resolve(settings, read_secret)
+def volume_exists_in(kube: Kube) -> sec.VolumeExists:
+    """(namespace, name) -> whether that PersistentVolumeClaim exists in the cluster."""
+    return lambda namespace, name: kube.get("v1", "PersistentVolumeClaim", name, namespace) is not None
+
+
+def make_plan(
+    settings: Settings, read_secret: sec.ReadSecret, volume_exists: sec.VolumeExists = lambda ns, name: False
+) -> Plan:
+    """Resolve secrets (secrets.resolve: `read_secret` and `volume_exists` ask the cluster) and
+    render every manifest; raises SecretsError/RenderError/SettingsError before anything is written."""
+    stack_secrets = sec.resolve(settings, read_secret, volume_exists)
     variables = {**settings.render_vars(), **stack_secrets.checksums}
     rendered = mf.render(variables, gpu=settings.flag("GPU_ENABLED"))
     ordered = sorted([*rendered, *stack_secrets.objects], key=lambda m: m.phase)
@@ -192,6 +208,10 @@ def wait_until_gone(kube: Kube, objects: list[dict], console: Console, timeout: 
 
 @dataclass
 class DeployReport:
+    """What a deploy did: per-object results (created/configured/unchanged), pruned objects,
+    each workload's final rollout Status, the run's wall time in seconds, and the HelmCharts whose
+    spec changed ((namespace, name) -> server time of the apply)."""
+
     results: list[Result] = field(default_factory=list)
     pruned: list[Result] = field(default_factory=list)
     rollouts: dict[Target, Status] = field(default_factory=dict)
@@ -200,9 +220,11 @@ class DeployReport:
 
     @property
     def changed(self) -> bool:
+        """Whether any object was created, configured or pruned."""
         return any(r.action != "unchanged" for r in self.results) or bool(self.pruned)
 
     def counts(self) -> dict[str, int]:
+        """Objects per action, e.g. {"configured": 2, "unchanged": 30}."""
         counts: dict[str, int] = {}
         for r in [*self.results, *self.pruned]:
             counts[r.action] = counts.get(r.action, 0) + 1
@@ -326,6 +348,9 @@ def wait_for_rollouts(
     timeout: float,
     changed_at: dict[tuple[str, str], str] | None = None,
 ) -> dict[Target, Status]:
+    """Wait up to `timeout` seconds for every workload of the plan (or manifests) to be ready, like
+    `kubectl rollout status` for all at once, with progress on the console; `changed_at` as in
+    rollout.Waiter. Returns the final Status per workload; raises RolloutError saying why not."""
     items = targets(plan.manifests if isinstance(plan, Plan) else plan)
     reported: dict[Target, str] = {}
     with console.progress("waiting for rollouts", total=len(items)) as bar:
@@ -402,7 +427,14 @@ def destroy(
     wait_until_gone(kube, charts, console, timeout, "helm-controller uninstalls the chart")
     if purge:
         for m in plan.manifests:
-            if m.kind == "Namespace" and kube.delete("v1", "Namespace", m.name):
+            if m.kind != "Namespace" or (live := kube.get("v1", "Namespace", m.name)) is None:
+                continue
+            if (live["metadata"].get("annotations") or {}).get(CREATED_BY) != plan.instance:
+                # Not created by this stack: it existed before (someone else's) or another stack
+                # made it. Its other contents are not ours to delete.
+                console.result(m.describe(), "kept", "(k3stack did not create it; delete it yourself if it should go)")
+                continue
+            if kube.delete("v1", "Namespace", m.name):
                 console.result(m.describe(), "deleted")
                 results.append(Result(m.describe(), "", "deleted"))
     return results
@@ -434,7 +466,7 @@ def status_rows(kube: Kube, plan: Plan) -> list[list[str]]:
         status = waiter.status(target)
         manifest = next(m for m in plan.manifests if m.kind == target.kind and m.name == target.name)
         pod = manifest.obj.get("spec", {}).get("template", {}).get("spec", {})
-        images = ", ".join(c["image"].rsplit(":", 1)[-1] for c in pod.get("containers", []))
+        images = ", ".join(mf.image_tag(c["image"]) or c["image"] for c in pod.get("containers", []))
         if target.kind == "HelmChart":
             images = f"chart {manifest.obj['spec'].get('version', '')}"
         volumes = []

@@ -44,6 +44,15 @@ def group_of(api_version: str) -> str:
     return api_version.split("/")[0] if "/" in api_version else ""
 
 
+def image_tag(reference: str) -> str:
+    """The tag of an image reference, "" when it has none: `[registry[:port]/]path[:tag][@digest]`
+    (the distribution reference grammar, github.com/distribution/reference). The digest is not
+    the tag, and a registry's port is not either: `ghcr.io:443/x@sha256:…` has no tag."""
+    name = reference.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return last.rsplit(":", 1)[1] if ":" in last else ""
+
+
 def describe(api_version: str, kind: str, name: str) -> str:
     """kubectl's spelling of an object: deployment.apps/ollama, service/ollama."""
     group = group_of(api_version)

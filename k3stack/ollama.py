@@ -81,7 +81,7 @@ class OllamaError(K3stackError):
     another try may succeed (see `transient`)."""
 
     def __init__(self, message: str, hint: str = "", *, retry: bool = True):
-        super().__init__(message)
+        super().__init__(message, hint)
         self.hint = hint
         self.retry = retry
 
@@ -532,8 +532,8 @@ class Ollama:
         try:
             size = retry_policy(self.attempts, self.backoff, self.sleep, retrying)(attempt)
         except OllamaError as exc:
-            report(Progress(shown, f"failed: {exc}", attempt=tries, done=True))
-            return PullResult(shown, "failed", time.monotonic() - started, tries, error=str(exc), hint=exc.hint)
+            report(Progress(shown, f"failed: {exc.what}", attempt=tries, done=True))
+            return PullResult(shown, "failed", time.monotonic() - started, tries, error=exc.what, hint=exc.hint)
         report(Progress(shown, "success", size, size, tries, done=True))
         return PullResult(shown, "pulled", time.monotonic() - started, tries, size)
 

@@ -46,6 +46,7 @@ PINNED_BY_VOLUME = {
 }
 
 ReadSecret = Callable[[str, str], dict[str, str] | None]  # (namespace, name) -> decoded data or None
+VolumeExists = Callable[[str, str], bool]  # (namespace, PVC name) -> whether the claim exists
 
 
 class SecretsError(K3stackError, ValueError):
@@ -54,6 +55,9 @@ class SecretsError(K3stackError, ValueError):
 
 @dataclass(frozen=True)
 class StackSecrets:
+    """The stack's secrets resolved: the Secret objects to apply, every value (for redaction),
+    where each came from, and the checksums that roll pods when a Secret changes."""
+
     objects: list[Manifest]
     values: dict[str, str]  # every secret value (for redaction and `inv credentials`)
     origins: dict[str, str]  # setting -> "settings" | "cluster" | "generated"
@@ -61,6 +65,7 @@ class StackSecrets:
 
 
 def decode(secret: dict) -> dict[str, str]:
+    """A Secret object's `data` (base64, as the API returns it) as text values; {} when empty."""
     return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
 
 
@@ -71,8 +76,11 @@ def _checksum(data: dict[str, str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def resolve(settings: Settings, read: ReadSecret) -> StackSecrets:
-    """Build the Secret objects. `read` returns a Secret's decoded data from the cluster (or None)."""
+def resolve(settings: Settings, read: ReadSecret, volume_exists: VolumeExists = lambda ns, name: False) -> StackSecrets:
+    """Build the Secret objects. `read` returns a Secret's decoded data from the cluster (or None);
+    `volume_exists` whether a PVC is there. Raises SecretsError when a setting differs from what a
+    volume holds, or when the Secret of a volume's password is gone while the volume stays (a new
+    password would lock the data out: PINNED_BY_VOLUME)."""
     cache: dict[tuple[str, str], dict[str, str] | None] = {}
 
     def existing(setting: str) -> str | None:
@@ -97,6 +105,17 @@ def resolve(settings: Settings, read: ReadSecret) -> StackSecrets:
             values[setting], origins[setting] = given, "settings"
         elif current is not None:
             values[setting], origins[setting] = current, "cluster"
+        elif setting in PINNED_BY_VOLUME and volume_exists(
+            settings[LOCATIONS[setting][0]], PINNED_BY_VOLUME[setting][0]
+        ):
+            ns_setting, name, _ = LOCATIONS[setting]
+            volume, what, why, _how = PINNED_BY_VOLUME[setting]
+            raise SecretsError(
+                f"{setting}: Secret {settings[ns_setting]}/{name} is gone but volume {volume} stays, holding "
+                f"{what}; a new one would not match ({why})",
+                f"put the Secret back (from a k3stack backup, or `kubectl apply -f` a saved copy), or set {setting} "
+                "to the password the volume was initialised with",
+            )
         else:
             values[setting], origins[setting] = random.token_urlsafe(32), "generated"
 

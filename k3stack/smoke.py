@@ -30,6 +30,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 from . import kinds, rollout
 from .console import Console
 from .kube import Kube, KubeError
+from .manifests import image_tag
 from .ollama import normalise
 from .report import CheckResult, SmokeReport
 from .retry import retrying
@@ -93,7 +94,7 @@ class SmokeConfig:
             "chat_host": settings["CHAT_HOST"],
             "monitor_host": settings["MONITOR_HOST"],
             "models": tuple(settings.models),
-            "webui_version": settings["OPEN_WEBUI_IMAGE"].rsplit(":", 1)[1].split("@")[0],
+            "webui_version": image_tag(settings["OPEN_WEBUI_IMAGE"]),
             "admin_email": settings["WEBUI_ADMIN_EMAIL"],
             "admin_password": secret_values.get("WEBUI_ADMIN_PASSWORD", ""),
             "netdata_user": settings["NETDATA_USER"],
@@ -594,10 +595,13 @@ class Checks:
 
     def http_redirect(self) -> str:
         """Proves plain HTTP is redirected to HTTPS: GET http://CHAT_HOST/ answers 301, 302, 307 or 308
-        with a Location starting with https://CHAT_HOST (Traefik's web -> websecure redirect)."""
+        with a Location whose scheme is https and whose host is exactly CHAT_HOST (Traefik's web ->
+        websecure redirect; `https://CHAT_HOST.evil.example` is not one)."""
         answer = self.browser.request("GET", f"http://{self.config.chat_host}/")
         location = answer.headers.get("location", "")
-        if answer.status not in (301, 302, 307, 308) or not location.startswith(f"https://{self.config.chat_host}"):
+        target = urlsplit(location)
+        redirected = target.scheme == "https" and (target.hostname or "") == self.config.chat_host.lower()
+        if answer.status not in (301, 302, 307, 308) or not redirected:
             raise CheckFailed(
                 f"plain HTTP answered {answer.status}"
                 + (f" → {location}" if location else " without a redirect to HTTPS"),

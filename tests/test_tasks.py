@@ -198,7 +198,7 @@ def test_bad_flags_and_secret_files(env_dir, tmp_path):
     bad_port = inv(
         "bootstrap", "--env", "test", "--host", "203.0.113.10", "--port", "ssh", env={"K3STACK_ENV_DIR": str(env_dir)}
     )
-    assert bad_port.returncode == 1
+    assert bad_port.returncode == 2  # a bad flag value is a usage error, as --timeout x is
     assert "--port ssh: not a TCP port number" in bad_port.stderr
     assert "Traceback" not in bad_port.stdout + bad_port.stderr
     out = tmp_path / "rendered"

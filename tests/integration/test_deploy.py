@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from k3stack import deploy as stack
-from k3stack import settings
+from k3stack import pipeline, settings
 from k3stack.apply import PRUNABLE, ApplyError
 from k3stack.console import Console
 from k3stack.kube import Kube, KubeError
@@ -147,6 +147,37 @@ def test_a_different_postgres_password_for_an_existing_volume_is_refused(stack_e
     stack_env.deploy(wait=False)
     with pytest.raises(SecretsError, match=r"POSTGRES_PASSWORD: differs from the password the existing database"):
         stack_env.plan(POSTGRES_PASSWORD="another-password-entirely")
+
+
+def test_a_lost_secret_is_refused_while_its_volume_stays(stack_env):
+    """Issue 14 #3: Secret postgres deleted, PVC kept → no new password, one line, nothing applied."""
+    stack_env.deploy(wait=False)
+    kube, ns = stack_env.kube_client, stack_env.values["STACK_NAMESPACE"]
+    kube.delete("v1", "Secret", "postgres", ns)
+    with pytest.raises(SecretsError, match=r"POSTGRES_PASSWORD: Secret .*/postgres is gone but volume postgres-data"):
+        pipeline.plan(stack_env.settings(), kube, stack_env.console)
+    assert kube.get("v1", "Secret", "postgres", ns) is None  # nothing was written
+
+
+def test_purge_never_deletes_a_namespace_k3stack_did_not_create(stack_env):
+    """Issue 14 #1: MONITORING_NAMESPACE names a namespace another team made, with their objects."""
+    kube, theirs = stack_env.kube_client, stack_env.values["MONITORING_NAMESPACE"]
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": theirs}}, field_manager="team")
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "team-config", "namespace": theirs}}
+    kube.apply({**config, "data": {"a": "b"}}, field_manager="team")
+    stack_env.deploy(wait=False)
+    labels = kube.get("v1", "Namespace", theirs)["metadata"].get("labels") or {}
+    assert "k3stack.dev/instance" not in labels
+    assert labels.get("app.kubernetes.io/managed-by") != "k3stack"
+    ours = stack_env.values["STACK_NAMESPACE"]
+    assert kube.get("v1", "Namespace", ours)["metadata"]["annotations"]["k3stack.dev/created-by"] == ours
+
+    stack.destroy(kube, stack_env.plan(), stack_env.console, purge=True, timeout=60)
+    assert kube.get("v1", "ConfigMap", "team-config", theirs) is not None
+    assert (kube.get("v1", "Namespace", theirs) or {}).get("metadata", {}).get("deletionTimestamp") is None
+    assert f"namespace/{theirs} kept" in stack_env.output.getvalue()
+    gone = kube.get("v1", "Namespace", ours)
+    assert gone is None or gone["metadata"].get("deletionTimestamp")
 
 
 def test_a_changed_secret_rolls_open_webui(stack_env):

@@ -50,6 +50,11 @@ ALLOWED: list[tuple[str, str, str]] = [
     ("kube.py", "is its CRD installed?", IMPERATIVE),
     ("kube.py", "through the Kubernetes API at", "KNOWN GAP: no fix (kube.py is not this change's)"),
     ("manifests.py", "", "RenderError(problems): each problem is `k8s/file:line: ...` naming what to correct"),
+    (
+        "pipeline.py",
+        "",
+        "RenderError(problems): render --validate lists every schema problem, each naming object and field",
+    ),
     ("ollama.py", "(stalled download)", INTERNAL),
     ("ollama.py", "the pull stream ended without success", "KNOWN GAP: no fix (ollama.py is not this change's)"),
     ("ollama.py", "not JSON: ", "KNOWN GAP: no fix (ollama.py is not this change's)"),

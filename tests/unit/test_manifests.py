@@ -128,3 +128,18 @@ def test_an_empty_metadata_is_one_problem_not_a_crash(tmp_path):
     (tmp_path / "t" / "x.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n")
     with pytest.raises(mf.RenderError, match=r"k8s/t/x.yaml: a document lacks apiVersion, kind or metadata.name"):
         mf.render({}, k8s_dir=tmp_path, targets=["t"])
+
+
+@pytest.mark.parametrize(
+    ("reference", "tag"),
+    [
+        ("ghcr.io/open-webui/open-webui:v0.11.0", "v0.11.0"),
+        ("ghcr.io/open-webui/open-webui:v0.11.0@sha256:" + "a" * 64, "v0.11.0"),  # pinned by digest too
+        ("ghcr.io/open-webui/open-webui@sha256:" + "b" * 64, ""),  # a digest is not a tag
+        ("registry.local:5000/team/ollama", ""),  # a registry port is not a tag
+        ("registry.local:5000/team/ollama:0.32.15", "0.32.15"),
+        ("postgres:17.6", "17.6"),
+    ],
+)
+def test_image_tag_follows_the_reference_grammar(reference, tag):
+    assert mf.image_tag(reference) == tag

@@ -211,3 +211,36 @@ def test_a_bug_in_a_check_is_reported_at_once_not_retried_until_the_deadline():
     assert bug.reason == "unexpected KeyError: 'token' (a bug in this check)"
     assert starting.attempts >= 3  # a body that is not JSON yet is a state, retried
     assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    ("status", "location", "ok"),
+    [
+        (308, "https://chat.example.com/", True),
+        (301, "https://CHAT.example.com/path", True),  # host names compare case-insensitively
+        (308, "https://chat.example.com.evil.example/", False),  # a prefix is not the host
+        (308, "https://chat.example.com@evil.example/", False),
+        (308, "http://chat.example.com/", False),  # still plain HTTP
+        (200, "https://chat.example.com/", False),
+    ],
+)
+def test_the_redirect_check_wants_https_to_exactly_the_chat_host(status, location, ok):
+    values = settings.load(
+        env_dir=Path("/nonexistent"), environ={"DOMAIN": "example.com", "ACME_EMAIL": "o@example.com"}
+    )
+    checks = sm.Checks(None, sm.SmokeConfig.from_settings(values, {}))  # type: ignore[arg-type]
+    checks.browser = type("B", (), {"request": lambda self, m, url: sm.Answer(status, {"location": location}, b"")})()
+    if ok:
+        assert checks.http_redirect() == f"{status} → {location}"
+    else:
+        with pytest.raises(sm.CheckFailed, match="plain HTTP answered"):
+            checks.http_redirect()
+
+
+def test_a_digest_pinned_image_still_gives_its_version():
+    values = settings.load(
+        env_dir=Path("/nonexistent"),
+        environ={"DOMAIN": "example.com", "ACME_EMAIL": "o@example.com",
+                 "OPEN_WEBUI_IMAGE": "ghcr.io/open-webui/open-webui:v0.11.0@sha256:" + "c" * 64},
+    )  # fmt: skip
+    assert sm.SmokeConfig.from_settings(values, {}).webui_version == "v0.11.0"

@@ -1,0 +1,209 @@
+"""What the cluster tasks do between reading flags and showing a result, as library calls:
+plan one or several stacks, deploy them and pull their models, render without a cluster,
+the credentials rows. tasks.py parses flags and calls these; nothing here knows Invoke.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import deploy, settings
+from . import manifests as mf
+from .errors import K3stackError
+
+if TYPE_CHECKING:  # the kubernetes client loads only where a cluster is talked to
+    from .console import Console
+    from .kube import Kube
+    from .ollama import PullReport, PullResult
+
+REDACTED = "PHJlZGFjdGVkPg=="  # base64 of "<redacted>": still valid Secret data, plainly not a secret
+
+
+@dataclass
+class Stack:
+    """One settings file's stack: its settings and its plan (secrets resolved, manifests rendered)."""
+
+    settings: settings.Settings
+    plan: deploy.Plan
+
+
+def plan(loaded: settings.Settings, kube: Kube, console: Console) -> Stack:
+    """Resolve the stack's secrets (reading the cluster's) and render it; every check that needs
+    no write happens here, before anything is applied. The secrets are registered with the
+    console so that no output shows them. Raises K3stackError subclasses naming setting or file."""
+    made = deploy.make_plan(loaded, deploy.read_secret_from(kube), deploy.volume_exists_in(kube))
+    console.add_secrets(made.secrets.values.values())
+    return Stack(loaded, made)
+
+
+def plan_all(loaded: list[settings.Settings], kube: Kube, console: Console) -> list[Stack]:
+    """One Stack per settings (several settings files deploy several stacks), planned side by
+    side over one connection, in the order given; the first failure is raised."""
+    if len(loaded) == 1:
+        return [plan(loaded[0], kube, console)]
+    with ThreadPoolExecutor(max_workers=len(loaded)) as pool:
+        return list(pool.map(lambda one: plan(one, kube, console), loaded))
+
+
+@dataclass
+class DeployOutcome:
+    """A deploy run: the apply/rollout report, the model pulls (one PullReport per stack with
+    models) and the API requests made (a count)."""
+
+    report: deploy.DeployReport
+    pulled: list[PullReport] = field(default_factory=list)
+    requests: int = 0
+
+    @property
+    def new_models(self) -> int:
+        """Models pulled by this run (present ones are not counted)."""
+        return sum(r.action == "pulled" for p in self.pulled for r in p.results)
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything changed: an object applied or pruned, or a model pulled."""
+        return self.report.changed or bool(self.new_models)
+
+    @property
+    def failed_models(self) -> list[PullResult]:
+        """The model pulls that failed (the run fails on the first)."""
+        return [r for p in self.pulled for r in p.results if not r.ok]
+
+    def summary(self) -> str:
+        """One line, Ansible's words: `changed: 3 configured, 12 unchanged in 2.1s (40 API requests)`."""
+        counts = ", ".join(f"{n} {action}" for action, n in sorted(self.report.counts().items()))
+        if self.new_models:
+            counts += f", {self.new_models} model(s) pulled"
+        verdict = "changed" if self.changed else "no changes"
+        return f"{verdict}: {counts} in {self.report.seconds:.1f}s ({self.requests} API requests)"
+
+    def to_json(self) -> dict:
+        """The machine-readable summary `inv deploy --json` prints (keys are a stable interface)."""
+        report = self.report
+        return {
+            "changed": self.changed,
+            "counts": report.counts(),
+            "seconds": round(report.seconds, 2),
+            "objects": [
+                {"object": r.describe, "namespace": r.namespace, "action": r.action}
+                for r in [*report.results, *report.pruned]
+            ],
+            "rollouts": {t.describe(): s.message for t, s in report.rollouts.items()},
+            "models": [m for p in self.pulled for m in p.to_json()["models"]],
+        }
+
+
+def deploy_stacks(
+    kube: Kube,
+    stacks: list[Stack],
+    console: Console,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+    prune: bool = True,
+    wait: bool = True,
+    timeout: float = 600,
+    pull: bool = True,
+) -> DeployOutcome:
+    """Apply every stack (deploy.deploy_many: server-side apply, prune, rollout waits of `timeout`
+    seconds) and, once the workloads are ready, pull each stack's OLLAMA_MODELS. Pulls run only
+    when waited for and not a dry run. Raises ApplyError/RolloutError (K3stackError) or OllamaError
+    when Ollama cannot be asked at all; a failed pull is in `failed_models`, not raised."""
+    from .ollama import Ollama, pull_models
+
+    report = deploy.deploy_many(
+        kube,
+        [s.plan for s in stacks],
+        console,
+        force=force,
+        dry_run=dry_run,
+        prune=prune,
+        wait=wait,
+        timeout=timeout,
+    )
+    outcome = DeployOutcome(report)
+    if pull and wait and not dry_run:
+        for stack in stacks:
+            if stack.settings.models:
+                ollama = Ollama.from_settings(kube, stack.settings)
+                outcome.pulled.append(pull_models(ollama, stack.settings.models, console))
+    outcome.requests = sum(kube.requests.values())
+    return outcome
+
+
+def rendered(loaded: settings.Settings, *, show_secrets: bool = False) -> list[mf.Manifest]:
+    """The objects deploy would apply, without a cluster (generated secrets differ from the
+    cluster's); Secret values are replaced by REDACTED unless `show_secrets`."""
+    objects = deploy.make_plan(loaded, lambda namespace, name: None).manifests
+    if show_secrets:
+        return objects
+    return [
+        mf.Manifest({**m.obj, "data": dict.fromkeys(m.obj.get("data", {}), REDACTED)}, m.source)
+        if m.kind == "Secret"
+        else m
+        for m in objects
+    ]
+
+
+def write_rendered(objects: Iterable[mf.Manifest], directory: Path, *, private: bool) -> list[Path]:
+    """One YAML file per target (llm-stack.yaml, monitoring.yaml, k3stack.yaml for generated
+    objects) in `directory` (created). `private` (secrets shown): mode 0600 from the first byte,
+    even over an existing file with a looser mode; else 0644. Returns the files written."""
+    objects = list(objects)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for target in [*mf.TARGETS, "k3stack"]:
+        chosen = [m for m in objects if m.source.split("/")[0] == target]
+        if not chosen:
+            continue
+        path = directory / f"{target}.yaml"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+        if private:
+            os.fchmod(fd, 0o600)  # O_CREAT's mode applies only to a new file
+        with os.fdopen(fd, "w") as out:
+            out.write(mf.to_yaml(chosen))
+        written.append(path)
+    return written
+
+
+def validate_rendered(objects: list[mf.Manifest], k8s_version: str) -> str:
+    """Validate every object strictly against Kubernetes `k8s_version` (kubernetes-validate, a dev
+    requirement). Returns a one-line summary; raises RenderError listing every problem, or
+    K3stackError when kubernetes-validate is not installed."""
+    try:
+        import kubernetes_validate  # noqa: F401 - checked before use: a dev requirement
+    except ImportError:
+        raise K3stackError(
+            "render --validate needs kubernetes-validate", "pip install -r requirements-dev.txt"
+        ) from None
+    custom: list[mf.Manifest] = []
+    if problems := mf.validate(objects, k8s_version, skipped=custom):
+        raise mf.RenderError(problems)
+    kinds = sorted({m.kind for m in custom})
+    return f"valid: {len(objects) - len(custom)} objects checked strictly against Kubernetes {k8s_version}" + (
+        f"; {len(custom)} custom resources ({', '.join(kinds)}) have no bundled schema" if custom else ""
+    )
+
+
+def credential_rows(loaded: settings.Settings, values: dict[str, str]) -> list[list[str]]:
+    """[service, url, user, password] for the Open WebUI admin and Netdata; `values` are the
+    stack's resolved secrets (plan.secrets.values)."""
+    return [
+        [
+            "Open WebUI (admin)",
+            f"https://{loaded['CHAT_HOST']}",
+            loaded["WEBUI_ADMIN_EMAIL"],
+            values["WEBUI_ADMIN_PASSWORD"],
+        ],
+        ["Netdata", f"https://{loaded['MONITOR_HOST']}", loaded["NETDATA_USER"], values["NETDATA_PASSWORD"]],
+    ]
+
+
+def not_ready(rows: list[list[str]]) -> str:
+    """From deploy.status_rows: `workload (namespace): state` of every row that is not ready, joined."""
+    return ", ".join(f"{row[1]} ({row[0]}): {row[3]}" for row in rows if row[3] != "ready")

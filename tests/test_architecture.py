@@ -1,0 +1,61 @@
+"""The house rules of issue 11, checked: a thin face, one printer, documented public API."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARY = ROOT / "k3stack"
+
+
+def public_definitions(path: Path):
+    """(qualified name, node) of every public function, method and class of a module."""
+
+    def visit(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                if child.name.startswith("_"):
+                    continue
+                yield f"{prefix}{child.name}", child
+                if isinstance(child, ast.ClassDef):
+                    yield from visit(child, f"{prefix}{child.name}.")
+
+    yield from visit(ast.parse(path.read_text()), "")
+
+
+def test_tasks_py_is_thin():
+    lines = (ROOT / "tasks.py").read_text().count("\n")
+    assert lines <= 250, f"tasks.py has {lines} lines: move logic into k3stack/ (pipeline.py, face.py)"
+
+
+def test_only_the_console_prints():
+    """The library prints through k3stack/console.py only: no print(), no rich, no raw writes to
+    stdout/stderr elsewhere (so redaction and the CI/terminal choice cannot be bypassed)."""
+    offenders = []
+    for path in LIBRARY.rglob("*.py"):
+        if path.name == "console.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "print":
+                offenders.append(f"{path.name}:{node.lineno} print()")
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                if any(n == "rich" or n.startswith("rich.") for n in names):
+                    offenders.append(f"{path.name}:{node.lineno} imports rich")
+            is_stream = isinstance(node, ast.Attribute) and node.attr in ("stdout", "stderr")
+            if is_stream and getattr(node.value, "id", "") == "sys":
+                offenders.append(f"{path.name}:{node.lineno} sys.{node.attr}")
+    assert offenders == []
+
+
+def test_the_face_is_the_only_invoke_user():
+    """The library knows nothing of its command line: only k3stack/face.py imports invoke."""
+    users = []
+    for path in LIBRARY.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                if any(n.split(".")[0] == "invoke" for n in names):
+                    users.append(path.name)
+    assert sorted(set(users)) == ["face.py"]
