@@ -272,7 +272,7 @@ def deploy(
         report.pruned = applier.prune(plan.manifests, current, on_result=show)
     report.charts_changed = charts_changed(report.results, current)
     if wait and not dry_run:
-        report.rollouts = wait_for_rollouts(kube, plan, console, timeout, report.charts_changed)
+        report.rollouts = wait_for_rollouts(kube, plan, console, timeout, report.charts_changed, applied(report))
     report.seconds = time.monotonic() - started
     return report
 
@@ -316,9 +316,21 @@ def deploy_many(
     merged.charts_changed = {k: v for report in reports for k, v in report.charts_changed.items()}
     if wait and not options.get("dry_run"):
         everything = [m for p in plans for m in p.manifests]
-        merged.rollouts = wait_for_rollouts(kube, everything, console, timeout, merged.charts_changed)
+        merged.rollouts = wait_for_rollouts(kube, everything, console, timeout, merged.charts_changed, applied(merged))
     merged.seconds = time.monotonic() - started
     return merged
+
+
+def applied(report: DeployReport) -> dict[Target, dict]:
+    """The objects the apply answered with (status included), by rollout Target: the first round
+    of waiting judges these instead of reading them again."""
+    return {
+        Target(
+            r.obj["apiVersion"], r.obj["kind"], r.obj["metadata"].get("namespace", ""), r.obj["metadata"]["name"]
+        ): r.obj
+        for r in report.results
+        if r.obj and r.action != "failed" and "metadata" in r.obj
+    }
 
 
 def charts_changed(results: list[Result], current: dict[tuple, dict]) -> dict[tuple[str, str], str]:
@@ -347,10 +359,12 @@ def wait_for_rollouts(
     console: Console,
     timeout: float,
     changed_at: dict[tuple[str, str], str] | None = None,
+    known: dict[Target, dict] | None = None,
 ) -> dict[Target, Status]:
     """Wait up to `timeout` seconds for every workload of the plan (or manifests) to be ready, like
     `kubectl rollout status` for all at once, with progress on the console; `changed_at` as in
-    rollout.Waiter. Returns the final Status per workload; raises RolloutError saying why not."""
+    rollout.Waiter; `known` as in Waiter.wait. Returns the final Status per workload; raises
+    RolloutError saying why not."""
     items = targets(plan.manifests if isinstance(plan, Plan) else plan)
     reported: dict[Target, str] = {}
     with console.progress("waiting for rollouts", total=len(items)) as bar:
@@ -367,7 +381,7 @@ def wait_for_rollouts(
                             style="green" if status.done else None,
                         )
 
-        return Waiter(kube, changed_at=changed_at).wait(items, timeout, on_progress=progress)
+        return Waiter(kube, changed_at=changed_at).wait(items, timeout, on_progress=progress, known=known)
 
 
 def show_diff(kube: Kube, plan: Plan, console: Console) -> int:

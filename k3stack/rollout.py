@@ -56,14 +56,15 @@ class Waiter:
         self.interval = interval
         self.changed_at = dict(changed_at or {})
 
-    def status(self, target: Target) -> Status:
+    def status(self, target: Target, obj: dict | None = None) -> Status:
         """A target's readiness now, from one or two GETs: `missing` when it does not exist,
         `terminating` while it is being deleted; otherwise its kind's readiness rule (k3stack.kinds ->
         k3stack.readiness). A HelmChart has no rule of its own: not done while its install Job
         (status.jobName, by default helm-install-<name>) predates this run's change of the chart
         (`changed_at`); else failed when its Failed condition is True; else the Job's status. Raises
         KubeError (ApiError) when the API does."""
-        obj = self.kube.get(target.api_version, target.kind, target.name, target.namespace)
+        if obj is None:
+            obj = self.kube.get(target.api_version, target.kind, target.name, target.namespace)
         if obj is None:
             return Status(False, f"{target.describe()} not found in {target.namespace}", missing=True)
         if obj["metadata"].get("deletionTimestamp"):
@@ -82,18 +83,25 @@ class Waiter:
         return job_status(job, target.name)
 
     def wait(
-        self, items: list[Target], timeout: float, on_progress: Callable[[dict[Target, Status]], None] = lambda s: None
+        self,
+        items: list[Target],
+        timeout: float,
+        on_progress: Callable[[dict[Target, Status]], None] = lambda s: None,
+        known: dict[Target, dict] | None = None,
     ) -> dict[Target, Status]:
         """Poll every pending target every `interval` seconds until all are done; `timeout` in seconds.
         `on_progress` gets a copy of every target's latest Status after each round. Returns the final
-        statuses. Raises RolloutError (report from `explain`) as soon as a pending target has failed, or
-        once `timeout` has passed; KubeError when the API fails."""
+        statuses. `known`: objects already read (the answers of the apply that just ran, status included),
+        judged in the first round instead of a GET, so a workload already rolled out costs no request.
+        Raises RolloutError (report from `explain`) as soon as a pending target has failed, or once
+        `timeout` has passed; KubeError when the API fails."""
         deadline = time.monotonic() + timeout
         statuses: dict[Target, Status] = {}
         pending = list(items)
+        known = dict(known or {})  # the first round judges these as given (an apply's answer): no GET
         while True:
             for target in pending:
-                statuses[target] = self.status(target)
+                statuses[target] = self.status(target, known.pop(target, None))
             on_progress(dict(statuses))
             pending = [t for t in pending if not statuses[t].done]
             failed = [t for t in pending if statuses[t].failed]

@@ -95,7 +95,17 @@ def test_first_deploy_creates_everything_and_second_changes_nothing(stack_env):
     at_rest(kube, plan)
     before = resource_versions(kube, plan)
     writes_before = kube.requests["PATCH"] + kube.requests["POST"] + kube.requests["DELETE"]
-    again = stack_env.deploy(stack_env.plan())
+    again_plan = stack_env.plan()
+    gets_before = kube.requests["GET"]
+    again = stack_env.deploy(again_plan)
+    gets = kube.requests["GET"] - gets_before
+    cluster = kube.discover()
+    listed = {
+        k for k in {(m.obj["apiVersion"], m.kind) for m in plan.manifests} | set(PRUNABLE) if cluster.serves(k[0])
+    }
+    # Reads of a no-op redeploy: one discovery pass (3), one LIST per kind, and for the waits only
+    # the chart's install Job — every workload at rest is judged from the apply's answer.
+    assert gets == 3 + len(listed) + 1, gets
     assert {r.action for r in again.results} == {"unchanged"}
     assert not again.changed
     assert resource_versions(kube, plan) == before
