@@ -623,3 +623,55 @@ def needs_backup(live_objects: Iterable[dict], rendered_objects: Iterable[dict])
                 "with no way back)"
             )
     return reasons
+
+
+def upgrade_decision(reasons: list[str], choice: bool | None, ci: bool) -> bool:
+    """Whether deploy takes a backup before applying: `reasons` from needs_backup, `choice` the
+    user's flag (True --backup, False --no-backup, None not given), `ci` whether CI=true. Nothing
+    stateful changes → False. Under CI without an explicit choice → UpgradeRefusedError naming the
+    reasons (a pipeline must decide, not a default)."""
+    if not reasons:
+        return False
+    if choice is None and ci:
+        raise UpgradeRefusedError(
+            f"this deploy changes stateful images ({'; '.join(reasons)}) and CI=true gave no backup choice",
+            "pass --backup (K3STACK_BACKUP_PASSPHRASE set; the archive goes to --backup-dir) or --no-backup "
+            "to deploy without one",
+        )
+    return choice is not False
+
+
+def rollback_hint(reasons: list[str], archive: Path | None) -> str:
+    """What to tell a person when the rollout after a guarded change fails: the previous images
+    (from the reasons) and the archive to restore."""
+    previous = [r.split(": image ", 1)[1].split(" → ", 1)[0] for r in reasons if ": image " in r]
+    where = f"`inv restore {archive}`" if archive else "`inv restore ARCHIVE` (your last backup)"
+    images = ", ".join(previous) or "the previous images"
+    return f"roll back: set the image settings back to {images}, `inv deploy`, then {where}"
+
+
+def guard_upgrade(
+    kube,
+    settings,
+    live_objects: Iterable[dict],
+    rendered_objects: Iterable[dict],
+    console: Console,
+    *,
+    choice: bool | None,
+    ci: bool,
+    to: Path | None = None,
+    runner: PodExec | None = None,
+    environ: dict[str, str] | None = None,
+) -> tuple[list[str], BackupResult | None]:
+    """The guard deploy runs after listing the live objects and before applying: (reasons, the
+    backup taken or None). Raises UpgradeRefusedError (a PostgreSQL major change; CI without a
+    choice) or BackupError (no passphrase, a failed backup) — nothing has been applied then."""
+    live, rendered = list(live_objects), list(rendered_objects)
+    reasons = needs_backup(live, rendered)
+    if not upgrade_decision(reasons, choice, ci):
+        for reason in reasons:
+            console.warn(f"{reason}: deploying without a backup (--no-backup)")
+        return reasons, None
+    console.step(f"backup before the upgrade: {'; '.join(reasons)}")
+    passphrase = passphrase_from_env(environ)
+    return reasons, backup(kube, settings, console, passphrase=passphrase, to=to, runner=runner)

@@ -209,3 +209,41 @@ def test_backup_destroy_purge_deploy_restore_keeps_the_user_and_the_chat(real_st
         rs.restore(kube, real_stack.plan.settings, result.path, console, passphrase=PASSPHRASE)
     with pytest.raises(bk.BackupError, match="wrong passphrase"):
         rs.restore(kube, real_stack.plan.settings, result.path, console, passphrase="not the passphrase!")
+
+
+def test_an_open_webui_image_change_takes_a_backup_before_anything_is_applied(real_stack, kubelet, tmp_path):
+    """The guard deploy runs between listing the live objects and applying (the lead wires it)."""
+    from pathlib import Path
+
+    from k3stack import settings as st
+    from k3stack.apply import Applier
+
+    kube = real_stack.kube
+
+    def plan_with(**changes: str) -> stack.Plan:
+        loaded = st.load(env_dir=Path("/nonexistent"), environ={**real_stack.environ, **changes})
+        return stack.make_plan(loaded, stack.read_secret_from(kube))
+
+    unchanged = plan_with()
+    live = list(Applier(kube, instance=unchanged.instance).current(unchanged.manifests).values())
+    console = Console(stream=io.StringIO(), interactive=False)
+    environ = {bk.PASSPHRASE_ENV: PASSPHRASE}
+    same = bk.guard_upgrade(kube, unchanged.settings, live, [m.obj for m in unchanged.manifests], console,
+                            choice=None, ci=True, to=tmp_path, environ=environ)  # fmt: skip
+    assert same == ([], None)
+    newer = plan_with(OPEN_WEBUI_IMAGE="ghcr.io/open-webui/open-webui:v0.11.1")
+    reasons, taken = bk.guard_upgrade(kube, newer.settings, live, [m.obj for m in newer.manifests], console,
+                                      choice=None, ci=False, to=tmp_path, environ=environ)  # fmt: skip
+    assert reasons == [
+        f"deployment/open-webui ({real_stack.namespace}): image ghcr.io/open-webui/open-webui:v0.11.0 → "
+        "ghcr.io/open-webui/open-webui:v0.11.1 (its start migrates the database, with no way back)"
+    ]
+    assert taken is not None
+    assert bk.verify(taken.path)["images"]["open-webui"] == "ghcr.io/open-webui/open-webui:v0.11.0"
+    major = plan_with(POSTGRES_IMAGE="postgres:18.1")
+    with pytest.raises(bk.UpgradeRefusedError, match=r"major version \(17 → 18\)"):
+        bk.guard_upgrade(kube, major.settings, live, [m.obj for m in major.manifests], console,
+                         choice=True, ci=False, to=tmp_path, environ=environ)  # fmt: skip
+    assert kube.get("apps/v1", "Deployment", "open-webui", real_stack.namespace)["spec"]["template"]["spec"][
+        "containers"
+    ][0]["image"].endswith(":v0.11.0")

@@ -69,6 +69,11 @@ class FakeKube:
         self.writes.append((method, path.rsplit("/", 1)[-1]))
         return {}
 
+    def proxy(self, method, namespace, service, port, path, **_):
+        from k3stack.kube import KubeError
+
+        raise KubeError(f"cannot reach {service}:{port} in {namespace}")
+
     def delete(self, api_version, kind, name, namespace=None, **_):
         self.writes.append(("delete", f"{kind}/{name}"))
         return self.objects.pop((kind, namespace or "", name), None) is not None
@@ -561,3 +566,44 @@ def test_scram_verifier_matches_the_rfc_7677_exchange():
     )
     signature = hmac.new(server_key, auth.encode(), hashlib.sha256).digest()
     assert base64.b64encode(signature).decode() == "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+
+
+def test_upgrade_decision():
+    assert bk.upgrade_decision([], None, ci=True) is False  # nothing stateful changes
+    assert bk.upgrade_decision(["r"], None, ci=False) is True  # a person gets the backup by default
+    assert bk.upgrade_decision(["r"], False, ci=False) is False
+    assert bk.upgrade_decision(["r"], True, ci=True) is True
+    assert bk.upgrade_decision(["r"], False, ci=True) is False
+    with pytest.raises(bk.UpgradeRefusedError) as caught:
+        bk.upgrade_decision(["deployment/open-webui (llm): image a → b"], None, ci=True)
+    assert "image a → b" in str(caught.value)
+    assert "--backup" in caught.value.hint
+    assert "--no-backup" in caught.value.hint
+
+
+def test_rollback_hint_names_the_previous_image_and_the_archive():
+    reasons = bk.needs_backup([deployment("open-webui", "ow:v0.10.0")], [deployment("open-webui", "ow:v0.11.0")])
+    hint = bk.rollback_hint(reasons, Path("/b/k.tar"))
+    assert hint == "roll back: set the image settings back to ow:v0.10.0, `inv deploy`, then `inv restore /b/k.tar`"
+
+
+def test_guard_takes_a_backup_before_an_open_webui_image_change(stack):
+    settings, kube, pods, out = stack
+    live = [deployment("open-webui", "ghcr.io/open-webui/open-webui:v0.10.0")]
+    rendered = [deployment("open-webui", "ghcr.io/open-webui/open-webui:v0.11.0")]
+    environ = {bk.PASSPHRASE_ENV: PASSPHRASE}
+    reasons, taken = bk.guard_upgrade(
+        kube, settings, live, rendered, console(), choice=None, ci=False, to=out, runner=pods, environ=environ
+    )
+    assert len(reasons) == 1
+    assert taken is not None
+    assert list(out.iterdir()) == [taken.path]
+    assert taken.warnings[0].startswith("the model list is not in the archive (Ollama did not answer: Ollama (")
+    assert json.loads(bk.read_part(taken.path, bk.MODELS)) == {"models": None}
+    reasons, taken = bk.guard_upgrade(kube, settings, live, live, console(), choice=None, ci=True, to=out, runner=pods)
+    assert (reasons, taken) == ([], None)
+    with pytest.raises(bk.BackupError, match="K3STACK_BACKUP_PASSPHRASE is not set"):
+        bk.guard_upgrade(
+            kube, settings, live, rendered, console(), choice=True, ci=True, to=out, runner=pods, environ={}
+        )
+    assert len(list(out.iterdir())) == 1
