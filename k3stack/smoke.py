@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import http.client
 import json
 import socket
@@ -21,14 +22,17 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import websocket  # websocket-client (also what the kubernetes client streams with)
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from . import kinds, rollout
 from .console import Console
+from .errors import K3stackError
 from .kube import Kube, KubeError
 from .manifests import image_tag
 from .ollama import normalise
@@ -39,8 +43,45 @@ GROUPS = ("cluster", "in-cluster", "public")
 # Open WebUI's Socket.IO is websocket-only when ENABLE_WEBSOCKET_SUPPORT=true: no polling first.
 WEBSOCKET_PATH = "/ws/socket.io/?EIO=4&transport=websocket"
 NETDATA_PATH = "/api/v1/info"
-STAGING_MARK = "(STAGING)"  # Let's Encrypt staging issuers: "(STAGING) Let's Encrypt", "(STAGING) Ersatz Edamame E1"
+# What Let's Encrypt's staging issuers are called ("(STAGING) Let's Encrypt", "(STAGING) Ersatz Edamame
+# E1"). Only for hints: anyone can put it in a name, so trust never depends on it.
+STAGING_MARK = "(STAGING)"
 TRAEFIK_DEFAULT = "TRAEFIK DEFAULT CERT"
+# `--insecure` trusts these roots and nothing else (not the system's, not SMOKE_CA_BUNDLE): the file
+# ships with k3stack, and is refused unless it holds exactly the certificates pinned here (SHA-256 of
+# the DER; where they come from: the file's header).
+STAGING_ROOTS = Path(__file__).with_name("certs") / "letsencrypt-staging-roots.pem"
+STAGING_ROOT_FINGERPRINTS = {
+    "e70570a989f8565aabdf7cae27abd1621872d6a3f811e3fef27e3dba02912198": "(STAGING) Pretend Pear X1",
+    "9b2a339fe6a3e85585c4cd75536cb8c1cf7cd603b9a64bec2521858ae48da85d": "(STAGING) Bogus Broccoli X2",
+}
+# OpenSSL's verify codes for "no path to a trusted root" (as opposed to expired, wrong host, ...).
+UNTRUSTED_CHAIN = {2, 18, 19, 20, 21}
+
+
+class SmokeConfigError(K3stackError, ValueError):
+    """Smoke's settings or flags cannot work together, or a shipped trust file was altered."""
+
+
+def staging_roots() -> str:
+    """The pinned staging roots as PEM text (for SSLContext.load_verify_locations(cadata=...)).
+    Raises SmokeConfigError when STAGING_ROOTS holds anything but exactly the pinned certificates."""
+    try:
+        certs = x509.load_pem_x509_certificates(STAGING_ROOTS.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise SmokeConfigError(
+            f"Let's Encrypt's staging roots ({STAGING_ROOTS}) cannot be read: {exc}",
+            "restore the file from the k3stack release (git checkout -- k3stack/certs)",
+        ) from None
+    found = {hashlib.sha256(c.public_bytes(serialization.Encoding.DER)).hexdigest(): c for c in certs}
+    if len(certs) != len(found) or set(found) != set(STAGING_ROOT_FINGERPRINTS):
+        unknown = sorted(set(found) - set(STAGING_ROOT_FINGERPRINTS))
+        raise SmokeConfigError(
+            f"{STAGING_ROOTS} does not hold exactly Let's Encrypt's pinned staging roots"
+            + (f" (unknown SHA-256 {', '.join(unknown)})" if unknown else ""),
+            "restore the file from the k3stack release (git checkout -- k3stack/certs); --insecure trusts nothing else",
+        )
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
 
 
 class CheckFailed(Exception):  # noqa: N818 - a check's verdict, not an error of the program
@@ -68,7 +109,7 @@ class SmokeConfig:
     netdata_user: str = "admin"
     netdata_password: str = field(default="", repr=False)
     acme_staging: bool = False
-    insecure: bool = False  # accept a certificate from the Let's Encrypt staging CA (only that)
+    insecure: bool = False  # trust Let's Encrypt's staging roots (STAGING_ROOTS) instead, and only them
     ca_bundle: str | None = None  # trust these CAs instead of the system's
     connect_to: Mapping[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
     https_port: int = 443
@@ -102,6 +143,14 @@ class SmokeConfig:
             "acme_staging": settings.flag("ACME_STAGING"),
         }
         return cls(**{**values, **overrides})
+
+    def __post_init__(self):
+        if self.insecure and self.ca_bundle:
+            raise SmokeConfigError(
+                "--insecure trusts only Let's Encrypt's staging roots, and a CA bundle was given too "
+                f"({self.ca_bundle})",
+                "drop --ca-bundle (or SMOKE_CA_BUNDLE) for a staging run, or --insecure to trust the bundle",
+            )
 
     def secrets(self) -> list[str]:
         """Values to register with Console.add_secrets before anything is printed."""
@@ -142,7 +191,8 @@ class CertInfo:
 
     @property
     def staging(self) -> bool:
-        """Whether Let's Encrypt's staging CA issued it: its issuer names carry "(STAGING)"."""
+        """Whether its issuer's name says "(STAGING)", as Let's Encrypt's staging issuers' do. A name
+        anyone can give a certificate: used for hints, never for trust (see _verifying_context)."""
         return STAGING_MARK in self.issuer
 
     @classmethod
@@ -197,7 +247,9 @@ class Answer:
 
 
 class _Connection(http.client.HTTPConnection):
-    """HTTP(S) to `host` whose TCP connection goes to `address` (no DNS when overridden)."""
+    """HTTP(S) to `host` whose TCP connection goes to `address` (no DNS when overridden). With `tls`
+    (always a verifying context, see Browser), nothing is written before the handshake has verified
+    the server: http.client sends the request only once connect() returned."""
 
     def __init__(self, host: str, port: int, address: tuple[str, int], tls: ssl.SSLContext | None, timeout: float):
         super().__init__(host, port, timeout=timeout)
@@ -209,42 +261,57 @@ class _Connection(http.client.HTTPConnection):
     def connect(self) -> None:
         sock = socket.create_connection(self.address, self.timeout)
         if self.tls is not None:
-            sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+            try:
+                sock = self.tls.wrap_socket(sock, server_hostname=self.host)  # raises unless verified
+            except BaseException:
+                sock.close()
+                raise
             self.peer_der = sock.getpeercert(binary_form=True)
         self.sock = sock
 
 
+def _verifying_context(config: SmokeConfig) -> ssl.SSLContext:
+    """The one TLS context every public request and websocket uses: the certificate must chain to
+    the trust store and name the host. The trust store: Let's Encrypt's pinned staging roots and
+    nothing else with `insecure`; else `ca_bundle`, else the system's CAs."""
+    if config.insecure:
+        context = ssl.create_default_context(cadata=staging_roots())
+    else:
+        context = ssl.create_default_context(cafile=config.ca_bundle)
+    # Never loosened: a credential goes only where this context has verified the server.
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.check_hostname = True
+    return context
+
+
 class Browser:
-    """Requests to the public URLs: TLS verified against the system CAs (or `ca_bundle`);
-    with `insecure`, a certificate is accepted only when the staging CA issued it for the host."""
+    """Requests to the public URLs, every one over the same verifying TLS context (see
+    _verifying_context): a server whose certificate does not verify never receives a byte of a
+    request — no header, no body, no credential. Only `peek_cert` connects without verifying, to
+    explain a failure, and it writes nothing after the handshake."""
 
     def __init__(self, config: SmokeConfig):
         self.config = config
-
-    def _tls(self, verify: bool) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=self.config.ca_bundle)
-        if not verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
+        self._context = _verifying_context(config)
 
     def request(
         self, method: str, url: str, *, headers: Mapping[str, str] | None = None, body: dict | None = None
     ) -> Answer:
         """One request as a browser sends it: to the URL's host and port (default `https_port` or
         `http_port`; `connect_to` may send the connection elsewhere, the Host header and TLS name stay),
-        TLS verified (see the class), `body` sent as JSON, `headers` over the default User-Agent. No
-        redirect is followed and nothing is retried here. Returns the Answer whatever its status.
-        Raises CheckFailed when the certificate does not verify (the reason says what is served and
-        why), when --insecure meets a certificate that is not a staging one for the host (final), and
-        when the host cannot be reached or answers no HTTP."""
+        TLS verified (see the class) before anything is sent, `body` sent as JSON, `headers` over the
+        default User-Agent. No redirect is followed and nothing is retried here. Returns the Answer
+        whatever its status. Raises CheckFailed when the certificate does not verify (the reason says
+        what is served and why; final with --insecure when it does not chain to the staging roots),
+        and when the host cannot be reached or answers no HTTP."""
         parts = urlsplit(url)
         tls = parts.scheme == "https"
+        if not tls and (body is not None or any(k.lower() == "authorization" for k in headers or {})):
+            raise ValueError(f"{method} {url}: credentials go over verified https only")  # a bug in a check
         port = parts.port or (self.config.https_port if tls else self.config.http_port)
         host = parts.hostname or ""
         address = self.config.connect_to.get((host, port), (host, port))
-        verify = not self.config.insecure
-        connection = _Connection(host, port, address, self._tls(verify) if tls else None, self.config.request_timeout)
+        connection = _Connection(host, port, address, self._context if tls else None, self.config.request_timeout)
         payload = json.dumps(body).encode() if body is not None else None
         all_headers = {"User-Agent": "k3stack-smoke", **({"Content-Type": "application/json"} if payload else {})}
         try:
@@ -267,28 +334,28 @@ class Browser:
             raise CheckFailed(f"{method} {url}: {exc or type(exc).__name__}", _unreachable_hint(host)) from None
         finally:
             connection.close()
-        if tls and not verify:
-            self._insecure_allowed(host, answer.cert)
         return answer
 
     def websocket(self, url: str) -> websocket.WebSocket:
-        """A WebSocket to `url` (wss://) over the same verified TLS as `request`, sent with the
-        Origin a browser on that host sends (Socket.IO checks it against CORS_ALLOW_ORIGIN)."""
+        """A WebSocket to `url` (wss://) over the same verifying TLS context as `request` (the upgrade
+        is sent only after the handshake verified the server), sent with the Origin a browser on that
+        host sends (Socket.IO checks it against CORS_ALLOW_ORIGIN)."""
         parts = urlsplit(url)
         host = parts.hostname or ""
         port = parts.port or self.config.https_port
         address = self.config.connect_to.get((host, port), (host, port))
-        verify = not self.config.insecure
         try:
             raw = socket.create_connection(address, self.config.request_timeout)
-            sock = self._tls(verify).wrap_socket(raw, server_hostname=host)
-        except ssl.SSLCertVerificationError as exc:
-            raise self._bad_cert(host, address, exc) from None
         except OSError as exc:
             raise CheckFailed(f"GET {url}: {exc or type(exc).__name__}", _unreachable_hint(host)) from None
-        if not verify:
-            der = sock.getpeercert(binary_form=True)
-            self._insecure_allowed(host, CertInfo.from_der(der) if der else None)
+        try:
+            sock = self._context.wrap_socket(raw, server_hostname=host)
+        except ssl.SSLCertVerificationError as exc:
+            raw.close()
+            raise self._bad_cert(host, address, exc) from None
+        except OSError as exc:
+            raw.close()
+            raise CheckFailed(f"GET {url}: {exc or type(exc).__name__}", _unreachable_hint(host)) from None
         try:
             return websocket.create_connection(
                 url, socket=sock, timeout=self.config.request_timeout, origin=f"https://{host}", suppress_origin=False
@@ -308,7 +375,22 @@ class Browser:
     def _bad_cert(self, host: str, address: tuple[str, int], exc: ssl.SSLCertVerificationError) -> CheckFailed:
         served = self.peek_cert(host, address)
         what = f"issuer {served.issuer}, for {', '.join(served.hosts) or served.subject}" if served else "unreadable"
-        reason = f"certificate for {host} not valid: {exc.verify_message or exc.reason} ({what})"
+        problem = exc.verify_message or exc.reason
+        reason = f"certificate for {host} not valid: {problem} ({what})"
+        if self.config.insecure and exc.verify_code in UNTRUSTED_CHAIN:
+            named = served is not None and served.staging
+            return CheckFailed(
+                f"--insecure accepts only certificates of the Let's Encrypt staging CA; {host} serves one that "
+                f"does not chain to its staging roots: {problem} ({what})",
+                (
+                    "the certificate only calls itself (STAGING): it is not from Let's Encrypt, whose staging "
+                    f"roots ({', '.join(STAGING_ROOT_FINGERPRINTS.values())}) are all --insecure trusts"
+                    if named
+                    else "drop --insecure: a production or self-made certificate must validate on its own "
+                    "(--ca-bundle for a private CA)"
+                ),
+                final=True,
+            )
         if served and served.staging and self.config.acme_staging:
             return CheckFailed(
                 reason,
@@ -334,32 +416,20 @@ class Browser:
         )
 
     def peek_cert(self, host: str, address: tuple[str, int]) -> CertInfo | None:
-        """The certificate served, without judging it (to explain why verification failed)."""
+        """The certificate served, without judging it (to explain why verification failed): a TLS
+        handshake and nothing else — no request is written on this connection."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
         try:
             with (
                 socket.create_connection(address, self.config.request_timeout) as raw,
-                self._tls(False).wrap_socket(raw, server_hostname=host) as sock,
+                context.wrap_socket(raw, server_hostname=host) as sock,
             ):
                 der = sock.getpeercert(binary_form=True)
         except OSError:
             return None
         return CertInfo.from_der(der) if der else None
-
-    @staticmethod
-    def _insecure_allowed(host: str, cert: CertInfo | None) -> None:
-        if cert is None or not cert.staging:
-            issuer = cert.issuer if cert else "unknown"
-            raise CheckFailed(
-                f"--insecure accepts only certificates of the Let's Encrypt staging CA; {host} serves one "
-                f"from {issuer}",
-                "drop --insecure: a production or self-made certificate must validate on its own",
-                final=True,
-            )
-        if not cert.matches(host):
-            raise CheckFailed(
-                f"staging certificate is for {', '.join(cert.hosts) or cert.subject}, not {host}",
-                "the ingress's TLS host and CHAT_HOST/MONITOR_HOST must agree",
-            )
 
 
 def _unreachable_hint(host: str) -> str:
@@ -590,7 +660,7 @@ class Checks:
                 "Traefik renews 30 days ahead: is acme.json persisted and port 80 open?",
             )
         return f"200; certificate by {cert.issuer}, expires in {cert.days_left} days" + (
-            " (staging)" if cert.staging else ""
+            " (staging)" if self.config.insecure else ""  # verified against the staging roots alone
         )
 
     def http_redirect(self) -> str:

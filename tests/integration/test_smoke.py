@@ -8,6 +8,7 @@ passing, then failing for a real reason: a stopped Redis, a wrong password, a mi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import time
@@ -15,6 +16,7 @@ import uuid
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
 from junitparser import Failure, JUnitXml
 from kubernetes import client
 
@@ -322,25 +324,68 @@ def test_a_certificate_for_another_host_or_expired_fails(bed):
     assert "certificate has expired" in result.reason
 
 
-def test_insecure_accepts_the_staging_ca_only(bed):
-    staging = TestCA("(STAGING) Ersatz Edamame E1")
+def pin_staging_roots(monkeypatch, tmp_path, ca: TestCA) -> None:
+    """Make `ca` the one pinned staging root: Let's Encrypt's staging key is not ours to sign with, so
+    the bed stands in for it the way the test CA stands in for Let's Encrypt's production roots."""
+    path = ca.write(tmp_path / "staging-roots.pem")
+    der = ca.cert.public_bytes(serialization.Encoding.DER)
+    monkeypatch.setattr(sm, "STAGING_ROOTS", path)
+    monkeypatch.setattr(sm, "STAGING_ROOT_FINGERPRINTS", {hashlib.sha256(der).hexdigest(): "bed staging root"})
+
+
+def test_insecure_trusts_the_pinned_staging_roots(bed, monkeypatch, tmp_path):
+    staging = TestCA("(STAGING) Pretend Pear X1")
+    pin_staging_roots(monkeypatch, tmp_path, staging)
     bed.ingress.use_cert(*staging.issue([CHAT, MONITOR]))
     strict = bed.check(f"https://{CHAT}/health")
     assert not strict.ok
     assert "Traefik still serves a staging certificate" in strict.hint  # ACME_STAGING is off
     strict = bed.check(f"https://{CHAT}/health", dataclasses.replace(bed.config, acme_staging=True))
     assert "pass --insecure" in strict.hint
-    insecure = dataclasses.replace(bed.config, insecure=True)
+    insecure = dataclasses.replace(bed.config, insecure=True, ca_bundle=None)
     passed = bed.check(f"https://{CHAT}/health", insecure)
     assert passed.ok, passed.reason
-    assert passed.detail.endswith("(staging)")
-    assert "certificate by (STAGING) Ersatz Edamame E1" in passed.detail
+    assert passed.detail == "200; certificate by (STAGING) Pretend Pear X1, expires in 89 days (staging)"
+    report = sm.smoke(bed.kube, insecure, only=["public"])
+    assert report.ok, [(r.name, r.reason) for r in report.failed]
+    assert bed.stack.signins() == 1
 
-    bed.ingress.use_cert(*TestCA("Self Signed Inc").issue([CHAT, MONITOR]))
-    refused = bed.check(f"https://{CHAT}/health", insecure, deadline=3)
-    assert not refused.ok
-    assert refused.attempts == 1
-    assert refused.reason.startswith("--insecure accepts only certificates of the Let's Encrypt staging CA")
+
+@pytest.mark.parametrize("issuer", ["Self Signed Inc", "(STAGING) Bogus Broccoli X2"])
+@pytest.mark.parametrize("insecure", [True, False], ids=["insecure", "strict"])
+def test_a_certificate_that_does_not_verify_gets_no_credential(bed, issuer, insecure):
+    """A self-signed certificate, and one that calls itself Let's Encrypt staging but chains to
+    another root: every public check fails, and the ingress saw no request on HTTPS at all — no
+    sign-in body, no Authorization header, no websocket upgrade (plain HTTP carries only the
+    redirect check's anonymous GET)."""
+    bed.ingress.use_cert(*TestCA(issuer).issue([CHAT, MONITOR]))
+    bed.ingress.received.clear()
+    config = dataclasses.replace(bed.config, deadline=2, **({"insecure": True, "ca_bundle": None} if insecure else {}))
+    report = sm.smoke(bed.kube, config, only=["public"])
+    failed = {r.name: r for r in report.failed}
+    assert sorted(failed) == sorted(
+        [
+            f"https://{CHAT}/health + certificate",
+            "open-webui version",
+            "admin sign-in lists models",
+            "websocket handshake",
+            f"https://{MONITOR} basic auth",
+        ]
+    )
+    received = list(bed.ingress.received)
+    assert [(r.entrypoint, r.method, r.path) for r in received] == [("web", "GET", "/")] * len(received)
+    assert received, "the redirect check reached the ingress: the recording works"
+    assert not any(r.authorization for r in received)
+    assert not any(ADMIN_PASSWORD.encode() in r.body or NETDATA_PASSWORD.encode() in r.body for r in received)
+    assert bed.stack.signins() == 0
+    signin = failed["admin sign-in lists models"]
+    if insecure:
+        assert signin.reason.startswith("--insecure accepts only certificates of the Let's Encrypt staging CA")
+        assert all(r.attempts == 1 for r in failed.values())  # final: retrying cannot make it chain
+        if issuer.startswith("(STAGING)"):
+            assert signin.hint.startswith("the certificate only calls itself (STAGING)")
+    else:
+        assert signin.reason.startswith(f"certificate for {CHAT} not valid: self-signed certificate in")
 
 
 def test_plain_http_without_a_redirect_fails(bed):

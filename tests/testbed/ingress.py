@@ -11,6 +11,9 @@ Kubernetes providers are:
 - proxied byte for byte after the request head, so WebSocket upgrades pass like in Traefik.
 
 The certificate is a TestCA's (Let's Encrypt's part); a test swaps in another with `use_cert`.
+Every request that reaches a listener is kept in `received` (entry point, method, path, its
+Authorization header, the body bytes that came with the head), so a test can prove what a client
+did or did not send to a server it should not trust.
 """
 
 from __future__ import annotations
@@ -92,6 +95,17 @@ class TestCA:
         return cert.public_bytes(serialization.Encoding.PEM) + self.pem, key_pem
 
 
+@dataclass(frozen=True)
+class Received:
+    """One request as the ingress got it, before any routing or middleware (never printed by tests)."""
+
+    entrypoint: str
+    method: str
+    path: str
+    authorization: str = field(repr=False)
+    body: bytes = field(repr=False)
+
+
 @dataclass
 class Route:
     host: str
@@ -120,6 +134,7 @@ class Ingress:
         self.chart_backends = dict(chart_backends or {})
         self._dir = tempfile.TemporaryDirectory(prefix="k3stack-ingress-")
         self.tls: ssl.SSLContext | None = None
+        self.received: list[Received] = []
         self.use_cert(*cert)
         self.https = self._listen(host, "websecure")
         self.http = self._listen(host, "web")
@@ -284,6 +299,7 @@ class _Handler(socketserver.BaseRequestHandler):
         method, target, _ = request_line.split(" ", 2)
         headers = [tuple(h.split(":", 1)) for h in header_lines if ":" in h]
         value = {k.strip().lower(): v.strip() for k, v in headers}
+        ingress.received.append(Received(entrypoint, method, target, value.get("authorization", ""), rest))
         host = value.get("host", "").rsplit(":", 1)[0] if "]" not in value.get("host", "") else value["host"]
         route = ingress.match(entrypoint, host, target.split("?")[0])
         if route is None:

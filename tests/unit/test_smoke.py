@@ -244,3 +244,198 @@ def test_a_digest_pinned_image_still_gives_its_version():
                  "OPEN_WEBUI_IMAGE": "ghcr.io/open-webui/open-webui:v0.11.0@sha256:" + "c" * 64},
     )  # fmt: skip
     assert sm.SmokeConfig.from_settings(values, {}).webui_version == "v0.11.0"
+
+
+# -- credentials only over a verified connection -------------------------------------------------
+class RecordingServer:
+    """An HTTPS server on loopback serving `cert`, recording every byte a client sends after the
+    handshake, answering each request 200 with a sign-in token (as Open WebUI would)."""
+
+    def __init__(self, cert: tuple[bytes, bytes], tmp_path: Path):
+        import socket
+        import ssl
+
+        (tmp_path / "tls.crt").write_bytes(cert[0])
+        (tmp_path / "tls.key").write_bytes(cert[1])
+        self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.tls.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.received: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import ssl
+
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            try:
+                with self.tls.wrap_socket(raw, server_side=True) as sock:
+                    sock.settimeout(2)
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        chunk = sock.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    if not data:  # a handshake and nothing else (smoke peeking at the certificate)
+                        continue
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    length = next(
+                        (int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")),
+                        0,
+                    )
+                    while len(body) < length:
+                        chunk = sock.recv(65536)
+                        if not chunk:
+                            break
+                        body += chunk
+                    self.received.append(head + b"\r\n\r\n" + body)
+                    answer = json.dumps({"token": "a-token", "data": []}).encode()
+                    sock.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                        + f"Content-Length: {len(answer)}\r\n\r\n".encode()
+                        + answer
+                    )
+            except (OSError, ssl.SSLError):
+                raw.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+CHAT, MONITOR = "chat.smoke.test", "monitor.smoke.test"
+ADMIN_PASSWORD, NETDATA_PASSWORD = "admin-password-1234", "netdata-password-5678"
+
+
+def tls_config(server: RecordingServer, **overrides) -> sm.SmokeConfig:
+    return sm.SmokeConfig(
+        **{
+            "stack_namespace": "llm-stack",
+            "monitoring_namespace": "monitoring",
+            "chat_host": CHAT,
+            "monitor_host": MONITOR,
+            "models": (),
+            "webui_version": "v0.11.0",
+            "admin_email": "admin@smoke.test",
+            "admin_password": ADMIN_PASSWORD,
+            "netdata_password": NETDATA_PASSWORD,
+            "connect_to": {(CHAT, 443): ("127.0.0.1", server.port), (MONITOR, 443): ("127.0.0.1", server.port)},
+            "request_timeout": 3,
+            **overrides,
+        }
+    )
+
+
+@pytest.fixture
+def serve(tmp_path):
+    servers = []
+
+    def start(cert: tuple[bytes, bytes]) -> RecordingServer:
+        server = RecordingServer(cert, tmp_path)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def pin_staging_roots(monkeypatch, tmp_path, ca) -> None:
+    """Make `ca` the one pinned staging root (Let's Encrypt's key is not ours to sign with)."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    path = ca.write(tmp_path / "staging-roots.pem")
+    der = ca.cert.public_bytes(serialization.Encoding.DER)
+    monkeypatch.setattr(sm, "STAGING_ROOTS", path)
+    monkeypatch.setattr(sm, "STAGING_ROOT_FINGERPRINTS", {hashlib.sha256(der).hexdigest(): "test staging root"})
+
+
+def every_credential_check(config: sm.SmokeConfig) -> dict[str, sm.CheckFailed | str]:
+    """Sign-in, the model list, the websocket and Netdata's basic auth: what each ended with."""
+    checks = sm.Checks(None, config)  # type: ignore[arg-type] - no cluster needed for these
+    outcome: dict[str, sm.CheckFailed | str] = {}
+    for name, run in (
+        ("signin", checks._ask_for_token),
+        ("models", checks.signin_models),
+        ("websocket", lambda: checks.browser.websocket(f"wss://{CHAT}/ws/socket.io/?EIO=4&transport=websocket")),
+        ("netdata", checks.netdata_auth),
+    ):
+        try:
+            outcome[name] = str(run())
+        except sm.CheckFailed as failure:
+            outcome[name] = failure
+    return outcome
+
+
+@pytest.mark.parametrize("insecure", [True, False])
+def test_a_self_signed_certificate_gets_no_request_and_no_credential(serve, insecure):
+    from tests.testbed.ingress import TestCA
+
+    server = serve(TestCA("Self Signed Inc").issue([CHAT, MONITOR]))
+    outcome = every_credential_check(tls_config(server, insecure=insecure))
+    assert all(isinstance(o, sm.CheckFailed) for o in outcome.values()), outcome
+    assert server.connections >= 4  # it was reached (and the cert peeked at to explain) ...
+    # ... but not one byte of a request: no password, no header (the count only: never print what was sent)
+    assert not server.received, f"{len(server.received)} request(s) sent to a server that failed verification"
+    failure = outcome["signin"]
+    assert isinstance(failure, sm.CheckFailed)
+    if insecure:
+        assert failure.reason.startswith("--insecure accepts only certificates of the Let's Encrypt staging CA")
+        assert failure.final
+        assert failure.hint.startswith("drop --insecure")
+    else:
+        assert failure.reason.startswith(f"certificate for {CHAT} not valid: self-signed certificate in")
+    assert ADMIN_PASSWORD not in failure.reason + failure.hint
+
+
+def test_insecure_refuses_a_certificate_that_only_calls_itself_staging(serve):
+    from tests.testbed.ingress import TestCA
+
+    fake = TestCA("(STAGING) Pretend Pear X1")  # Let's Encrypt's name, another key
+    server = serve(fake.issue([CHAT, MONITOR]))
+    outcome = every_credential_check(tls_config(server, insecure=True))
+    assert not server.received, f"{len(server.received)} request(s) sent to a server that failed verification"
+    failure = outcome["signin"]
+    assert isinstance(failure, sm.CheckFailed)
+    assert failure.final
+    assert "does not chain to its staging roots" in failure.reason
+    assert "(issuer (STAGING) Pretend Pear X1, for chat.smoke.test, monitor.smoke.test)" in failure.reason
+    assert failure.hint.startswith("the certificate only calls itself (STAGING): it is not from Let's Encrypt")
+
+
+def test_insecure_accepts_a_certificate_chaining_to_the_pinned_staging_root(serve, monkeypatch, tmp_path):
+    """The positive control: the recording server does see what a verified client sends."""
+    from tests.testbed.ingress import TestCA
+
+    root = TestCA("(STAGING) Pretend Pear X1")
+    pin_staging_roots(monkeypatch, tmp_path, root)
+    server = serve(root.issue([CHAT, MONITOR]))
+    checks = sm.Checks(None, tls_config(server, insecure=True))  # type: ignore[arg-type]
+    assert checks._ask_for_token() == "a-token"
+    [request] = server.received
+    assert request.startswith(b"POST /api/v1/auths/signin HTTP/1.1\r\n")
+    assert ADMIN_PASSWORD.encode() in request
+    # a certificate of that root for another host is still refused, before the request
+    server.received.clear()
+    other = serve(root.issue(["other.smoke.test"]))
+    with pytest.raises(sm.CheckFailed) as caught:
+        sm.Checks(None, tls_config(other, insecure=True))._ask_for_token()  # type: ignore[arg-type]
+    assert "Hostname mismatch" in caught.value.reason
+    assert not other.received
+
+
+def test_credentials_are_never_sent_over_plain_http():
+    config = sm.SmokeConfig("s", "m", CHAT, MONITOR, (), "v0.11.0", "a@b.c", ADMIN_PASSWORD)
+    browser = sm.Browser(config)
+    with pytest.raises(ValueError, match="credentials go over verified https only"):
+        browser.request("POST", f"http://{CHAT}/api/v1/auths/signin", body={"password": "x"})
+    with pytest.raises(ValueError, match="credentials go over verified https only"):
+        browser.request("GET", f"http://{MONITOR}/", headers={"Authorization": "Basic eDp5"})
