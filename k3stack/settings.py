@@ -7,6 +7,7 @@ one: a bad configuration is reported whole, secrets shown redacted.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import ipaddress
 import os
@@ -95,8 +96,8 @@ def parse_quantity(v: str) -> Decimal | None:
     if not match:
         return None
     suffix = match["suffix"] or ""
-    scale = Decimal(10) ** int(suffix[1:]) if suffix[:1] in ("e", "E") and len(suffix) > 1 else _SCALE[suffix]
     try:
+        scale = _SCALE[suffix] if suffix in _SCALE else Decimal(10) ** int(suffix[1:])  # else e<exponent>
         return Decimal(match["number"]) * scale
     except ArithmeticError:  # an exponent too large for Decimal
         return None
@@ -674,10 +675,13 @@ RESOURCE_COMPONENTS = ("OLLAMA", "OPEN_WEBUI", "POSTGRES", "REDIS")
 
 
 def _address(entry: str) -> str:
-    """The host of a [user@]host[:port] entry, lower case (IPv6 in brackets or bare)."""
+    """The host of a [user@]host[:port] entry as one spelling: lower case, an IP address in its
+    canonical form (2001:DB8:0::1 and 2001:db8::1 are one host)."""
     host = entry.rpartition("@")[2]
+    with contextlib.suppress(ValueError):
+        host = split_endpoint(host)[0]
     try:
-        return split_endpoint(host)[0].lower()
+        return ipaddress.ip_address(host).compressed
     except ValueError:
         return host.lower()
 

@@ -37,12 +37,14 @@ REFUSED = [
     ({"API_ENDPOINT": "https://k8s.example.com/"}, "API_ENDPOINT=", "k8s.example.com:6443 or k8s.example.com"),
     ({"API_ENDPOINT": "10.0.0.2:6443/api"}, "API_ENDPOINT=", "10.0.0.2:6443 or 10.0.0.2"),
     ({"API_ENDPOINT": "10.0.0.2:99999"}, "API_ENDPOINT=", "host[:port]"),
+    ({"API_ENDPOINT": "https://10.0.0.2:8443"}, "API_ENDPOINT=", ": 10.0.0.2:8443 or 10.0.0.2"),
     ({"API_ENDPOINT": "not an address"}, "API_ENDPOINT=", "e.g. 203.0.113.10:6443"),
     ({"K3S_NODE_LABELS": "garbage"}, "K3S_NODE_LABELS='garbage': expected Kubernetes labels", "has no ="),
     ({"K3S_NODE_LABELS": "tier=gpu,=x"}, "K3S_NODE_LABELS=", "key ''"),
     ({"K3S_NODE_LABELS": "tier=has space"}, "K3S_NODE_LABELS=", "value 'has space'"),
     ({"K3S_NODE_LABELS": "tier=" + "x" * 64}, "K3S_NODE_LABELS=", "at most 63"),
     ({"K3S_NODE_LABELS": "-tier=a"}, "K3S_NODE_LABELS=", "starting and ending alphanumeric"),
+    ({"K3S_NODE_LABELS": "k" * 64 + "=a"}, "K3S_NODE_LABELS=", "the name must be 1-63"),
     ({"K3S_NODE_LABELS": "Example.COM/tier=a"}, "K3S_NODE_LABELS=", "lower-case DNS subdomain"),
     ({"K3S_NODE_LABELS": "kubernetes.io/role=gpu"}, "K3S_NODE_LABELS=", "kubelet refuses kubernetes.io"),
     ({"K3S_NODE_TAINTS": "gpu=true"}, "K3S_NODE_TAINTS='gpu=true': expected taints", "needs :Effect"),
@@ -58,6 +60,8 @@ REFUSED = [
     ({"SERVERS": "a.example.com", "AGENTS": "b.example.com,B.example.com"}, "AGENTS: b.example.com listed twice", ""),
     ({"SERVERS": "a.example.com", "AGENTS": "ubuntu@a.example.com"}, "AGENTS: a.example.com also in SERVERS", ""),
     ({"SERVERS": "[2001:db8::1]:22", "AGENTS": "2001:db8::1"}, "AGENTS: 2001:db8::1 also in SERVERS", ""),
+    ({"SERVERS": "2001:DB8:0:0::1", "AGENTS": "root@[2001:db8::1]:22"}, "AGENTS: 2001:db8::1 also in SERVERS", ""),
+    ({"SERVERS": "a.example.com,bad host\nx"}, "SERVERS='a.example.com,bad host\\nx': expected", "(not bad host\\nx)"),
     (
         {"K3S_INSTALL_URL": "http://get.k3s.io/"},
         "K3S_INSTALL_URL='http://get.k3s.io/': expected https:// instead of http://",
@@ -78,6 +82,8 @@ REFUSED = [
     ({"OLLAMA_STORAGE": "1.5.0Gi"}, "OLLAMA_STORAGE=", "quantity of bytes"),
     ({"REDIS_MEMORY_LIMIT": "256m"}, "REDIS_MEMORY_LIMIT='256m': expected whole bytes", "did you mean 256Mi?"),
     ({"OLLAMA_CPU_LIMIT": "8 cores"}, "OLLAMA_CPU_LIMIT=", "such as 500m"),
+    ({"OLLAMA_CPU_REQUEST": "-1"}, "OLLAMA_CPU_REQUEST=", "such as 500m"),
+    ({"OLLAMA_CPU_LIMIT": "1e-1"}, "OLLAMA_CPU_LIMIT='1e-1': expected at least OLLAMA_CPU_REQUEST (1)", ""),
     ({"OLLAMA_CPU_LIMIT": "1e"}, "OLLAMA_CPU_LIMIT=", "such as 500m"),
     # kind 6: say which fix
     ({"DOMAIN": "Example.com"}, "DOMAIN='Example.com': expected the name in lower case: example.com", ""),
@@ -129,6 +135,35 @@ def test_good_values_of_the_same_settings_pass(environ):
     for name, value in environ.items():
         if not settings.BY_NAME[name].secret:
             assert loaded[name] == value.strip()
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("500m", "0.5"),
+        ("2", "2"),
+        (".5", "0.5"),
+        ("1.", "1"),
+        ("+1k", "1000"),
+        ("1Ki", "1024"),
+        ("1Gi", str(2**30)),
+        ("1e3", "1000"),
+        ("1E-3", "0.001"),
+        ("1E", str(10**18)),
+        ("1Ei", str(2**60)),
+        ("10n", "1E-8"),
+        ("3u", "0.000003"),
+    ],
+)
+def test_quantities_parse_by_the_kubernetes_grammar(text, value):
+    from decimal import Decimal
+
+    assert settings.parse_quantity(text) == Decimal(value)
+
+
+@pytest.mark.parametrize("text", ["", "1 Gi", "1GB", "1e", "e3", "1.2.3", "Gi", "1KiB", "0x10", "1_000", "--1"])
+def test_what_is_no_quantity(text):
+    assert settings.parse_quantity(text) is None
 
 
 def test_every_problem_is_reported_at_once_before_anything_is_touched():
