@@ -20,7 +20,7 @@ from k3stack.face import (
     SMOKE_HELP,
     UP_HELP,
 )
-from tests.tasks import lint, run_tests, setup_tests
+from tests.tasks import lint, mutate, run_tests, setup_tests
 
 
 @task(
@@ -241,4 +241,4 @@ models = Collection("models")
 models.add_task(models_pull, name="pull")
 models.add_task(models_list, name="list")
 ns = Collection(bootstrap, kubeconfig, reset, deploy, diff, render, status, destroy, credentials, smoke, up,
-                setup_tests, run_tests, lint, models)  # fmt: skip
+                setup_tests, run_tests, lint, mutate, models)  # fmt: skip

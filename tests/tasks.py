@@ -54,3 +54,60 @@ def lint(c):
     """Check style and common bugs with ruff (lint + format check)."""
     c.run(f"{sys.executable} -m ruff check .", pty=False)
     c.run(f"{sys.executable} -m ruff format --check .", pty=False)
+
+
+@task(
+    name="mutate",
+    help={
+        "module": "only this module of [tool.k3stack.mutate.modules] in pyproject.toml (e.g. retry); default: all",
+    },
+)
+def mutate(c, module=None):
+    """Mutation testing (mutmut) of the pure modules with the unit tier; a report, exit 1 under the threshold."""
+    import time
+    from datetime import UTC, datetime
+
+    from tests import mutation
+
+    out = console()
+    conf = mutation.settings()
+    if module and module not in conf.modules:
+        out.error(f"--module {module!r}: expected one of {', '.join(conf.modules)}")
+        raise Exit(code=2)
+    modules = {module: conf.modules[module]} if module else conf.modules
+    try:
+        equivalents = mutation.read_equivalents(conf.equivalents)
+    except ValueError as exc:
+        out.error(str(exc))
+        raise Exit(code=1) from None
+    (mutation.ROOT / "mutants" / "env").mkdir(parents=True, exist_ok=True)  # mutmut copies env/example.env there
+    out.step(f"mutating {', '.join(modules)} (mutmut, niced; the unit tests of pyproject's [tool.mutmut])")
+    args = ["nice", "-n", "10", sys.executable, "-m", "mutmut", "run", *mutation.patterns(modules)]
+    started = time.monotonic()
+    result = c.run(shlex.join(args), pty=False, warn=True)
+    seconds = time.monotonic() - started
+    if result.exited:
+        out.error(f"mutmut stopped with exit {result.exited} (above: why; a failing unit test stops it too)")
+        raise Exit(code=1)
+    scores = [mutation.score(m, f, mutation.mutmut_results(m), equivalents) for m, f in modules.items()]
+    stale = mutation.stale_equivalents(scores, equivalents)
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    conf.report.write_text(mutation.render(scores, stale, conf.threshold, seconds, when))
+    for s in scores:
+        out.line(
+            f"{s.module}: {s.score:.1f} % ({len(s.killed)} killed, {len(s.survived)} survived, "
+            f"{len(s.equivalent)} equivalent of {s.total})"
+        )
+    total = mutation.overall(scores)
+    out.line(f"score {total:.1f} % (threshold {conf.threshold:g} %) in {seconds:.0f} s; report: {conf.report}")
+    for name in stale:
+        out.warn(f"{conf.equivalents.name}: {name} is no survivor any more (killed, or renumbered): update the list")
+    if any(s.not_run for s in scores):
+        out.error("some mutants were not run (mutmut interrupted?): run `inv mutate` again")
+        raise Exit(code=1)
+    if total < conf.threshold:
+        out.error(
+            f"mutation score {total:.1f} % is under {conf.threshold:g} %: kill the survivors listed in "
+            f"{conf.report} with a test, or list them as equivalent with a reason in {conf.equivalents.name}"
+        )
+        raise Exit(code=1)
