@@ -404,7 +404,21 @@ class Ollama:
         self.attempts = max(1, attempts)
         self.backoff = backoff
         self.silence_seconds = silence_seconds
-        self.sleep = sleep
+        # Ctrl-C (`cancel`) must end pulls at once: pauses between tries wait on the cancel event
+        # (unless a test injected its own sleep), open streams are aborted.
+        self._cancelled = threading.Event()
+        self._streams: set[ProxyResponse] = set()
+        self._streams_lock = threading.Lock()
+        self.sleep = self._cancelled.wait if sleep is time.sleep else sleep
+
+    def cancel(self) -> None:
+        """Stop every pull of this client now, from any thread: no new try starts, pauses end, and
+        each open pull stream is dropped (its model's result is a failure, not retried). What Ollama
+        already downloaded stays: a later pull resumes it."""
+        self._cancelled.set()
+        with self._streams_lock:
+            for response in list(self._streams):
+                response.abort()
 
     @classmethod
     def from_settings(cls, kube: Kube, settings, **overrides) -> Ollama:
@@ -504,9 +518,15 @@ class Ollama:
                     results[key] = PullResult(normalise(name), "present", size=present[key].size)
         missing = [key for key in wanted if key not in results]
         if missing:
-            with ThreadPoolExecutor(max_workers=len(missing), thread_name_prefix="pull") as pool:
+            pool = ThreadPoolExecutor(max_workers=len(missing), thread_name_prefix="pull")
+            try:
                 pulled = pool.map(lambda key: self.pull(wanted[key], on_progress), missing)
                 results.update(zip(missing, pulled, strict=True))
+            except BaseException:  # Ctrl-C: the workers would stream on until their downloads end
+                self.cancel()
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
         return PullReport([results[key] for key in wanted], time.monotonic() - started)
 
     def pull(self, name: str, on_progress: OnProgress | None = None) -> PullResult:
@@ -520,6 +540,8 @@ class Ollama:
 
         def attempt() -> int:
             nonlocal tries
+            if self._cancelled.is_set():
+                raise OllamaError(f"{shown}: cancelled", retry=False)
             tries += 1
             self._attempt(name, shown, tries, report)
             return self._verify(shown)
@@ -578,6 +600,10 @@ class Ollama:
                     return
 
         threading.Thread(target=watchdog, name=f"stall-{name}", daemon=True).start()
+        with self._streams_lock:
+            self._streams.add(response)
+        if self._cancelled.is_set():
+            response.abort()
         stall = StallError(f"{name}: no new bytes for {self.stall_seconds:.0f}s (stalled download)")
         status = ""
         try:
@@ -602,11 +628,17 @@ class Ollama:
                 if status == "success":
                     return total
         except KubeError as exc:
+            if self._cancelled.is_set():
+                raise OllamaError(f"{name}: cancelled", retry=False) from None
             if stalled.is_set():
                 raise stall from None
             raise OllamaError(f"{name}: {exc}") from None
         finally:
             finished.set()
+            with self._streams_lock:
+                self._streams.discard(response)
+        if self._cancelled.is_set():
+            raise OllamaError(f"{name}: cancelled", retry=False)
         if stalled.is_set():
             raise stall
         raise OllamaError(f"{name}: the pull stream ended without success (last status: {status or 'none'})")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import signal
 import threading
 import time
 
@@ -541,3 +543,47 @@ def test_a_read_that_fails_on_a_reused_connection_is_tried_again():
     with pytest.raises(ol.OllamaError, match="HTTP 403 forbidden"):
         client.models()  # final: not tried again
     assert (kube.gets, len(pauses)) == (3, 1)
+
+
+class Endless:
+    """A pull stream that sends a progress line every 50 ms for ever, until the connection is
+    dropped (then reading it fails, as a shut-down socket does)."""
+
+    def __init__(self):
+        self.dropped = threading.Event()
+        self.sent = 0
+
+    def read1(self, size: int) -> bytes:
+        if self.dropped.wait(0.05):
+            raise OSError("connection shut down")
+        self.sent += 1
+        if self.sent > 200:  # 10 s: the interrupt did not stop it (the test fails, never hangs)
+            return b""
+        return line(status="pulling aaaaaaaaaaaa", digest="sha256:aaaa", total=10**9, completed=self.sent)
+
+    def shutdown(self):
+        self.dropped.set()
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_c_stops_every_pull_at_once():
+    """Issue 14 #7: Ctrl-C during pulls ends them within a second (not when the downloads end)."""
+    streams = [Endless(), Endless()]
+
+    class Kube(ScriptedKube):
+        @contextlib.contextmanager
+        def proxy_stream(self, method, namespace, service, port, path, body=None, **options):
+            self.pulls.append(body["model"])
+            yield ProxyResponse(200, {}, streams[len(self.pulls) - 1])
+
+    kube = Kube([], {})
+    client = ol.Ollama(kube, "ns", attempts=4, backoff=5, stall_seconds=60)  # type: ignore[arg-type]
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()  # a real Ctrl-C
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        client.pull_all(["a:1", "b:1"], skip_present=False)
+    assert time.monotonic() - started < 1.5
+    assert all(s.dropped.is_set() for s in streams)
+    assert kube.pulls == ["a:1", "b:1"]  # no retry was started after the interrupt
+    time.sleep(0.2)
+    assert not [t for t in threading.enumerate() if t.name.startswith("pull")]
