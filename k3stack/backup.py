@@ -516,6 +516,7 @@ def backup(
             obj = kube.get("v1", "Secret", name, ns)
             if obj is not None:
                 secrets[key] = obj.get("data") or {}  # base64 as the API has it
+                console.add_secrets(base64.b64decode(v).decode(errors="replace") for v in secrets[key].values())
         token, kdf = encrypt(json.dumps(secrets, sort_keys=True).encode(), passphrase)
         timed(SECRETS, f"{len(secrets)} Secrets (encrypted)", lambda out: out.write(token))
 

@@ -114,11 +114,12 @@ def decrypt_secrets(path: Path, manifest: dict, passphrase: str) -> dict[str, di
     return json.loads(bk.decrypt(token, passphrase, manifest.get("secrets") or {}, str(path)))
 
 
-def stack_secrets(settings, saved: dict[str, dict[str, str]]):
+def stack_secrets(settings, saved: dict[str, dict[str, str]], read_cluster=None):
     """The Secret objects for `settings`' stack with the archive's values, built the way deploy
-    builds them (k3stack.secrets.resolve reading the archive instead of the cluster): a restore into
-    another namespace gets URLs for that namespace. A secret set in the settings still wins (and
-    one a volume is pinned to, differing from the archive's, is refused by resolve)."""
+    builds them (k3stack.secrets.resolve reading the archive first, then `read_cluster` for a
+    Secret the archive does not hold): a restore into another namespace gets URLs for that
+    namespace. A secret set in the settings still wins (and one a volume is pinned to, differing
+    from the archive's, is refused by resolve)."""
     from .apply import stamp_instance
     from .secrets import LOCATIONS, decode, resolve
 
@@ -127,7 +128,13 @@ def stack_secrets(settings, saved: dict[str, dict[str, str]]):
         data = saved.get(f"{ns_setting}/{name}")
         if data is not None:
             by_location[(settings[ns_setting], name)] = decode({"data": data})
-    resolved = resolve(settings, lambda namespace, name: by_location.get((namespace, name)))
+
+    def read(namespace: str, name: str) -> dict[str, str] | None:
+        if (namespace, name) in by_location:
+            return by_location[(namespace, name)]
+        return read_cluster(namespace, name) if read_cluster is not None else None
+
+    resolved = resolve(settings, read)
     return resolved, stamp_instance(resolved.objects, settings["STACK_NAMESPACE"])
 
 
@@ -190,7 +197,14 @@ def restore(
     kube.apply(_marker(namespace, archive, path), field_manager=MANAGER, force=True)
 
     console.step("Secrets")
-    resolved, objects = stack_secrets(settings, saved)
+
+    def read_cluster(namespace: str, name: str) -> dict[str, str] | None:
+        from .secrets import decode
+
+        obj = kube.get("v1", "Secret", name, namespace)
+        return decode(obj) if obj else None
+
+    resolved, objects = stack_secrets(settings, saved, read_cluster)
     console.add_secrets(resolved.values.values())
     for m in objects:
         kube.apply(m.obj, field_manager=MANAGER, force=True)

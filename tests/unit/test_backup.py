@@ -119,12 +119,15 @@ class FakePods:
         self.restored: list[bytes] = []
         self.sql: list[bytes] = []
         self.fail_on: str | None = None
+        self.events: list | None = None  # shared with FakeKube.writes: one order of everything
 
     def run(self, namespace, pod, container, argv, *, stdout=None, stdin=None, stdin_size=0, ok=(0,)):
         body = stdin.read(stdin_size) if stdin is not None else b""
         command = argv[4] if argv[:2] == ["sh", "-c"] and argv[2].startswith("head") else argv[0]
         command = "unpack" if command == "sh" else command
         self.calls.append(command)
+        if self.events is not None and "--version" not in argv:
+            self.events.append(("exec", command))
         if self.fail_on and self.fail_on == self.calls[-1]:
             raise KeyboardInterrupt
         out = b""
@@ -444,15 +447,28 @@ def test_restore_in_order_secrets_database_volume_roll(stack):
         subprocess.run(["rm", "-rf", str(child)], check=True)
     (pods.data_dir / "written-by-a-fresh-start").write_text("x")
     pods.calls.clear()
+    kube.writes.clear()
+    pods.events = kube.writes
     result = restore(stack, path)
     assert result.steps == ["secrets", "database", "volume", "rolled"]
+    order = [
+        w[0] if w[0] in ("PATCH", "delete") else w[1].split("/")[0] if w[0] == "apply" else w[1] for w in kube.writes
+    ]
+    secrets = order.count("Secret")
+    assert secrets >= 4  # every Secret k3stack keeps
+    assert order == [
+        "psql",  # counts users and chats (nothing changed yet)
+        "ConfigMap",  # the marker: a re-run resumes
+        *["Secret"] * secrets,  # first, so the passwords match the data
+        "psql",  # the role's password, the other sessions ended
+        "pg_restore",
+        "unpack",
+        "PATCH",
+        "PATCH",
+        "delete",
+    ]
     assert result.models_missing == ["llama3.1:8b"]
-    # The marker first, then every Secret, then the rolls, the marker removed last.
-    kinds = [w[1].split("/")[0] if w[0] == "apply" else w[0] for w in kube.writes]
-    assert kinds[0] == "ConfigMap"
-    assert kinds[1:5] == ["Secret"] * 4
     assert kube.writes[-3:] == [("PATCH", "open-webui"), ("PATCH", "redis"), ("delete", f"ConfigMap/{rs.MARKER}")]
-    assert pods.calls.index("pg_restore") < pods.calls.index("unpack")
     assert pods.restored == [pods.dump]
     # The Secrets hold the archive's values again; the role gets a verifier, not the password.
     from k3stack.secrets import decode
@@ -607,3 +623,19 @@ def test_guard_takes_a_backup_before_an_open_webui_image_change(stack):
             kube, settings, live, rendered, console(), choice=True, ci=True, to=out, runner=pods, environ={}
         )
     assert len(list(out.iterdir())) == 1
+
+
+def test_a_secret_the_archive_lacks_is_kept_as_the_cluster_has_it():
+    settings = load_settings()
+    saved = {"STACK_NAMESPACE/postgres": {"POSTGRES_PASSWORD": base64.b64encode(b"from-the-archive-123").decode()}}
+    asked = []
+
+    def read_cluster(namespace, name):
+        asked.append((namespace, name))
+        return {"password": "netdata-from-the-cluster"} if name == "netdata-basic-auth" else None
+
+    resolved, objects = rs.stack_secrets(settings, saved, read_cluster)
+    assert resolved.values["POSTGRES_PASSWORD"] == "from-the-archive-123"
+    assert resolved.values["NETDATA_PASSWORD"] == "netdata-from-the-cluster"
+    assert ("llm", "postgres") not in asked  # the archive's wins, the cluster is not asked
+    assert all(m.obj["metadata"]["labels"]["k3stack.dev/instance"] == "llm" for m in objects)
