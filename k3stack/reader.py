@@ -103,6 +103,24 @@ def _yaml_error(exc: yaml.YAMLError, shown: str, hint: str) -> ReadError:
 Transform = Callable[[yaml.Node, yaml.SafeLoader], None]  # (node, loader)
 
 
+def plain_style_as_none(node: yaml.Node) -> None:
+    """Give plain scalars the style None, as PyYAML's own parser does (libyaml's says ''), so a
+    transform sees the same nodes under either parser. Anchored nodes are visited once."""
+    stack, seen = [node], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, yaml.ScalarNode):
+            if current.style == "":
+                current.style = None
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+        elif isinstance(current, yaml.MappingNode):
+            stack.extend(item for pair in current.value for item in pair)
+
+
 def yaml_documents(
     text: str, shown: str, *, transform: Transform | None = None, hint: str = YAML_FIX
 ) -> list[Document]:
@@ -117,6 +135,7 @@ def yaml_documents(
             if node is None:
                 continue
             if transform is not None:
+                plain_style_as_none(node)
                 transform(node, loader)
             value = loader.construct_document(node)
             if value is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from dotenv import dotenv_values
 
 from k3stack import reader
@@ -74,3 +75,16 @@ def test_the_safe_loader_is_kept(tmp_path):
     with pytest.raises(reader.ReadError):
         reader.yaml_documents("!!python/name:os.system\n", "x")
     assert isinstance(reader.yaml_documents("a: 1", "x")[0].value, dict)
+
+
+@pytest.mark.parametrize("loader", sorted({reader.SafeLoader, yaml.SafeLoader}, key=str))
+def test_a_transform_sees_plain_scalars_as_pyyaml_does_under_either_parser(loader, monkeypatch):
+    monkeypatch.setattr(reader, "SafeLoader", loader)
+    styles = []
+
+    def record(node, _):
+        for key, value in node.value:
+            styles.append((key.value, getattr(value, "style", "a collection")))
+
+    reader.yaml_documents('plain: x\nquoted: "x"\nblock: |\n  x\nloop: &a [*a]\n', "x.yaml", transform=record)
+    assert styles == [("plain", None), ("quoted", '"'), ("block", "|"), ("loop", "a collection")]
