@@ -295,18 +295,21 @@ def _forget(path: Path, name: str) -> WriteResult:
     return WriteResult(path=path, changed=True, backup=backup)
 
 
-def check_file(path: Path | str) -> dict | None:
+READ_FIX = "point --kubeconfig (or $KUBECONFIG) at a kubeconfig, or run `inv kubeconfig` to fetch one"
+
+
+def check_file(path: Path | str, *, fix: str = READ_FIX) -> dict | None:
     """The kubeconfig at `path`, read through k3stack.reader and checked for shape (what `write`
     would accept), None for an empty file. Raises KubeconfigError `path[:line]: what — fix: how`
-    for a file that is missing, unreadable, not UTF-8, not YAML or not a kubeconfig: call it
-    before handing a user's --kubeconfig to the kubernetes client, whose errors are tracebacks
-    or several lines."""
+    (`fix` for a file that is there but not a kubeconfig) for a file that is missing, unreadable,
+    not UTF-8, not YAML or not a kubeconfig: call it before handing a user's --kubeconfig to the
+    kubernetes client, whose errors for such files are tracebacks or several lines."""
     shown = str(path)
     try:
         text = reader.read_text(Path(path).expanduser(), shown=shown)
     except reader.ReadError as exc:
         raise KubeconfigError(exc.what, exc.hint) from None
-    return _parse(text, shown, existing_file=True)
+    return _parse(text, shown, fix=fix)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -322,10 +325,10 @@ def _decode(data: bytes, source: str, *, existing_file: bool = False) -> str:
         raise KubeconfigError(exc.what, _fix(existing_file)) from None
 
 
-def _parse(text: str, source: str, *, existing_file: bool = False) -> dict | None:
+def _parse(text: str, source: str, *, existing_file: bool = False, fix: str | None = None) -> dict | None:
     """The kubeconfig in `text`, None when empty; KubeconfigError when it is not one (YAML errors
     as `source:line: not valid YAML (problem) — fix: ...`, through k3stack.reader)."""
-    fix = _fix(existing_file)
+    fix = fix or _fix(existing_file)
     try:
         data = reader.yaml_document(text, source, hint=fix)
     except reader.ReadError as exc:

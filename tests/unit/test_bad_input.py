@@ -271,7 +271,7 @@ def test_a_kubeconfig_that_is_not_one_is_one_line(tmp_path, content, start, fix)
     path = tmp_path / "config"
     path.write_bytes(content)
     for attempt in (
-        lambda: kubeconfig.check_file(path),
+        lambda: kubeconfig.check_file(path, fix="move it aside"),
         lambda: kubeconfig.write(path, {"kind": "Config", "clusters": []}, merge_into_existing=True),
         lambda: kubeconfig.forget(path, "k3stack"),
     ):
@@ -286,6 +286,9 @@ def test_a_kubeconfig_that_is_not_one_is_one_line(tmp_path, content, start, fix)
 
 def test_a_missing_kubeconfig_is_one_line(tmp_path):
     with pytest.raises(K3stackError, match=r"config: does not exist — fix: check the path"):
+        kubeconfig.check_file(tmp_path / "config")
+    (tmp_path / "config").write_text("just a string\n")
+    with pytest.raises(K3stackError, match=r"config: not a kubeconfig .*fix: point --kubeconfig .* `inv kubeconfig`"):
         kubeconfig.check_file(tmp_path / "config")
 
 
