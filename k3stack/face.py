@@ -10,7 +10,7 @@ invoke and nothing heavy at module level: `inv --list` loads no client, no fabri
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from invoke import Exit
 
@@ -214,11 +214,13 @@ def run_deploy(out, envs, kubeconfig, context, *, json=False, **options):
     with reported(out):
         loaded = [settings.load(env) for env in envs]  # every file checked before connecting
         kube = kube_for(loaded[0], kubeconfig, context)
-        stacks = pipeline.plan_all(loaded, kube, out)
-        objects = sum(len(s.plan.manifests) for s in stacks)
-        sources = ", ".join(s.settings.source for s in stacks)
-        out.step(f"deploying {objects} objects to {kube.server} (settings: {sources})")
-        outcome = pipeline.deploy_stacks(kube, stacks, out, **options)
+        # One run per stack at a time, from planning (which reads and may generate secrets) on.
+        with nullcontext() if options.get("dry_run") else pipeline.locked(kube, loaded, out):
+            stacks = pipeline.plan_all(loaded, kube, out)
+            objects = sum(len(s.plan.manifests) for s in stacks)
+            sources = ", ".join(s.settings.source for s in stacks)
+            out.step(f"deploying {objects} objects to {kube.server} (settings: {sources})")
+            outcome = pipeline.deploy_stacks(kube, stacks, out, **options)
     out.step(outcome.summary())
     if json:
         out.json(outcome.to_json())

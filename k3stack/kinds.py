@@ -173,6 +173,8 @@ KINDS: tuple[Kind, ...] = (
         co_managers=frozenset({"deploy", "helm-controller", "k3s"}),
     ),
     Kind("helm.cattle.io/v1", "HelmChartConfig", _group("helm.cattle.io/v1", "helmchartconfigs"), 5),
+    # The deploy lock (k3stack/lease.py): written by k3stack itself, never applied from k8s/.
+    Kind("coordination.k8s.io/v1", "Lease", _group("coordination.k8s.io/v1", "leases"), 5),
 )
 
 BY_KEY: dict[tuple[str, str], Kind] = {k.key: k for k in KINDS}

@@ -6,8 +6,9 @@ the credentials rows. tasks.py parses flags and calls these; nothing here knows 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +40,19 @@ def plan(loaded: settings.Settings, kube: Kube, console: Console) -> Stack:
     made = deploy.make_plan(loaded, deploy.read_secret_from(kube), deploy.volume_exists_in(kube))
     console.add_secrets(made.secrets.values.values())
     return Stack(loaded, made)
+
+
+@contextmanager
+def locked(kube: Kube, loaded: list[settings.Settings], console: Console, *, wait: float = 120) -> Iterator[None]:
+    """Hold every stack's deploy Lease (k3stack/lease.py) for the block, in a fixed order (no two
+    runs can hold one each and wait for the other's). Raises LeaseHeldError after `wait` seconds
+    of another live run holding one."""
+    from . import lease
+
+    with ExitStack() as held:
+        for namespace in sorted({one["STACK_NAMESPACE"] for one in loaded}):
+            held.enter_context(lease.held(kube, namespace, wait=wait, on_wait=console.note))
+        yield
 
 
 def plan_all(loaded: list[settings.Settings], kube: Kube, console: Console) -> list[Stack]:

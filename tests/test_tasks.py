@@ -356,3 +356,39 @@ def test_an_unexpected_error_is_one_line_exit_2_and_k3stack_debug_shows_the_trac
     debug = inv("render", "--env", "test", env={**environ, "K3STACK_DEBUG": "1"})
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr
+
+
+def test_two_deploys_at_once_take_turns_and_agree_on_every_secret(kube, env_dir):
+    """Issue 14 #4: two `inv deploy` processes at once on a fresh stack — one waits for the other's
+    Lease, both succeed, and the Postgres Secret and DATABASE_URL carry the same password."""
+    from urllib.parse import unquote, urlsplit
+
+    from k3stack.kube import Kube
+    from k3stack.secrets import decode
+
+    env = {"K3STACK_ENV_DIR": str(env_dir), "KUBECONFIG": str(kube.kubeconfig), "CI": "true"}
+    argv = [*INV, "deploy", "--env", "test", "--no-wait", "--no-pull"]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("K3STACK_", "KUBECONFIG"))}
+    runs = [
+        subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env={**environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    for run, (out, err) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, out + err
+    assert sum("waiting for " in err for _, err in outputs) == 1, outputs
+    namespace = (env_dir / "test.env").read_text().split("STACK_NAMESPACE=")[1].split()[0]
+    client = Kube(str(kube.kubeconfig))
+    password = decode(client.get("v1", "Secret", "postgres", namespace))["POSTGRES_PASSWORD"]
+    url = urlsplit(decode(client.get("v1", "Secret", "open-webui", namespace))["DATABASE_URL"])
+    assert unquote(url.password) == password
+    assert client.get("coordination.k8s.io/v1", "Lease", "k3stack-deploy", namespace) is None  # released
+    assert inv("destroy", "--env", "test", "--yes", "--purge", env=env).returncode == 0
