@@ -59,7 +59,8 @@ def lint(c):
 @task(
     name="mutate",
     help={
-        "module": "only this module of [tool.k3stack.mutate.modules] in pyproject.toml (e.g. retry); default: all",
+        "module": "only these modules of [tool.k3stack.mutate.modules] in pyproject.toml, comma-separated "
+        "(e.g. retry,kinds); default: all",
     },
 )
 def mutate(c, module=None):
@@ -71,10 +72,12 @@ def mutate(c, module=None):
 
     out = console()
     conf = mutation.settings()
-    if module and module not in conf.modules:
-        out.error(f"--module {module!r}: expected one of {', '.join(conf.modules)}")
+    names = [m.strip() for m in module.split(",") if m.strip()] if module else list(conf.modules)
+    unknown = [m for m in names if m not in conf.modules]
+    if unknown or not names:
+        out.error(f"--module {module!r}: expected one or more of {', '.join(conf.modules)}")
         raise Exit(code=2)
-    modules = {module: conf.modules[module]} if module else conf.modules
+    modules = {m: conf.modules[m] for m in names}
     try:
         equivalents = mutation.read_equivalents(conf.equivalents)
     except ValueError as exc:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from k3stack import deploy, kinds, settings
+from k3stack import deploy, kinds, readiness, settings
 from k3stack import manifests as mf
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,3 +70,22 @@ def test_no_other_module_keeps_a_kind_table():
                 if len(strings & names) >= 2:
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
+
+
+def test_core_and_group_kinds_live_at_their_rest_prefixes():
+    assert kinds._core("pods") == kinds.Resource("/api/v1", "pods", True)
+    assert kinds._core("nodes", False) == kinds.Resource("/api/v1", "nodes", False)
+    assert kinds._group("apps/v1", "deployments") == kinds.Resource("/apis/apps/v1", "deployments", True)
+    assert kinds._group(kinds.RBAC, "clusterroles", False) == kinds.Resource(
+        "/apis/rbac.authorization.k8s.io/v1", "clusterroles", False
+    )
+    assert kinds._core("pods").path("llm-stack", "web") == "/api/v1/namespaces/llm-stack/pods/web"
+    assert kinds._group("apps/v1", "deployments").path("x") == "/apis/apps/v1/namespaces/x/deployments"
+
+
+def test_the_readiness_predicate_is_found_by_api_version_and_kind():
+    assert kinds.status_of("apps/v1", "Deployment") is readiness.deployment_status
+    assert kinds.status_of("batch/v1", "Job") is readiness.plain_job_status
+    assert kinds.status_of("v1", "Deployment") is None  # the kind under another apiVersion is another kind
+    assert kinds.status_of("apps/v1", "ReplicaSet") is None  # not registered
+    assert kinds.status_of("helm.cattle.io/v1", "HelmChart") is None  # judged by its install Job instead

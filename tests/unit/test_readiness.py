@@ -130,3 +130,176 @@ def test_plain_job_counts_completions():
     assert not r.plain_job_status(job(succeeded=1, completions=2)).done
     assert r.plain_job_status(job(succeeded=2, completions=2)).done
     assert r.plain_job_status(job(failed_condition=True)).failed
+
+
+# -- every field of every judgement (done, message, failed, ready, desired), with absent fields ----
+S = r.Status
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        (deployment(), S(True, "successfully rolled out", ready=2, desired=2)),
+        (deployment(observed=1), S(False, "waiting for deployment spec update to be observed", ready=2, desired=2)),
+        (deployment(updated=1), S(False, "1 out of 2 new replicas have been updated", ready=2, desired=2)),
+        (deployment(total=3), S(False, "1 old replicas are pending termination", ready=2, desired=2)),
+        (deployment(available=1), S(False, "1 of 2 updated replicas are available", ready=1, desired=2)),
+        (
+            deployment(available=1, conditions=[{"type": "Progressing", "reason": "ProgressDeadlineExceeded"}]),
+            S(False, "deployment 'web' exceeded its progress deadline", failed=True, ready=1, desired=2),
+        ),
+        # nothing but a name: one replica wanted, none there yet
+        ({"metadata": {"name": "web"}}, S(False, "0 out of 1 new replicas have been updated", desired=1)),
+        (
+            {"metadata": {"name": "web", "generation": 1}, "status": {"updatedReplicas": 1, "availableReplicas": 1}},
+            S(False, "waiting for deployment spec update to be observed", ready=1, desired=1),
+        ),
+        (
+            {"metadata": {"name": "web"}, "status": {"updatedReplicas": 1, "replicas": 1, "availableReplicas": 1}},
+            S(True, "successfully rolled out", ready=1, desired=1),
+        ),
+    ],
+)
+def test_deployment_judgement_field_by_field(obj, expected):
+    assert r.deployment_status(obj) == expected
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        (statefulset(), S(True, "1 pods ready at revision web-1", ready=1, desired=1)),
+        (statefulset(observed=0), S(False, "waiting for statefulset spec update to be observed", ready=1, desired=1)),
+        (statefulset(ready=0), S(False, "0 of 1 pods are ready", desired=1)),
+        (
+            {
+                "metadata": {"name": "db"},
+                "spec": {"replicas": 2},
+                "status": {"readyReplicas": 2, "updatedReplicas": 1, "currentRevision": "a", "updateRevision": "b"},
+            },
+            S(False, "1 of 2 pods updated to the new revision", ready=2, desired=2),
+        ),
+        ({"metadata": {"name": "db"}}, S(False, "0 of 1 pods are ready", desired=1)),
+        (
+            {"metadata": {"name": "db", "generation": 1}, "status": {"readyReplicas": 1}},
+            S(False, "waiting for statefulset spec update to be observed", ready=1, desired=1),
+        ),
+        # no update revision reported (an OnDelete set, an old API server): ready pods are enough
+        (
+            {
+                "metadata": {"name": "db"},
+                "spec": {"replicas": 2},
+                "status": {"readyReplicas": 2, "currentRevision": "a"},
+            },
+            S(True, "2 pods ready at revision a", ready=2, desired=2),
+        ),
+        (
+            {"metadata": {"name": "db"}, "status": {"readyReplicas": 1}},
+            S(True, "1 pods ready at revision ?", ready=1, desired=1),
+        ),
+    ],
+)
+def test_statefulset_judgement_field_by_field(obj, expected):
+    assert r.statefulset_status(obj) == expected
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        (daemonset(), S(True, "successfully rolled out", ready=3, desired=3)),
+        (daemonset(observed=0), S(False, "waiting for daemon set spec update to be observed", ready=3, desired=3)),
+        (daemonset(updated=2), S(False, "2 out of 3 new pods have been updated", ready=3, desired=3)),
+        (daemonset(updated=4, available=2), S(False, "2 of 4 updated pods are available", ready=2, desired=3)),
+        ({"metadata": {"name": "netdata"}}, S(True, "successfully rolled out")),  # scheduled on no node
+        (
+            {"metadata": {"name": "netdata", "generation": 1}, "status": {}},
+            S(False, "waiting for daemon set spec update to be observed"),
+        ),
+        (
+            {"metadata": {"name": "netdata"}, "status": {"desiredNumberScheduled": 1, "updatedNumberScheduled": 1}},
+            S(False, "0 of 1 updated pods are available", desired=1),
+        ),
+    ],
+)
+def test_daemonset_judgement_field_by_field(obj, expected):
+    assert r.daemonset_status(obj) == expected
+
+
+def named_job(status=None, conditions=(), spec=None, name="helm-install-netdata"):
+    obj = {"metadata": {"name": name}, "status": status}
+    if conditions:
+        obj["status"] = (status or {}) | {"conditions": list(conditions)}
+    if spec is not None:
+        obj["spec"] = spec
+    return obj
+
+
+FAILED = {"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        (None, S(False, "waiting for helm-controller to start the install job of netdata", desired=1)),
+        (
+            named_job(conditions=[FAILED]),
+            S(False, "install job helm-install-netdata failed: BackoffLimitExceeded", failed=True, desired=1),
+        ),
+        (
+            named_job(conditions=[{"type": "Failed", "status": "True"}]),
+            S(False, "install job helm-install-netdata failed: ", failed=True, desired=1),
+        ),
+        (
+            named_job(conditions=[FAILED | {"status": "False"}]),
+            S(False, "install job helm-install-netdata running", desired=1),
+        ),
+        (
+            named_job({"succeeded": 1}),
+            S(True, "chart installed (job helm-install-netdata complete)", ready=1, desired=1),
+        ),
+        (
+            named_job({"succeeded": 2}),
+            S(True, "chart installed (job helm-install-netdata complete)", ready=1, desired=1),
+        ),
+        (named_job({}), S(False, "install job helm-install-netdata running", desired=1)),
+        (named_job(None), S(False, "install job helm-install-netdata running", desired=1)),
+    ],
+)
+def test_chart_install_judgement_field_by_field(obj, expected):
+    assert r.job_status(obj, "netdata") == expected
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        (
+            named_job(conditions=[FAILED], name="pull"),
+            S(False, "job pull failed: BackoffLimitExceeded", True, desired=1),
+        ),
+        (
+            named_job(conditions=[{"type": "Failed", "status": "True"}], name="pull"),
+            S(False, "job pull failed: ", True, desired=1),
+        ),
+        (named_job({"succeeded": 1}, name="pull"), S(True, "job pull complete", ready=1, desired=1)),
+        (
+            named_job({"succeeded": 1}, spec=None, name="pull") | {"spec": None},
+            S(True, "job pull complete", ready=1, desired=1),
+        ),
+        (
+            named_job({"succeeded": 1}, spec={"completions": 2}, name="pull"),
+            S(False, "job pull running (0 failed attempt(s))", desired=1),
+        ),
+        (named_job({"failed": 2}, name="pull"), S(False, "job pull running (2 failed attempt(s))", desired=1)),
+        (named_job(None, name="pull"), S(False, "job pull running (0 failed attempt(s))", desired=1)),
+    ],
+)
+def test_plain_job_judgement_field_by_field(obj, expected):
+    assert r.plain_job_status(obj) == expected
+
+
+def test_a_condition_is_found_by_type_whatever_else_is_there():
+    obj = {"status": {"conditions": [{"type": "Complete", "status": "False"}, {"type": "Failed", "status": "True"}]}}
+    assert r.condition(obj, "Failed") == {"type": "Failed", "status": "True"}
+    assert r.condition(obj, "Suspended") is None
+    assert r.condition({"status": {"conditions": None}}, "Failed") is None
+    assert r.condition({"status": None}, "Failed") is None
+    assert r.condition({}, "Failed") is None
