@@ -165,18 +165,29 @@ class Applier:
         self, manifests: list[Manifest], current: dict[tuple, dict]
     ) -> tuple[list[Manifest], set[str]]:
         """(manifests to apply, names of the namespaces this run creates). A namespace that exists
-        without this stack's CREATED_BY record is someone else's (or predates the record): it is
-        applied without k3stack's labels, so neither prune nor destroy ever selects it. One GET per
-        namespace not already known as ours."""
+        without any CREATED_BY record is someone else's (or predates the record): it is applied
+        without k3stack's labels, so neither prune nor destroy ever selects it. One another k3stack
+        stack created stops the apply (ApplyError, nothing written). One GET per namespace not
+        already known as ours."""
         created, chosen = set(), []
         for m in manifests:
             if m.kind != "Namespace":
                 chosen.append(m)
                 continue
             live = current.get(m.key) or self.kube.get("v1", "Namespace", m.name)
+            creator = ((live or {}).get("metadata", {}).get("annotations") or {}).get(CREATED_BY)
             if live is None:
                 created.add(m.name)
-            elif (live["metadata"].get("annotations") or {}).get(CREATED_BY) != self.instance:
+            elif creator and creator != self.instance:
+                # Another k3stack stack made it: sharing it would flip its objects (Netdata) between the
+                # two stacks on every deploy, and purging one would delete the other's.
+                raise ApplyError(
+                    f"namespace {m.name} belongs to k3stack stack {creator!r}, not {self.instance!r}: two stacks "
+                    f"cannot share it — fix: give this stack its own (MONITORING_NAMESPACE/STACK_NAMESPACE), or, "
+                    f"if STACK_NAMESPACE was renamed from {creator!r}, set it back",
+                    [],
+                )
+            elif creator != self.instance:
                 obj = copy.deepcopy(m.obj)
                 for label in (MANAGED_BY, INSTANCE_LABEL):
                     obj["metadata"].get("labels", {}).pop(label, None)

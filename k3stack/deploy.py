@@ -288,6 +288,13 @@ def deploy_many(
     instances = [p.instance for p in plans]
     if len(set(instances)) != len(instances):
         raise ApplyError("two settings files name the same STACK_NAMESPACE; give each stack its own", [])
+    monitoring = [p.settings["MONITORING_NAMESPACE"] for p in plans]
+    if len(set(monitoring)) != len(monitoring):
+        raise ApplyError(
+            "two settings files name the same MONITORING_NAMESPACE — fix: give each stack its own "
+            "(one Netdata per stack; a shared one would flip between them)",
+            [],
+        )
     cluster = kube.discover()  # one discovery pass for all stacks
     plans = [prepare(kube, p, console, cluster)[0] for p in plans]
     # One LIST per kind for all stacks, not one per stack.

@@ -190,6 +190,24 @@ def test_purge_never_deletes_a_namespace_k3stack_did_not_create(stack_env):
     assert gone is None or gone["metadata"].get("deletionTimestamp")
 
 
+def test_a_second_stack_or_a_renamed_one_cannot_take_over_the_monitoring_namespace(stack_env):
+    """Issue 14 #5: another stack (or this one with STACK_NAMESPACE renamed) naming the same
+    MONITORING_NAMESPACE is stopped before anything is written; the first stack's Netdata stays."""
+    stack_env.deploy(wait=False)
+    kube, first = stack_env.kube_client, stack_env.values["STACK_NAMESPACE"]
+    renamed = f"{first}-renamed"
+    try:
+        with pytest.raises(ApplyError, match=rf"belongs to k3stack stack '{first}', not '{renamed}'"):
+            stack_env.deploy(stack_env.plan(STACK_NAMESPACE=renamed), wait=False)
+        assert kube.get("v1", "Namespace", renamed) is None  # nothing was written
+        chart = kube.get("helm.cattle.io/v1", "HelmChart", "netdata", stack_env.values["MONITORING_NAMESPACE"])
+        assert chart["metadata"]["labels"]["k3stack.dev/instance"] == first
+        with pytest.raises(ApplyError, match="same MONITORING_NAMESPACE"):
+            stack.deploy_many(kube, [stack_env.plan(), stack_env.plan(STACK_NAMESPACE=renamed)], stack_env.console)
+    finally:
+        kube.delete("v1", "Namespace", renamed)
+
+
 def test_a_changed_secret_rolls_open_webui(stack_env):
     plan = stack_env.plan(REDIS_PASSWORD="first-redis-password")
     stack_env.deploy(plan)
