@@ -256,8 +256,9 @@ def endpoint(v: str) -> str | None:
 
 
 def tls_sans(v: str) -> str | None:
-    """K3S_TLS_SAN: names or IP addresses only (K3s --tls-san), no scheme, port or path."""
-    bad = [item for item in split_list(v) if not _host_or_ip(item)]
+    """K3S_TLS_SAN: names (a leading `*.` wildcard allowed, RFC 6125) or IP addresses only (K3s
+    --tls-san, https://docs.k3s.io/cli/server), no scheme, port or path."""
+    bad = [item for item in split_list(v) if not _host_or_ip(item.removeprefix("*."))]
     return f"comma-separated DNS names or IP addresses, no scheme or port (not {', '.join(bad)})" if bad else None
 
 

@@ -51,6 +51,7 @@ REFUSED = [
     ({"K3S_NODE_TAINTS": "gpu=true:NoSchedul"}, "K3S_NODE_TAINTS=", "NoSchedule, PreferNoSchedule, NoExecute"),
     ({"K3S_NODE_TAINTS": "gpu=a b:NoSchedule"}, "K3S_NODE_TAINTS=", "value 'a b'"),
     ({"K3S_TLS_SAN": "https://k8s.example.com"}, "K3S_TLS_SAN=", "no scheme or port"),
+    ({"K3S_TLS_SAN": "k8s.example.com:6443"}, "K3S_TLS_SAN=", "(not k8s.example.com:6443)"),
     (
         {"MONITOR_HOST": "chat.${DOMAIN}"},
         "MONITOR_HOST='chat.203.0.113.10.sslip.io': expected a name other than CHAT_HOST's",
@@ -119,7 +120,7 @@ ACCEPTED = [
     {"API_ENDPOINT": "2001:db8::1"},
     {"K3S_NODE_LABELS": "tier=gpu, node.kubernetes.io/pool=a,example.com/empty=,kubernetes.io/arch=amd64"},
     {"K3S_NODE_TAINTS": "gpu=true:NoSchedule,dedicated:NoExecute,example.com/x=y:PreferNoSchedule"},
-    {"K3S_TLS_SAN": "k8s.example.com, 10.0.0.9,2001:db8::2,localhost"},
+    {"K3S_TLS_SAN": "k8s.example.com, 10.0.0.9,2001:db8::2,localhost,*.k8s.example.com"},
     {"K3S_INSTALL_URL": "file:///srv/k3s/install.sh"},
     {"OLLAMA_MEMORY_REQUEST": "16Gi"},  # equal to the limit
     {"OLLAMA_CPU_REQUEST": "8000m", "OLLAMA_MEMORY_LIMIT": "17179869184", "OLLAMA_STORAGE": "1e11"},
