@@ -587,3 +587,162 @@ def test_ctrl_c_stops_every_pull_at_once():
     assert kube.pulls == ["a:1", "b:1"]  # no retry was started after the interrupt
     time.sleep(0.2)
     assert not [t for t in threading.enumerate() if t.name.startswith("pull")]
+
+
+# -- the name grammar, part by part (Ollama's types/model/name.go) ------------------------------------
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("", "the model is empty"),
+        (":x", "the model is empty"),
+        ("a:", "the tag is empty"),
+        ("/m", "the namespace is empty"),
+        ("h//m", "the namespace is empty"),
+        ("m" * 80, None),
+        ("m" * 81, "the model is longer than 80 characters"),
+        ("m:" + "t" * 80, None),
+        ("m:" + "t" * 81, "the tag is longer than 80 characters"),
+        ("n" * 80 + "/m", None),
+        ("n" * 81 + "/m", "the namespace is longer than 80 characters"),
+        ("h" * 350 + "/n/m", None),
+        ("h" * 351 + "/n/m", "the host is longer than 350 characters"),
+        ("-m", "the model '-m' must start with a letter, a digit or _"),
+        (".m", "the model '.m' must start with a letter, a digit or _"),
+        ("_m", None),
+        ("m@x$y", "the model 'm@x$y' may not contain '$' '@'"),
+        ("ns.x/m", "the namespace 'ns.x' may not contain '.'"),
+        ("ns-x_1/m-2.5_b", None),
+        ("h:5000/n/m", None),  # a port, not a tag
+        ("h_.x-y:1/n/m", None),
+        ("a/b/c/d", "the host 'a/b' may not contain '/'"),
+        ("m:a:b", "the model 'm:a' may not contain ':'"),
+        ("m:t-1.2_Q", None),
+        ("m:t:x/y", "the namespace 'm:t:x' may not contain ':'"),
+    ],
+)
+def test_each_part_is_checked_with_its_own_length_and_characters(name, problem):
+    assert ol.name_problem(name) == problem
+
+
+def test_a_name_is_split_into_ollamas_parts_with_its_defaults():
+    assert ol.parse_name("m") == ol.ModelName("registry.ollama.ai", "library", "m", "latest")
+    assert ol.parse_name("ns/m:7b") == ol.ModelName("registry.ollama.ai", "ns", "m", "7b")
+    assert ol.parse_name("https://h.io:5000/ns/m:7b") == ol.ModelName("h.io:5000", "ns", "m", "7b")
+    assert ol.parse_name("h.io/ns/m") == ol.ModelName("h.io", "ns", "m", "latest")
+    assert ol._cut("a/b/c", "/") == ("a/b", "c")
+    assert ol._cut("abc", "/") == ("abc", None)
+    assert ol._cut("/x", "/") == ("", "x")
+
+
+def test_the_shortest_form_drops_only_the_default_host_and_namespace_whatever_their_case():
+    assert ol.ModelName("registry.ollama.ai", "library", "m", "7b").shortest() == "m:7b"
+    assert ol.ModelName("Registry.Ollama.AI", "Library", "m", "7b").shortest() == "m:7b"
+    assert ol.ModelName("registry.ollama.ai", "me", "m", "7b").shortest() == "me/m:7b"
+    assert ol.ModelName("h.io", "library", "m", "7b").shortest() == "h.io/library/m:7b"
+    assert ol.normalise("  ns/m  ") == "ns/m:latest"
+    assert ol.normalise("bad name") == "bad name:latest"  # refused names only get the tag
+    assert ol.normalise("bad name:1") == "bad name:1"
+    assert ol.normalise("a:b/bad name") == "a:b/bad name:latest"  # a ':' before the last '/' is no tag
+
+
+def test_missing_models_are_normalised_once_each_and_compared_ignoring_case():
+    wanted = ["mistral", "mistral:latest", "llama3.1:8b", "registry.ollama.ai/library/qwen:1b", "ns/x"]
+    assert ol.missing_models(wanted, ["MISTRAL:LATEST", "library/qwen:1b"]) == ["llama3.1:8b", "ns/x:latest"]
+    assert ol.missing_models(wanted, []) == ["mistral:latest", "llama3.1:8b", "qwen:1b", "ns/x:latest"]
+    assert ol.model_key("Registry.Ollama.ai/Library/Mistral") == "mistral:latest"
+
+
+@pytest.mark.parametrize(
+    ("message", "status", "kind", "text", "hint", "retry"),
+    [
+        (
+            "manifest unknown",
+            404,
+            ol.UnknownModelError,
+            "m:1: no such model (manifest unknown)",
+            ol.LIBRARY_HINT,
+            False,
+        ),
+        (
+            "file does not exist",
+            404,
+            ol.UnknownModelError,
+            "m:1: no such model (file does not exist)",
+            ol.LIBRARY_HINT,
+            False,
+        ),
+        (
+            "pull model manifest: not found",
+            None,
+            ol.UnknownModelError,
+            "m:1: no such model (pull model manifest: not found)",
+            ol.LIBRARY_HINT,
+            False,
+        ),
+        (
+            "Manifest Unknown",
+            404,
+            ol.UnknownModelError,
+            "m:1: no such model (Manifest Unknown)",
+            ol.LIBRARY_HINT,
+            False,
+        ),
+        ("not found", 404, ol.OllamaError, "m:1: HTTP 404: not found", "", False),  # the proxy's 404: no Ollama
+        ("manifest unknown", 500, ol.OllamaError, "m:1: HTTP 500: manifest unknown", ol.LIBRARY_HINT, False),
+        ("model not found", 500, ol.OllamaError, "m:1: HTTP 500: model not found", "", True),
+        ("max retries exceeded", None, ol.OllamaError, "m:1: Ollama: max retries exceeded", "", True),
+        ("bad", 400, ol.OllamaError, "m:1: HTTP 400: bad", "", False),
+        ("x", 302, ol.OllamaError, "m:1: HTTP 302: x", "", True),
+        (
+            "Unauthorized",
+            401,
+            ol.OllamaError,
+            "m:1: HTTP 401: Unauthorized",
+            "the registry refuses this model without credentials",
+            False,
+        ),
+        (
+            "insecure protocol http",
+            None,
+            ol.OllamaError,
+            "m:1: Ollama: insecure protocol http",
+            ol.FINAL_MARKERS["insecure protocol"],
+            False,
+        ),
+        (
+            "missing request body",
+            400,
+            ol.OllamaError,
+            "m:1: HTTP 400: missing request body",
+            ol.FINAL_MARKERS["missing request body"],
+            False,
+        ),
+    ],
+)
+def test_a_failure_is_classified_worded_and_hinted(message, status, kind, text, hint, retry):
+    error = ol._failure("m:1", message, status)
+    assert type(error) is kind
+    assert (str(error), error.hint, error.retry) == (text + (f" — fix: {hint}" if hint else ""), hint, retry)
+
+
+def test_an_ollama_error_keeps_its_hint_and_is_worth_another_try_unless_told():
+    error = ol.OllamaError("boom", "do this")
+    assert (str(error), error.hint, error.retry) == ("boom — fix: do this", "do this", True)
+    assert ol.OllamaError("boom").hint == ""
+    assert ol.OllamaError("boom", retry=False).retry is False
+
+
+def test_the_watch_restarts_when_pulling_resumes_after_another_status():
+    clock = Clock()
+    watch = ol.StallWatch(10, clock)
+    assert (watch.limit, watch.completed, watch.armed, watch.since) == (10, None, True, 0.0)
+    clock.now += 11
+    assert watch.stalled()  # armed from the start: a stream that never says anything stalls too
+    watch.observe("verifying sha256 digest", 500)
+    clock.now += 100
+    assert not watch.stalled()
+    watch.observe("pulling 0123456789ab", 500)  # the same bytes, but pulling again: the clock restarts
+    clock.now += 10
+    assert not watch.stalled()  # exactly the limit is not yet over it
+    clock.now += 0.5
+    assert watch.stalled()

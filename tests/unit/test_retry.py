@@ -124,3 +124,64 @@ def test_retrying_is_done_in_one_place():
                     if isinstance(inner, ast.Call) and getattr(inner.func, "attr", "") == "sleep":
                         offenders.append(f"{path.name}:{inner.lineno} sleeps in an except block")
     assert offenders == []
+
+
+def test_the_default_pace_starts_at_a_fifth_of_a_second_doubles_and_stops_at_five():
+    pauses: list[float] = []
+    call, _ = failing(9)
+    retry.retrying(lambda e: True, attempts=10, sleep=pauses.append)(call)
+    for n, pause in enumerate(pauses[:5]):  # 0.2·2^n plus up to 0.1 (first/2) at random
+        assert 0.2 * 2**n <= pause <= 0.2 * 2**n + 0.1
+    assert pauses[5:] == [5.0] * 4  # 0.2·2^5 = 6.4 is over the cap
+
+
+def test_the_default_jitter_is_half_the_first_pause_and_an_explicit_one_is_used_as_given():
+    pauses: list[float] = []
+    for _ in range(60):
+        call, _ = failing(1)
+        retry.retrying(lambda e: True, attempts=2, first=1.0, sleep=pauses.append)(call)
+    assert all(1.0 <= p <= 1.5 for p in pauses)
+    assert max(pauses) > 1.25  # jitter there, and up to first/2 (60 draws: all under 1.25 has odds 2^-60)
+    steady: list[float] = []
+    call, _ = failing(3)
+    retry.retrying(lambda e: True, attempts=4, first=1.0, cap=100, jitter=0, sleep=steady.append)(call)
+    assert steady == [1.0, 2.0, 4.0]
+
+
+def test_at_least_one_try_and_every_pause_announced_before_it_is_taken():
+    call, calls = failing(5)
+    with pytest.raises(FlakyError):
+        retry.retrying(lambda e: True, attempts=0, sleep=lambda s: None)(call)
+    assert len(calls) == 1
+    announced: list[int] = []
+    call, calls = failing(2)
+    retry.retrying(
+        lambda e: True,
+        attempts=5,
+        sleep=lambda s: None,
+        before_sleep=lambda state: announced.append(state.attempt_number),
+    )(call)
+    assert (announced, len(calls)) == ([1, 2], 3)
+
+
+def test_retry_after_none_falls_back_to_the_backoff_and_sees_the_exception():
+    seen: list[BaseException] = []
+    pauses: list[float] = []
+
+    def asked(exc):
+        seen.append(exc)
+        return None
+
+    call, _ = failing(2)
+    retry.retrying(lambda e: True, attempts=3, first=1.0, jitter=0, retry_after=asked, sleep=pauses.append)(call)
+    assert pauses == [1.0, 2.0]
+    assert [str(e) for e in seen] == ["boom", "boom"]
+    assert all(isinstance(e, FlakyError) for e in seen)
+
+
+def test_the_refusal_says_what_a_budget_is():
+    with pytest.raises(ValueError, match=r"^a retry needs a budget: attempts and/or within$"):
+        retry.retrying(lambda e: True, first=1.0)
+    call, calls = failing(1)
+    assert retry.retrying(lambda e: True, within=5, sleep=lambda s: None)(call) == "ok"  # a time budget alone
+    assert len(calls) == 2
