@@ -211,7 +211,7 @@ def test_diff_of_a_live_object_against_the_manifest():
     text = diff(live(), live(spec={"replicas": 2}), "llm-stack/ollama")
     assert text == (
         "--- live/llm-stack/ollama\n+++ k8s/llm-stack/ollama\n@@ -4,4 +4,4 @@\n"
-        "   name: ollama\n spec:\n-  replicas: 1\n+  replicas: 2\n"
+        "     keep: me\n   name: ollama\n spec:\n-  replicas: 1\n+  replicas: 2\n"
     )
     assert diff(live(), live(), "llm-stack/ollama") == ""
 
