@@ -520,3 +520,181 @@ def test_a_kubeconfig_path_that_cannot_be_written_is_one_line(tmp_path):
     (tmp_path / "dir" / "config").mkdir(parents=True)  # a directory where the file should be
     with pytest.raises(KubeconfigError, match=r"fix: make it yours"):
         kubeconfig.forget(tmp_path / "dir" / "config", "k3stack")
+
+
+# -- each refusal as written, and the pure helpers ----------------------------------------------------
+def _refusal(call) -> str:
+    with pytest.raises(KubeconfigError) as err:
+        call()
+    return str(err.value)
+
+
+def _k3s_doc(**changes) -> str:
+    doc = yaml.safe_load(k3s_yaml())
+    for path, value in changes.items():
+        section, field = path.split("__")
+        doc[section][0][field] = value
+    return yaml.safe_dump(doc)
+
+
+def test_rewrite_refusals_as_written():
+    def rewrite(text, name="p"):
+        return lambda: kubeconfig.rewrite(text, server=SERVER, name=name, source="s")
+
+    fix = "fix: fetch /etc/rancher/k3s/k3s.yaml again"
+    assert (
+        _refusal(rewrite(k3s_yaml(), " p"))
+        == "s: context name ' p' is empty or has spaces; fix: set a name like my-cluster"
+    )
+    assert (
+        _refusal(rewrite(k3s_yaml(), None))
+        == "s: context name None is empty or has spaces; fix: set a name like my-cluster"
+    )
+    assert _refusal(rewrite(k3s_yaml().replace("users:\n- name: default", "x:\n- name: default"))) == (
+        "s: expected exactly one entry in users, found 0; fix: fetch the kubeconfig K3s writes "
+        "(/etc/rancher/k3s/k3s.yaml), not a merged one"
+    )
+    assert _refusal(rewrite(_k3s_doc(contexts__context={"cluster": "default", "user": "u2"}))) == (
+        f"s: context 'default' refers to user 'u2', but the file's user is 'default'; {fix}"
+    )
+    assert _refusal(rewrite(_k3s_doc(clusters__cluster="x"))) == (
+        f"s: the entry in clusters needs a name and a cluster mapping; {fix} (the file is damaged)"
+    )
+    assert _refusal(rewrite(_k3s_doc(users__name=3))) == (
+        f"s: the entry in users needs a name and a user mapping; {fix} (the file is damaged)"
+    )
+    assert (
+        _refusal(rewrite("")) == "s: file is empty; fix: check that K3s is running and wrote /etc/rancher/k3s/k3s.yaml"
+    )
+    assert _refusal(rewrite(b"ok\n\xff")) == "s:2: not UTF-8 text (byte 0xff) — fix: fetch it again"
+    assert kubeconfig.rewrite(k3s_yaml().encode(), server=SERVER, name="p", source="s")["current-context"] == "p"
+
+
+def test_ca_pem_refusals_as_written():
+    fix = "fix: fetch /etc/rancher/k3s/k3s.yaml again"
+    assert _refusal(lambda: kubeconfig.ca_pem({"clusters": []}, source="s")) == (
+        f"s: certificate-authority-data is missing or not base64 (list index out of range); {fix}"
+    )
+    not_pem = {"clusters": [{"cluster": {"certificate-authority-data": "aGVsbG8="}}]}
+    assert _refusal(lambda: kubeconfig.ca_pem(not_pem, source="s")) == (
+        f"s: certificate-authority-data holds no PEM certificate; {fix}"
+    )
+    for bad in ({}, {"clusters": [{"cluster": {"certificate-authority-data": None}}]}):
+        assert "certificate-authority-data is missing or not base64" in _refusal(
+            lambda b=bad: kubeconfig.ca_pem(b, source="s")
+        )
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://h", ("h", 443)),
+        ("https://h/", ("h", 443)),
+        ("https://h:6443", ("h", 6443)),
+        ("https://[::1]:7", ("::1", 7)),
+        ("https://h:6443/x", None),
+        ("https://h:bad", None),
+        ("http://h:6443", None),
+    ],
+)
+def test_the_api_server_url_is_https_host_and_port(url, expected):
+    if expected:
+        assert kubeconfig._check_server(url, source="s") == expected
+    else:
+        assert _refusal(lambda: kubeconfig._check_server(url, source="s")) == (
+            f"s: API server URL {url!r} is not https://<host>[:port]; fix: use e.g. https://203.0.113.10:6443"
+        )
+
+
+def test_addresses_and_wildcards():
+    assert kubeconfig._ip("[::1]") == kubeconfig._ip("::1") == ipaddress.ip_address("::1")
+    assert kubeconfig._ip("1.2.3.4") == ipaddress.ip_address("1.2.3.4")
+    assert kubeconfig._ip("api.example.com") is None
+    assert kubeconfig._dns_match("a.b", "a.b")
+    assert kubeconfig._dns_match("*.a.b", "x.a.b")
+    assert not kubeconfig._dns_match("*.a.b", ".a.b")  # the wildcard stands for one non-empty label
+    assert not kubeconfig._dns_match("*.a.b", "a.b")
+    assert not kubeconfig._dns_match("x*.a.b", "xy.a.b")  # only a whole left-most label is a wildcard
+
+
+def test_check_sans_lists_what_the_certificate_is_valid_for(ca):
+    cert, _ = make_leaf(*ca, [x509.DNSName("API.example.com."), x509.IPAddress(ipaddress.ip_address("10.0.0.1"))])
+    kubeconfig.check_sans(cert, "api.example.com", source="s")  # names compared without case and final dot
+    assert _refusal(lambda: kubeconfig.check_sans(cert, "10.0.0.2", source="s")) == (
+        f"s: the API server certificate is not valid for 10.0.0.2 (it is valid for api.example.com, 10.0.0.1); "
+        f"fix: {kubeconfig.SAN_FIX}"
+    )
+
+
+def test_merge_refusals_and_what_it_leaves_alone():
+    assert _refusal(lambda: kubeconfig.merge([], {})) == (
+        "existing kubeconfig is not a mapping; fix: move it aside and run again"
+    )
+    assert _refusal(lambda: kubeconfig.merge({"users": "x"}, {})) == (
+        "existing kubeconfig: users is not a list; fix: repair or move the file aside"
+    )
+    # an entry without a name is kept; a new config without a current context keeps the old one
+    merged = kubeconfig.merge({"clusters": ["junk"], "current-context": "a", "kind": "Config", "apiVersion": "v1"}, {})
+    assert merged == {
+        "clusters": ["junk"],
+        "current-context": "a",
+        "kind": "Config",
+        "apiVersion": "v1",
+        "users": [],
+        "contexts": [],
+    }
+    assert kubeconfig.merge({"kind": "X", "apiVersion": "v2"}, {})["kind"] == "X"
+    assert kubeconfig.merge({}, {})["apiVersion"] == "v1"
+
+
+@pytest.mark.parametrize(
+    ("text", "existing_file", "expected"),
+    [
+        ("a: 1\n", False, "s: not a kubeconfig (expected kind: Config); fix: fetch it again"),
+        ("- a\n", False, "s: not a kubeconfig (expected kind: Config); fix: fetch it again"),
+        (
+            "kind: Other\n",
+            True,
+            "s: not a kubeconfig (expected kind: Config); fix: move it aside (k3stack does not overwrite it) "
+            "and run again",
+        ),
+        ("kind: Config\nusers:\n- x\n", False, "s: users[0] is not a mapping; fix: fetch it again"),
+        ("kind: Config\ncontexts: 3\n", False, "s: contexts is not a list; fix: fetch it again"),
+        (
+            "clusters: [\n",
+            True,
+            "s:2: not valid YAML (did not find expected node content) — fix: move it aside (k3stack does not "
+            "overwrite it) and run again",
+        ),
+    ],
+)
+def test_a_file_that_is_not_a_kubeconfig_is_refused_with_the_fix_for_its_origin(text, existing_file, expected):
+    message = _refusal(lambda: kubeconfig._parse(text, "s", existing_file=existing_file))
+    assert message.replace("did not find expected node content", "") == expected.replace(
+        "did not find expected node content", ""
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("kind: Config\n", {"kind": "Config"}),
+        ("current-context: a\n", {"current-context": "a"}),
+        ("clusters: []\n", {"clusters": []}),
+        ("users: []\n", {"users": []}),
+        ("contexts: null\n", {"contexts": None}),
+        ("", None),
+    ],
+)
+def test_any_kubeconfig_key_makes_a_kubeconfig(text, parsed):
+    assert kubeconfig._parse(text, "s") == parsed
+
+
+def test_the_fix_depends_on_whose_file_it_is():
+    assert kubeconfig._fix(True) == "move it aside (k3stack does not overwrite it) and run again"
+    assert kubeconfig._fix(False) == "fetch it again"
+    assert _refusal(lambda: kubeconfig._decode(b"\xff", "s", existing_file=True)) == (
+        "s:1: not UTF-8 text (byte 0xff) — fix: move it aside (k3stack does not overwrite it) and run again"
+    )
+    assert kubeconfig._decode("é\n".encode(), "s") == "é\n"
+    assert _refusal(lambda: kubeconfig._parse("users: 3\n", "s", fix="F")) == "s: users is not a list; fix: F"
