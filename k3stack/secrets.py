@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets as random
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -25,6 +26,17 @@ LOCATIONS: dict[str, tuple[str, str, str]] = {
     "WEBUI_ADMIN_PASSWORD": ("STACK_NAMESPACE", "open-webui", "WEBUI_ADMIN_PASSWORD"),
     "NETDATA_PASSWORD": ("MONITORING_NAMESPACE", "netdata-basic-auth", "password"),
 }
+# Kept like LOCATIONS (the cluster's Secret first, else generated once), but not a setting: nobody has
+# to choose it, so it is never read from the settings, exported or restored (a restored stack gets a
+# new one and Netdata's pods roll with it). NETDATA_STREAM_API_KEY is the key Netdata's children and
+# k8s-state stream to the parent with (stream.conf, mounted from the Secret by k8s/monitoring/
+# netdata.yaml), instead of the key the chart publishes as its default.
+KEPT: dict[str, tuple[str, str, str]] = {
+    "NETDATA_STREAM_API_KEY": ("MONITORING_NAMESPACE", "netdata-stream", "api-key"),
+}
+# How a value is generated when neither the settings nor the cluster have one (default: 32 random
+# bytes, URL-safe). Netdata takes only a GUID as a stream API key ("uuidgen", its stream.conf says).
+GENERATE: dict[str, Callable[[], str]] = {"NETDATA_STREAM_API_KEY": lambda: str(uuid.uuid4())}
 # Changing these would break what a volume already holds: PostgreSQL applies the password only
 # when it initialises an empty data directory, Open WebUI creates the admin from
 # WEBUI_ADMIN_PASSWORD only while its database has no user (later values are ignored and the old
@@ -84,7 +96,7 @@ def resolve(settings: Settings, read: ReadSecret, volume_exists: VolumeExists = 
     cache: dict[tuple[str, str], dict[str, str] | None] = {}
 
     def existing(setting: str) -> str | None:
-        ns_setting, name, key = LOCATIONS[setting]
+        ns_setting, name, key = {**LOCATIONS, **KEPT}[setting]
         where = (settings[ns_setting], name)
         if where not in cache:
             cache[where] = read(*where)
@@ -92,8 +104,9 @@ def resolve(settings: Settings, read: ReadSecret, volume_exists: VolumeExists = 
 
     values: dict[str, str] = {}
     origins: dict[str, str] = {}
-    for setting in LOCATIONS:
-        given, current = settings.secrets.get(setting), existing(setting)
+    for setting in [*LOCATIONS, *KEPT]:
+        given = settings.secrets.get(setting) if setting in LOCATIONS else None
+        current = existing(setting)
         if given is not None:
             if current is not None and given != current and setting in PINNED_BY_VOLUME:
                 ns_setting, name, _ = LOCATIONS[setting]
@@ -117,7 +130,8 @@ def resolve(settings: Settings, read: ReadSecret, volume_exists: VolumeExists = 
                 "to the password the volume was initialised with",
             )
         else:
-            values[setting], origins[setting] = random.token_urlsafe(32), "generated"
+            values[setting] = GENERATE.get(setting, lambda: random.token_urlsafe(32))()
+            origins[setting] = "generated"
 
     stack, monitoring = settings["STACK_NAMESPACE"], settings["MONITORING_NAMESPACE"]
     pg_user, pg_db = settings["POSTGRES_USER"], settings["POSTGRES_DB"]
@@ -138,11 +152,13 @@ def resolve(settings: Settings, read: ReadSecret, volume_exists: VolumeExists = 
         "password": values["NETDATA_PASSWORD"],
     }
     redis = {"REDIS_PASSWORD": values["REDIS_PASSWORD"], "redis.conf": redis_conf(values["REDIS_PASSWORD"])}
+    stream = netdata_stream(values["NETDATA_STREAM_API_KEY"])
     datas = {
         (stack, "postgres"): {"POSTGRES_PASSWORD": values["POSTGRES_PASSWORD"]},
         (stack, "redis"): redis,
         (stack, "open-webui"): webui,
         (monitoring, "netdata-basic-auth"): netdata,
+        (monitoring, "netdata-stream"): stream,
     }
     objects = [_secret(ns, name, data) for (ns, name), data in datas.items()]
     values = {**values, "DATABASE_URL": webui["DATABASE_URL"], "REDIS_URL": redis_url}
@@ -153,6 +169,7 @@ def resolve(settings: Settings, read: ReadSecret, volume_exists: VolumeExists = 
         checksums={
             "OPEN_WEBUI_SECRET_CHECKSUM": _checksum(webui),
             "REDIS_SECRET_CHECKSUM": _checksum(datas[(stack, "redis")]),
+            "NETDATA_STREAM_CHECKSUM": _checksum(stream),
         },
     )
 
@@ -175,6 +192,29 @@ def redis_quote(value: str) -> str:
 def redis_conf(password: str) -> str:
     """The redis.conf redis-server loads (mounted from the Secret `redis`; k8s/llm-stack/redis.yaml)."""
     return f"# rendered by k3stack (k3stack/secrets.py)\nrequirepass {redis_quote(password)}\nappendonly yes\n"
+
+
+def netdata_stream(api_key: str) -> dict[str, str]:
+    """The Secret `netdata-stream`: the key, and the two stream.conf files Netdata reads it from — the
+    parent's accepts streams with this key only; children and k8s-state send with it to the parent's
+    Service (`netdata`, the chart's, on 19999). A key that is not a GUID is refused: Netdata would
+    reject every stream with it, and nothing else may reach a config line."""
+    try:
+        key = str(uuid.UUID(api_key))
+    except ValueError:
+        raise SecretsError(
+            "Secret netdata-stream: api-key is not a GUID (Netdata accepts only GUIDs as stream API keys)",
+            "delete the Secret (kubectl -n MONITORING_NAMESPACE delete secret netdata-stream) and deploy again: a "
+            "new key is generated and Netdata's pods roll with it",
+        ) from None
+    header = "# rendered by k3stack (k3stack/secrets.py); the API key is generated once and kept here\n"
+    return {
+        "api-key": key,
+        "parent-stream.conf": f"{header}[{key}]\n    enabled = yes\n    allow from = *\n",
+        "child-stream.conf": (
+            f"{header}[stream]\n    enabled = yes\n    destination = netdata:19999\n    api key = {key}\n"
+        ),
+    }
 
 
 def _htpasswd(user: str, password: str, current: str | None) -> str:

@@ -1,7 +1,8 @@
 """Who can reach whom, computed from the NetworkPolicies deploy would apply (tests/netpol.py),
 against the intended matrix: only Open WebUI reaches PostgreSQL:5432 and Redis:6379; Ollama:11434
-only from Open WebUI and the in-cluster pull Job; Open WebUI:8080 only from Traefik; nothing else.
-A policy widened (a `from` to every pod, a namespace instead of Traefik) fails here."""
+only from Open WebUI and the in-cluster pull Job; Open WebUI:8080 only from Traefik; the Netdata
+parent's :19999 (the dashboard, no login of its own) only from Traefik and Netdata's own pods;
+nothing else. A policy widened (a `from` to every pod, a namespace instead of Traefik) fails here."""
 
 from __future__ import annotations
 
@@ -14,15 +15,27 @@ from k3stack import deploy as stack
 from k3stack import pulljob, settings
 from tests.netpol import Pod, allowed, selects
 
-STACK = "llm-stack"
-SETTINGS = {"DOMAIN": "203.0.113.10.sslip.io", "ACME_EMAIL": "ops@example.com", "STACK_NAMESPACE": STACK}
-SERVICES = {"postgres": 5432, "redis": 6379, "ollama": 11434, "open-webui": 8080}
+STACK, MONITORING = "llm-stack", "monitoring"
+SETTINGS = {
+    "DOMAIN": "203.0.113.10.sslip.io",
+    "ACME_EMAIL": "ops@example.com",
+    "STACK_NAMESPACE": STACK,
+    "MONITORING_NAMESPACE": MONITORING,
+}
+SERVICES = {"postgres": 5432, "redis": 6379, "ollama": 11434, "open-webui": 8080, "netdata-parent": 19999}
 INTENDED = {
     ("open-webui", "postgres"),
     ("open-webui", "redis"),
     ("open-webui", "ollama"),
     ("ollama-pull", "ollama"),
     ("traefik", "open-webui"),
+    ("traefik", "netdata-parent"),
+    ("netdata-k8s-state", "netdata-parent"),
+}
+# The pods Netdata's chart makes (release `netdata`), with the labels of its templates.
+NETDATA = {
+    "netdata-parent": {"app": "netdata", "release": "netdata", "role": "parent"},
+    "netdata-k8s-state": {"app": "netdata", "release": "netdata", "role": "k8sState"},
 }
 
 
@@ -50,6 +63,10 @@ def cluster():
         Pod.of("coredns", "kube-system", {"k8s-app": "kube-dns"}),
         Pod.of("stranger", STACK, {"app": "debug"}),
         Pod.of("other-team", "default", {"app.kubernetes.io/name": "open-webui"}),  # same labels, other namespace
+        *(Pod.of(name, MONITORING, labels) for name, labels in NETDATA.items()),
+        Pod.of("monitoring-stranger", MONITORING, {"app": "debug"}),
+        Pod.of("other-netdata", "default", NETDATA["netdata-k8s-state"]),  # Netdata's labels, other namespace
+        Pod.of("another-release", MONITORING, {"app": "netdata", "release": "other", "role": "child"}),
     ]
     namespaces = {ns: {"kubernetes.io/metadata.name": ns} for ns in ("kube-system", "default", STACK, "monitoring")}
     return policies, pods + others, namespaces
@@ -65,7 +82,7 @@ def test_who_reaches_whom_is_exactly_the_intended_matrix(cluster):
     reached = {
         (source.name, destination.name)
         for source, destination in itertools.product(pods, pods)
-        if destination.namespace == STACK
+        if destination.namespace in (STACK, MONITORING)
         and destination.name in SERVICES
         and source is not destination
         and allowed(policies, source, destination, SERVICES[destination.name], namespaces=namespaces)
@@ -78,6 +95,9 @@ def test_other_ports_are_closed_even_for_allowed_peers(cluster):
     by_name = {p.name: p for p in pods}
     assert not allowed(policies, by_name["open-webui"], by_name["postgres"], 22, namespaces=namespaces)
     assert not allowed(policies, by_name["traefik"], by_name["open-webui"], 9090, namespaces=namespaces)
+    assert not allowed(policies, by_name["traefik"], by_name["netdata-parent"], 8125, namespaces=namespaces)
+    # the rest of the monitoring namespace takes nothing (default deny), not even from Traefik
+    assert not allowed(policies, by_name["traefik"], by_name["netdata-k8s-state"], 19999, namespaces=namespaces)
 
 
 # -- the evaluator itself ----------------------------------------------------------------------------

@@ -1,6 +1,10 @@
-"""checkov's Kubernetes policies over the manifests `inv render --out DIR` writes: zero failures,
-and every skipped check carries its reason (a `checkov.io/skipN: CKV_K8S_xx=reason` annotation on
-the object in k8s/, with a comment saying why next to it).
+"""checkov's Kubernetes policies over everything k3stack applies or places: the manifests `inv render
+--out DIR` writes (k8s/llm-stack, k8s/monitoring), the in-cluster pull Job (k8s/jobs, as
+`inv models.pull --in-cluster` renders it) and the Traefik config bootstrap places on the servers
+(k8s/k3s): zero failures, and every skipped check carries its reason (a `checkov.io/skipN:
+CKV_K8S_xx=reason` annotation on the object in k8s/, with a comment saying why next to it).
+checkov cannot see inside a HelmChart's valuesContent (Netdata's chart renders in the cluster, and
+the chart cannot be downloaded here), so the values k3stack gives it are checked here directly.
 
 checkov lives in its own venv (requirements-tools.txt; `inv setup` installs it). Where it is missing
 these tests skip naming `inv setup`, except under CI (CI=true) or with
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,9 +62,18 @@ def checkov(directory: Path) -> dict:
     return report
 
 
+PLACED = ["jobs.yaml", "k3s-k3stack-traefik-config.yaml"]
+
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> Path:
-    """The objects `inv deploy` would apply, as `inv render --out DIR` writes them (secrets redacted)."""
+    """The objects `inv deploy` would apply, as `inv render --out DIR` writes them (secrets redacted),
+    with the pull Job and the K3s manifests bootstrap places beside them (one directory: checkov's
+    graph checks see the Job under the stack namespace's NetworkPolicies, as the cluster does)."""
+    import yaml
+
+    from k3stack import bootstrap, pulljob, settings
+
     out = tmp_path_factory.mktemp("rendered")
     env_dir = tmp_path_factory.mktemp("env")  # no env/*.env of this machine: settings from SETTINGS
     environ = {**os.environ, **SETTINGS, "K3STACK_ENV_DIR": str(env_dir)}
@@ -74,6 +88,12 @@ def rendered(tmp_path_factory) -> Path:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(p.name for p in out.glob("*.yaml")) == ["k3stack.yaml", "llm-stack.yaml", "monitoring.yaml"]
+    loaded = settings.load(env_dir=Path("/nonexistent"), environ=SETTINGS)
+    (out / "jobs.yaml").write_text(yaml.safe_dump(pulljob.job_manifest(loaded, ["llama3.2:1b"]).obj))
+    placed = bootstrap.traefik_manifests(loaded)
+    assert sorted(placed) == sorted(p.removeprefix("k3s-") for p in PLACED if p.startswith("k3s-"))
+    for name, data in placed.items():
+        (out / f"k3s-{name}").write_bytes(data)
     return out
 
 
@@ -101,6 +121,22 @@ def test_checkov_ran_the_kubernetes_checks(report):
     # the hardening the manifests promise, checked by checkov itself
     for check in ("CKV_K8S_20", "CKV_K8S_28", "CKV_K8S_37", "CKV_K8S_38", "CKV_K8S_31", "CKV_K8S_11", "CKV_K8S_13"):
         assert check in passed, f"{check} did not run or did not pass"
+
+
+def test_the_job_and_the_k3s_manifests_are_scanned_too(rendered, report):
+    """k8s/jobs and k8s/k3s are in the scan (before, checkov saw only what deploy applies: the pull
+    Job's three findings went unseen). k8s/k3s holds a HelmChartConfig only, a custom resource no
+    checkov check applies to; a workload added there is checked like any other."""
+    import yaml
+
+    checks = report["results"]["passed_checks"] + report["results"]["skipped_checks"]
+    assert "jobs.yaml" in {Path(c["file_path"]).name for c in checks}
+    resources = {c["resource"] for c in checks}
+    assert any(r.startswith("Job.llm-stack.ollama-pull-") for r in resources), sorted(resources)
+    passed_on_job = {c["check_id"] for c in report["results"]["passed_checks"] if "ollama-pull-" in c["resource"]}
+    assert {"CKV_K8S_20", "CKV_K8S_28", "CKV_K8S_22", "CKV_K8S_11", "CKV_K8S_13", "CKV2_K8S_6"} <= passed_on_job
+    placed = [o for p in PLACED if p.startswith("k3s-") for o in yaml.safe_load_all((rendered / p).read_text()) if o]
+    assert [o["kind"] for o in placed] == ["HelmChartConfig"]
 
 
 def test_every_skip_is_justified(report):
@@ -142,18 +178,21 @@ def test_values_embedded_in_text_are_settings_that_cannot_break_it():
     YAML: only settings whose validator refuses quotes, backslashes, spaces, newlines, `#` and `:`
     may go there, or constants k3stack computes (redis.conf and htpasswd are written by
     k3stack/secrets.py with their own rules)."""
-    import re
-
     import yaml
 
-    from k3stack import bootstrap, settings
+    from k3stack import bootstrap, secrets, settings
 
-    valid = settings.load(env_dir=Path("/nonexistent"), environ=SETTINGS).values
+    loaded = settings.load(env_dir=Path("/nonexistent"), environ=SETTINGS)
+    valid = loaded.values
+    checksums = secrets.resolve(loaded, lambda namespace, name: None).checksums
     for path in sorted((ROOT / "k8s").glob("*/*.yaml")):
         for node in _block_scalars(yaml.compose_all(path.read_text())):
             for name in re.findall(r"\$\{([A-Za-z0-9_]+)\}", node.value):
                 if name == "ACME_CA_SERVER":  # bootstrap's constant: one of two Let's Encrypt URLs
                     assert all(settings.url(u) is None for u in (bootstrap.STAGING_CA, bootstrap.PRODUCTION_CA))
+                    continue
+                if name in checksums:  # k3stack/secrets.py's checksums: 16 hex digits
+                    assert re.fullmatch(r"[0-9a-f]{16}", checksums[name]), (name, checksums[name])
                     continue
                 setting = settings.BY_NAME.get(name)
                 assert setting is not None, f"{path.name}: ${{{name}}} in a text block is not a setting"
@@ -176,3 +215,81 @@ def _block_scalars(documents):
             stack.extend(node.value)
         elif isinstance(node, yaml.ScalarNode) and node.style in ("|", ">"):
             yield node
+
+
+# -- Netdata's chart values: what checkov cannot see -------------------------------------------------
+CHART_DEFAULT_STREAM_KEY = "11111111-2222-3333-4444-555555555555"  # the chart's published default
+
+
+@pytest.fixture(scope="module")
+def netdata_values(rendered) -> dict:
+    import yaml
+
+    [chart] = [
+        o
+        for o in yaml.safe_load_all((rendered / "monitoring.yaml").read_text())
+        if o and o["kind"] == "HelmChart" and o["metadata"]["name"] == "netdata"
+    ]
+    return yaml.safe_load(chart["spec"]["valuesContent"])
+
+
+def test_netdata_images_are_pinned_and_pulled_once(netdata_values):
+    init = netdata_values["initContainersImage"]
+    assert init["repository"] == "alpine"
+    assert init["tag"] != "latest"
+    assert init["tag"][:1].isdigit()  # an exact version
+    for image in (init, netdata_values["image"], netdata_values["sd"]["image"]):
+        assert image["pullPolicy"] == "IfNotPresent"
+
+
+@pytest.mark.parametrize("part", ["parent", "child", "k8sState"])
+def test_every_netdata_pod_has_limits_and_streams_with_the_generated_key(netdata_values, part):
+    values = netdata_values[part]
+    resources = values["resources"]
+    assert set(resources["limits"]) == {"cpu", "memory"}
+    assert set(resources["requests"]) == {"cpu", "memory"}
+    # the chart's stream.conf (with its published key) is off; k3stack's, from the Secret, is mounted
+    assert values["configs"]["stream"]["enabled"] is False
+    [volume] = [v for v in values["extraVolumes"] if v["name"] == "stream"]
+    assert volume["secret"]["secretName"] == "netdata-stream"
+    wanted = "parent-stream.conf" if part == "parent" else "child-stream.conf"
+    assert volume["secret"]["items"] == [{"key": wanted, "path": "stream.conf"}]
+    assert volume["secret"]["defaultMode"] & 0o007 in (0, 0o004)  # never writable or executable by others
+    [mount] = [m for m in values["extraVolumeMounts"] if m["name"] == "stream"]
+    where = (mount["mountPath"], mount["subPath"], mount["readOnly"])
+    assert where == ("/etc/netdata/stream.conf", "stream.conf", True)
+    assert re.fullmatch(r"[0-9a-f]{16}", values["podAnnotations"]["k3stack.dev/stream-checksum"])
+
+
+def test_the_stream_key_is_generated_and_never_the_charts_default(netdata_values):
+    import uuid
+
+    from k3stack import secrets, settings
+
+    assert CHART_DEFAULT_STREAM_KEY not in json.dumps(netdata_values)
+    loaded = settings.load(env_dir=Path("/nonexistent"), environ=SETTINGS)
+    first = secrets.resolve(loaded, lambda namespace, name: None)
+    key = first.values["NETDATA_STREAM_API_KEY"]
+    assert str(uuid.UUID(key)) == key != CHART_DEFAULT_STREAM_KEY
+    [secret] = [o.obj for o in first.objects if o.obj["metadata"]["name"] == "netdata-stream"]
+    assert secret["metadata"]["namespace"] == loaded["MONITORING_NAMESPACE"]
+    # kept: a second run reads the cluster's Secret and keeps key and checksum (no roll)
+    data = secrets.decode(secret)
+    again = secrets.resolve(
+        loaded, lambda namespace, name: data if (namespace, name) == (secret["metadata"]["namespace"], name) else None
+    )
+    assert again.values["NETDATA_STREAM_API_KEY"] == key
+    assert again.origins["NETDATA_STREAM_API_KEY"] == "cluster"
+    assert again.checksums["NETDATA_STREAM_CHECKSUM"] == first.checksums["NETDATA_STREAM_CHECKSUM"]
+
+
+def test_the_childs_privileges_are_justified_or_reduced(netdata_values):
+    """The chart's child DaemonSet template hard-codes hostPID, hostIPC and SYS_PTRACE + SYS_ADMIN;
+    hostNetwork and the AppArmor opt-out are values. Each one kept is explained in netdata.yaml;
+    k8s-state, which only talks to the Kubernetes API, keeps the runtime's AppArmor profile."""
+    text = (ROOT / "k8s" / "monitoring" / "netdata.yaml").read_text()
+    comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+    for privilege in ("hostPID", "hostIPC", "SYS_PTRACE", "SYS_ADMIN", "hostNetwork", "AppArmor unconfined"):
+        assert re.search(rf"{privilege}[^\n]*:", comments), f"{privilege}: no justification in netdata.yaml"
+    assert netdata_values["child"]["hostNetwork"] is True  # kept, justified (kubelet/kube-proxy on 127.0.0.1)
+    assert netdata_values["k8sState"]["podAnnotationAppArmor"]["enabled"] is False

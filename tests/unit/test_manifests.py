@@ -7,7 +7,11 @@ from k3stack import manifests as mf
 from k3stack import settings
 
 BASE = {"DOMAIN": "203.0.113.10.sslip.io", "ACME_EMAIL": "ops@example.com"}
-CHECKSUMS = {"OPEN_WEBUI_SECRET_CHECKSUM": "0123456789abcdef", "REDIS_SECRET_CHECKSUM": "fedcba9876543210"}
+CHECKSUMS = {
+    "OPEN_WEBUI_SECRET_CHECKSUM": "0123456789abcdef",
+    "REDIS_SECRET_CHECKSUM": "fedcba9876543210",
+    "NETDATA_STREAM_CHECKSUM": "00112233aabbccdd",
+}
 
 
 def variables(**overrides):
@@ -127,7 +131,7 @@ def test_yml_files_are_read_and_editor_leftovers_are_skipped_and_listed(tmp_path
 def test_an_empty_metadata_is_one_problem_not_a_crash(tmp_path):
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "x.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n")
-    with pytest.raises(mf.RenderError, match=r"k8s/t/x.yaml: a document lacks apiVersion, kind or metadata.name"):
+    with pytest.raises(mf.RenderError, match=r"k8s/t/x.yaml:1: a document lacks apiVersion, kind or metadata.name"):
         mf.render({}, k8s_dir=tmp_path, targets=["t"])
 
 
@@ -212,11 +216,11 @@ def test_every_problem_of_every_file_is_reported_at_once(tmp_path):
     )
     with pytest.raises(mf.RenderError) as error:
         mf.render({}, k8s_dir=tmp_path, targets=["t"])
-    lacks = "a document lacks apiVersion, kind or metadata.name"
+    lacks = "a document lacks apiVersion, kind or metadata.name — fix: give every document all three"
     assert error.value.problems == [
-        f"k8s/t/a.yaml: {lacks}",
-        f"k8s/t/c.yaml: {lacks}",
-        f"k8s/t/d.yaml: {lacks}",
+        f"k8s/t/a.yaml:8: {lacks}",  # the line the document starts on
+        f"k8s/t/c.yaml:1: {lacks}",
+        f"k8s/t/d.yaml:1: {lacks}",
         "k8s/t/b.yaml: configmap/same is also defined in k8s/t/a.yaml",
     ]
     assert str(error.value) == "4 problems in k8s/:\n" + "\n".join(f"  - {p}" for p in error.value.problems)

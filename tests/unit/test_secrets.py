@@ -117,3 +117,42 @@ def test_a_changed_secret_changes_the_checksum_that_rolls_the_pods():
     two = sec.resolve(load(REDIS_PASSWORD="redis-password-two"), cluster({}))
     assert one.checksums["REDIS_SECRET_CHECKSUM"] != two.checksums["REDIS_SECRET_CHECKSUM"]
     assert one.checksums["OPEN_WEBUI_SECRET_CHECKSUM"] != two.checksums["OPEN_WEBUI_SECRET_CHECKSUM"]  # REDIS_URL
+
+
+def test_the_netdata_stream_key_is_a_generated_guid_kept_in_its_secret():
+    import uuid
+
+    first = sec.resolve(load(), cluster({}))
+    key = first.values["NETDATA_STREAM_API_KEY"]
+    assert str(uuid.UUID(key)) == key
+    assert first.origins["NETDATA_STREAM_API_KEY"] == "generated"
+    stream = data(first, "netdata-stream")
+    assert stream["api-key"] == key
+    # the parent accepts this key only; children send with it to the chart's Service
+    assert stream["parent-stream.conf"].splitlines()[1:] == [f"[{key}]", "    enabled = yes", "    allow from = *"]
+    assert stream["child-stream.conf"].splitlines()[1:] == [
+        "[stream]",
+        "    enabled = yes",
+        "    destination = netdata:19999",
+        f"    api key = {key}",
+    ]
+    assert "11111111-2222-3333-4444-555555555555" not in str(stream)  # the chart's published default
+    stored = {(m.namespace, m.name): data(first, m.name) for m in first.objects}
+    again = sec.resolve(load(), cluster(stored))
+    assert again.values["NETDATA_STREAM_API_KEY"] == key
+    assert again.checksums["NETDATA_STREAM_CHECKSUM"] == first.checksums["NETDATA_STREAM_CHECKSUM"]
+    other = sec.resolve(load(), cluster({}))
+    assert other.checksums["NETDATA_STREAM_CHECKSUM"] != first.checksums["NETDATA_STREAM_CHECKSUM"]  # pods roll
+    # never a setting: not read from the environment, not exported with the settings' secrets
+    assert "NETDATA_STREAM_API_KEY" not in sec.LOCATIONS
+
+
+def test_a_stream_key_that_is_not_a_guid_is_refused_with_the_fix():
+    first = sec.resolve(load(), cluster({}))
+    stored = {(m.namespace, m.name): data(first, m.name) for m in first.objects}
+    stored[("monitoring", "netdata-stream")] = {"api-key": "x\n[stream]\n    enabled = no"}
+    with pytest.raises(sec.SecretsError) as caught:
+        sec.resolve(load(), cluster(stored))
+    assert "not a GUID" in caught.value.what
+    assert "delete secret netdata-stream" in caught.value.hint
+    assert "enabled = no" not in str(caught.value)
