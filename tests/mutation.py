@@ -47,16 +47,15 @@ def function_prefix(module: str, function: str) -> str:
 
 
 def patterns(modules: dict[str, list[str] | str]) -> list[str]:
-    """mutmut's mutant-name patterns (fnmatch) for the functions that count; passed to `mutmut run`.
-    A function's pattern also matches its mangled name, so mutmut runs only the tests that call it."""
+    """mutmut's mutant-name patterns (fnmatch) for the functions that count; passed to `mutmut run`."""
     out = []
     for module, functions in modules.items():
         if functions == "*":
             out.append(f"{PACKAGE}.{module}.*")
         else:
-            for function in functions:
-                prefix = function_prefix(module, function)
-                out += [prefix.removesuffix("__mutmut_"), prefix + "*"]
+            # `x_name*` also matches the function's mangled name, so mutmut runs the tests that call it
+            # (it may match another function whose name starts alike: `score` counts only these)
+            out += [function_prefix(module, f).removesuffix("__mutmut_") + "*" for f in functions]
     return out
 
 
