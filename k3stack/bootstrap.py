@@ -31,7 +31,7 @@ from .errors import BootstrapError, KubeconfigError
 from .remote import k3s, preflight
 from .remote.connection import Host, RemoteError, SshOptions, Target
 from .remote.facts import Facts, gather
-from .settings import CHANNELS, Settings, split_list
+from .settings import CHANNELS, Settings, split_endpoint, split_list
 
 STAGING_CA = "https://acme-staging-v02.api.letsencrypt.org/directory"
 PRODUCTION_CA = "https://acme-v02.api.letsencrypt.org/directory"
@@ -218,8 +218,16 @@ def _parallel(hosts: Iterable[Host], work: Callable[[Host], object]) -> dict[str
 
 
 def api_address(settings: Settings, first: Target) -> str:
-    """The address clients use for the API: API_ENDPOINT, else the first server (127.0.0.1 for `local`)."""
-    return settings["API_ENDPOINT"] or ("127.0.0.1" if first.local else first.address)
+    """The host clients use for the API: API_ENDPOINT's host, else the first server (127.0.0.1 for
+    `local`). This is what goes into tls-san and what the certificate is checked for."""
+    if settings["API_ENDPOINT"]:
+        return split_endpoint(settings["API_ENDPOINT"])[0]
+    return "127.0.0.1" if first.local else first.address
+
+
+def api_port(settings: Settings) -> int:
+    """The port clients dial: API_ENDPOINT's (a load balancer's), else K3s's own (6443)."""
+    return (split_endpoint(settings["API_ENDPOINT"])[1] if settings["API_ENDPOINT"] else None) or k3s.API_PORT
 
 
 def connect_and_check(
@@ -500,8 +508,8 @@ def fetch_kubeconfig(settings: Settings, first: Host, options: Options, console:
         raise BootstrapError(f"{source} does not exist: K3s has not started on {first.name} (see its log)")
     address = api_address(settings, first.target)
     host_part = f"[{address}]" if ":" in address else address
-    server = f"https://{host_part}:{k3s.API_PORT}"
-    config = kcfg.rewrite(raw.decode(), server=server, name=settings["KUBECONFIG_CONTEXT"], source=source)
+    server = f"https://{host_part}:{api_port(settings)}"
+    config = kcfg.rewrite(raw, server=server, name=settings["KUBECONFIG_CONTEXT"], source=source)
     # Dial the first server itself (the endpoint may be a name or balancer not yet in DNS) and
     # check that the certificate it serves is valid for the endpoint clients will use.
     dial = "127.0.0.1" if first.target.local else first.target.address

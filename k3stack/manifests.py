@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
-from . import kinds
+from . import kinds, reader
 from .errors import K3stackError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -142,14 +142,17 @@ def render(
     manifests: list[Manifest] = []
     for path in manifest_files(k8s_dir, targets):
         source = str(path.relative_to(k8s_dir))
-        for obj in _load(path, source, variables, problems):
+        for line, obj in _load(path, source, variables, problems):
             if (
                 not isinstance(obj, dict)
                 or not all(k in obj for k in ("apiVersion", "kind", "metadata"))
                 or not isinstance(obj["metadata"], dict)
                 or not obj["metadata"].get("name")
             ):
-                problems.append(f"k8s/{source}: a document lacks apiVersion, kind or metadata.name")
+                problems.append(
+                    f"k8s/{source}:{line}: a document lacks apiVersion, kind or metadata.name "
+                    "— fix: give every document all three"
+                )
                 continue
             manifests.append(Manifest(_stamp(obj, source), source))
     seen: dict[tuple, str] = {}
@@ -164,23 +167,19 @@ def render(
     return sorted(manifests, key=lambda m: m.phase)
 
 
-def _load(path: Path, source: str, variables: Mapping[str, str], problems: list[str]) -> list:
-    loader = yaml.SafeLoader(path.read_text())
-    documents = []
+def _load(path: Path, source: str, variables: Mapping[str, str], problems: list[str]) -> list[tuple[int, object]]:
+    """(line, document) for every non-empty document of `path`, ${VARS} substituted. A file that
+    cannot be read or parsed adds one problem `k8s/<source>:<line>: what — fix: how` (k3stack.reader)."""
     try:
-        while loader.check_node():
-            node = loader.get_node()
-            if node is None:
-                continue
-            _substitute(node, loader, source, variables, problems)
-            documents.append(loader.construct_document(node))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        problems.append(f"k8s/{source}{where}: not valid YAML ({getattr(exc, 'problem', exc)})")
-    finally:
-        loader.dispose()
-    return [d for d in documents if d is not None]
+        documents = reader.yaml_file(
+            path,
+            shown=f"k8s/{source}",
+            transform=lambda node, loader: _substitute(node, loader, source, variables, problems),
+        )
+    except reader.ReadError as exc:
+        problems.append(str(exc))
+        return []
+    return [(d.line, d.value) for d in documents]
 
 
 def _substitute(node, loader, source: str, variables: Mapping[str, str], problems: list[str]) -> None:

@@ -38,12 +38,34 @@ def test_host_entries(entry, expected):
     [
         ({}, "no hosts: set SERVERS"),
         ({"SERVERS": "a.example.com,b.example.com"}, "2 servers: embedded etcd needs an odd number"),
-        ({"SERVERS": "a.example.com", "AGENTS": "root@a.example.com"}, "a.example.com is listed twice"),
     ],
 )
 def test_inventory_problems(environ, message):
     with pytest.raises(boot.BootstrapError, match=message):
         boot.inventory(load(**environ), boot.Options())
+
+
+def test_a_host_given_twice_by_flags_is_refused():
+    # The same in SERVERS/AGENTS is refused by the settings already (tests/unit/test_bad_input.py).
+    options = boot.Options(hosts=("a.example.com",), agents=("root@a.example.com",))
+    with pytest.raises(boot.BootstrapError, match=r"a\.example\.com is listed twice"):
+        boot.inventory(load(), options)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "address", "port"),
+    [
+        ("", "203.0.113.10", 6443),
+        ("10.0.0.2", "10.0.0.2", 6443),
+        ("lb.example.com:443", "lb.example.com", 443),
+        ("[2001:db8::1]:6443", "2001:db8::1", 6443),
+    ],
+)
+def test_api_endpoint_is_a_host_for_the_certificate_and_a_port_to_dial(endpoint, address, port):
+    loaded = load(API_ENDPOINT=endpoint)
+    first = boot.parse_target("203.0.113.10", user="root", port=22, role="server")
+    assert boot.api_address(loaded, first) == address
+    assert boot.api_port(loaded) == port
 
 
 def test_host_flags_replace_the_settings_lists():
@@ -215,8 +237,8 @@ def test_traefik_cannot_be_disabled_and_a_missing_ssh_key_is_named(tmp_path):
 
 
 def test_an_installer_url_that_cannot_be_fetched_is_named():
-    with pytest.raises(boot.BootstrapError, match=r"K3S_INSTALL_URL=.*cannot fetch the installer"):
-        boot.fetch_installer(load(K3S_INSTALL_URL="not a url"), trust=True, console=None)
+    with pytest.raises(settings.SettingsError, match=r"K3S_INSTALL_URL='not a url': expected an https:// URL"):
+        load(K3S_INSTALL_URL="not a url")  # refused with the settings, before anything is fetched
     with pytest.raises(boot.BootstrapError, match=r"K3S_INSTALL_URL=file:///nonexistent/install.sh: cannot fetch"):
         boot.fetch_installer(load(K3S_INSTALL_URL="file:///nonexistent/install.sh"), trust=True, console=None)
 

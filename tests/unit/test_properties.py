@@ -214,7 +214,7 @@ def assert_landed(template, rendered, variables: dict[str, str], where: str) -> 
         expected = REF.sub(lambda m: variables[m.group(1)], template)
         if isinstance(rendered, str):
             assert rendered == expected, where
-        else:  # manifests.py types a plain `${VAR}` like YAML would read it (see the xfail below)
+        else:  # a plain `${VAR}` is typed like the YAML it stands for (k8s/ quotes every string one)
             assert REF.fullmatch(template), where
             assert yaml.safe_load(expected) == rendered, where
             RETYPED.append((where, template, rendered))
@@ -365,12 +365,6 @@ def test_a_k3s_setting_arrives_exactly_in_the_k3s_config_file(tmp_path, name):
     check()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="manifests.py gives a plain `${VAR}` scalar the type YAML would read in the value (POSTGRES_USER=123 "
-    "renders `value: 123`, an int the API refuses with 422); the fix is in the issue #15 report — remove this "
-    "marker with it",
-)
 @pytest.mark.parametrize(("name", "value"), [("POSTGRES_USER", "123"), ("WEBUI_ADMIN_NAME", "true")])
 def test_a_plain_variable_stays_a_string(tmp_path, name, value):
     loaded = settings.load(env_dir=tmp_path, environ={**BASE, name: value})
