@@ -104,6 +104,16 @@ def _kubeconfig_source(kubeconfig: str | None) -> str:
             f"kubeconfig {shown}: does not exist — fix: `inv kubeconfig` fetches one from the server, "
             "or pass --kubeconfig PATH"
         )
+    # Read through k3stack.reader first: the client's own errors for a file that is not a
+    # kubeconfig are tracebacks or several lines ("'str' object does not support item assignment").
+    from .kubeconfig import KubeconfigError, check_file
+
+    for path in paths:
+        if os.path.isfile(path):
+            try:
+                check_file(path)
+            except KubeconfigError as exc:
+                raise KubeError(str(exc)) from None
     return shown
 
 

@@ -140,3 +140,15 @@ def test_a_multi_line_status_message_becomes_one_line(api_server):
         kube.list("v1", "Namespace")
     assert "\n" not in str(error.value)
     assert error.value.body["message"].startswith("spec.ports[0]")
+
+
+def test_a_kubeconfig_that_is_not_one_is_one_line(tmp_path):
+    """Issue 15 #5: the client said "'str' object does not support item assignment"."""
+    path = tmp_path / "notes.txt"
+    path.write_text("just some text, not a kubeconfig\n")
+    with pytest.raises(KubeError) as error:
+        Kube(str(path))
+    message = str(error.value)
+    assert "\n" not in message
+    assert str(path) in message
+    assert "fix:" in message
