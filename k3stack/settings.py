@@ -20,6 +20,7 @@ from types import MappingProxyType
 
 from . import reader
 from .errors import K3stackError
+from .manifests import image_tag
 
 REPO = Path(__file__).resolve().parent.parent
 ENV_DIR = REPO / "env"
@@ -79,6 +80,7 @@ def hostname(v: str) -> str | None:
 
 
 def email(v: str) -> str | None:
+    """A check (Setting.check: None when valid, else what is expected): a plain e-mail address."""
     # Plain characters only: the address is written into text (Traefik's chart values) unescaped.
     if re.match(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$", v):
         return None
@@ -86,6 +88,7 @@ def email(v: str) -> str | None:
 
 
 def boolean(v: str) -> str | None:
+    """A check: true/false, 1/0 or yes/no (any case)."""
     return None if v.lower() in ("true", "false", "1", "0", "yes", "no") else "true or false"
 
 
@@ -125,6 +128,7 @@ def byte_quantity(v: str) -> str | None:
 
 
 def dns_label(v: str) -> str | None:
+    """A check: an RFC 1123 DNS label (Kubernetes' rule for namespace and object names)."""
     return None if _DNS_LABEL.match(v) else "a lower-case DNS label (a-z, 0-9, -)"
 
 
@@ -134,28 +138,33 @@ RESERVED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease
 
 
 def namespace(v: str) -> str | None:
+    """A check: a DNS label that is not one of Kubernetes' own namespaces (RESERVED_NAMESPACES)."""
     if v in RESERVED_NAMESPACES:
         return f"a namespace of the stack's own, not {v} (reserved: {', '.join(RESERVED_NAMESPACES)})"
     return dns_label(v)
 
 
 def image(v: str) -> str | None:
+    """A check: an image reference with a pinned tag (a moving tag such as :latest only with a digest)."""
     if not _IMAGE.match(v):
         return "an image reference with a pinned tag, e.g. ollama/ollama:0.32.15"
-    if v.rsplit(":", 1)[1].split("@")[0] in ("latest", "main", "master", "dev"):
+    if image_tag(v) in ("latest", "main", "master", "dev") and "@" not in v:
         return "a pinned tag, not a moving one like :latest or :main"
     return None
 
 
 def version(v: str) -> str | None:
+    """A check: an exact chart version (MAJOR.MINOR.PATCH)."""
     return None if re.match(r"^[0-9]+\.[0-9]+\.[0-9]+$", v) else "an exact chart version such as 3.7.172"
 
 
 def k8s_minor(v: str) -> str | None:
+    """A check: a Kubernetes minor version such as 1.35 (the schema `render --validate` uses)."""
     return None if re.match(r"^1\.[0-9]{2}$", v) else "a Kubernetes minor version such as 1.35"
 
 
 def models(v: str) -> str | None:
+    """A check: comma-separated model names by Ollama's own grammar (ollama.name_problem)."""
     from .ollama import name_problem  # Ollama's own name grammar (types/model/name.go)
 
     bad = [m for m in split_list(v) if name_problem(m)]
@@ -163,6 +172,7 @@ def models(v: str) -> str | None:
 
 
 def secret_value(v: str) -> str | None:
+    """A check for a given secret: at least 12 characters (unset ones are generated, 32 random bytes)."""
     if len(v) < 12:
         return "at least 12 characters (or leave it unset and k3stack generates one)"
     return None
@@ -337,6 +347,7 @@ def node_taints(v: str) -> str | None:
 
 
 def k3s_version(v: str) -> str | None:
+    """A check: a K3s release (v1.35.8+k3s1) or a channel (refused under CI by bootstrap)."""
     if re.match(r"^v1\.[0-9]+\.[0-9]+\+k3s[0-9]+$", v) or v in CHANNELS:
         return None
     return f"a K3s release such as v1.35.8+k3s1 (or, outside CI, a channel: {', '.join(CHANNELS)})"
@@ -346,32 +357,41 @@ CHANNELS = ("stable", "latest", "testing")
 
 
 def sha256_hex(v: str) -> str | None:
+    """A check: a sha256 digest as sha256sum prints it (64 lower-case hex digits)."""
     return None if re.match(r"^[0-9a-f]{64}$", v) else "64 lower-case hex digits (output of sha256sum)"
 
 
 def host_list(v: str) -> str | None:
+    """A check: comma-separated [user@]host[:port] entries."""
     bad = [h for h in split_list(v) if not re.match(r"^([a-z_][a-z0-9_-]*@)?[A-Za-z0-9.:\[\]-]+$", h)]
     return f"comma-separated [user@]host[:port] entries (not {', '.join(bad)})" if bad else None
 
 
 def port(v: str) -> str | None:
+    """A check: a TCP port number (1-65535)."""
     return None if v.isdigit() and 0 < int(v) < 65536 else "a TCP port number"
 
 
 def count(v: str) -> str | None:
+    """A check: a whole number from 1 to 100."""
     return None if v.isdigit() and 0 < int(v) <= 100 else "a whole number from 1 to 100"
 
 
 def seconds(v: str) -> str | None:
+    """A check: a positive number of seconds."""
     return None if re.match(r"^[0-9]+(\.[0-9]+)?$", v) and float(v) > 0 else "a number of seconds"
 
 
 def split_list(v: str) -> list[str]:
+    """A comma-separated setting as its items, blanks dropped: 'a, b,,c' -> ['a', 'b', 'c']."""
     return [item.strip() for item in v.split(",") if item.strip()]
 
 
 @dataclass(frozen=True)
 class Setting:
+    """One setting: its name, default (None: required, or generated for a secret), the line of
+    documentation env/example.env shows, its check, and whether it is a secret (never printed)."""
+
     name: str
     default: str | None  # None: required (or, for secrets, generated when absent)
     doc: str
@@ -551,10 +571,12 @@ class Settings:
         return self.values[name]
 
     def flag(self, name: str) -> bool:
+        """Whether boolean setting `name` is on (true, 1 or yes, any case)."""
         return self.values[name].lower() in ("true", "1", "yes")
 
     @property
     def models(self) -> list[str]:
+        """OLLAMA_MODELS as a list of model names, in the order given."""
         return split_list(self.values["OLLAMA_MODELS"])
 
     def render_vars(self) -> dict[str, str]:
@@ -563,6 +585,7 @@ class Settings:
 
 
 def env_file(env_name: str, env_dir: Path = ENV_DIR) -> Path:
+    """The settings file of env `env_name`: <env_dir>/<env_name>.env (it need not exist)."""
     return env_dir / f"{env_name}.env"
 
 

@@ -49,6 +49,18 @@ def test_only_the_console_prints():
     assert offenders == []
 
 
+def test_public_definitions_are_documented():
+    """>= 95 % of the library's public functions, methods and classes carry a docstring."""
+    missing, total = [], 0
+    for path in sorted(LIBRARY.rglob("*.py")):
+        for name, node in public_definitions(path):
+            total += 1
+            if not ast.get_docstring(node):
+                missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
+    covered = 1 - len(missing) / total
+    assert covered >= 0.95, f"{covered:.0%} of {total} documented; missing:\n" + "\n".join(missing)
+
+
 def test_the_face_is_the_only_invoke_user():
     """The library knows nothing of its command line: only k3stack/face.py imports invoke."""
     users = []

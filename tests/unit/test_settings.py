@@ -143,3 +143,10 @@ def test_an_empty_value_counts_as_unset(tmp_path):
 def test_reserved_namespaces_are_refused(tmp_path, name, reserved):
     with pytest.raises(SettingsError, match=rf"{name}='{reserved}': expected a namespace of the stack's own"):
         load(tmp_path, {**BASE, name: reserved})
+
+
+def test_a_moving_tag_is_refused_unless_a_digest_pins_it():
+    assert "pinned tag" in settings.image("ollama/ollama:latest")
+    assert settings.image("ollama/ollama:latest@sha256:" + "a" * 64) is None  # the digest pins it
+    assert settings.image("ghcr.io/open-webui/open-webui:v0.11.0@sha256:" + "b" * 64) is None
+    assert settings.image("registry.local:5000/ollama:0.32.15") is None
