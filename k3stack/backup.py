@@ -310,6 +310,26 @@ class PodExec:
         collected = io.BytesIO()
         sink = stdout if stdout is not None else collected
         stderr, status = bytearray(), bytearray()
+        try:
+            self._pump(ws, where, argv, stdin, stdin_size, sink, stderr, status)
+        finally:
+            ws.close()
+        code, message = exit_status(bytes(status))
+        if code not in tuple(ok):
+            tail = bytes(stderr).decode(errors="replace").strip().splitlines()
+            raise ExecError(
+                f"{where}: `{_shown(argv)}` failed ({message}): {tail[-1] if tail else 'no stderr'}",
+                "the pod's log (`kubectl logs`) may say more",
+            )
+        return collected.getvalue()
+
+    def _pump(self, ws, where, argv, stdin, stdin_size, sink, stderr: bytearray, status: bytearray) -> None:
+        """Send stdin, collect stdout/stderr/status until the server closes the connection. A
+        connection that breaks ends the loop: the status (or its absence) then tells what happened."""
+        import ssl
+
+        from websocket import WebSocketException
+
         sent, last = 0, time.monotonic()
         try:
             while True:
@@ -342,16 +362,11 @@ class PodExec:
                     last = time.monotonic()
                 elif time.monotonic() - last > self.idle_timeout:
                     raise ExecError(f"{where}: `{argv[0]}` sent nothing for {self.idle_timeout:.0f}s")
-        finally:
-            ws.close()
-        code, message = exit_status(bytes(status))
-        if code not in tuple(ok):
-            tail = bytes(stderr).decode(errors="replace").strip().splitlines()
-            raise ExecError(
-                f"{where}: `{_shown(argv)}` failed ({message}): {tail[-1] if tail else 'no stderr'}",
-                "the pod's log (`kubectl logs`) may say more",
-            )
-        return collected.getvalue()
+        except (WebSocketException, ConnectionError, ssl.SSLError):
+            # The connection broke (the command exited before reading all of stdin, the API server
+            # went away): the status, or its absence, says what happened. A failing `sink` (disk
+            # full) is not caught here.
+            return
 
 
 def _shown(argv: list[str]) -> str:

@@ -137,6 +137,7 @@ class FakePods:
             out = b"pg_restore (PostgreSQL) 17.6" if "--version" in argv else b""
             if "--version" not in argv:
                 assert argv[-6:] == ["-h", bk.PG_SOCKET, "-U", "openwebui", "-d", "openwebui"]
+                assert {"--clean", "--if-exists", "--single-transaction", "--exit-on-error"} <= set(argv)
                 self.restored.append(body)
         elif command == "psql":
             self.sql.append(body)
@@ -162,7 +163,7 @@ def stack(tmp_path):
     (data / "vector_db" / "chroma.sqlite3").write_bytes(b"\x00vector")
     (data / "cache").mkdir()
     (data / "cache" / "big.bin").write_bytes(b"cached" * 100)
-    settings = load_settings()
+    settings = load_settings(**SECRET_VALUES)  # as with secrets in env/NAME.env: never in the archive
     out = tmp_path / "out"
     out.mkdir()
     return settings, cluster(settings), FakePods(data), out
@@ -639,3 +640,108 @@ def test_a_secret_the_archive_lacks_is_kept_as_the_cluster_has_it():
     assert resolved.values["NETDATA_PASSWORD"] == "netdata-from-the-cluster"
     assert ("llm", "postgres") not in asked  # the archive's wins, the cluster is not asked
     assert all(m.obj["metadata"]["labels"]["k3stack.dev/instance"] == "llm" for m in objects)
+
+
+def test_scram_stored_key_verifies_the_rfc_7677_client_proof():
+    import hashlib
+    import hmac
+
+    salt = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
+    stored_key = base64.b64decode(rs.scram_verifier("pencil", salt).rsplit("$", 1)[1].split(":")[0])
+    auth = (
+        "n=user,r=rOprNGfwEbeRWgbNEkqO,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+        "s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+    )
+    proof = base64.b64decode("dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
+    signature = hmac.new(stored_key, auth.encode(), hashlib.sha256).digest()
+    client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=True))
+    assert hashlib.sha256(client_key).digest() == stored_key  # what the server checks at sign-in
+
+
+class FakeWS:
+    """The official client's WSClient as PodExec uses it: frames per update(), a status at the end."""
+
+    def __init__(self, frames: list[tuple[int, bytes]]):
+        self.frames, self.channels, self.stdin, self.open = list(frames), {}, bytearray(), True
+
+    def is_open(self):
+        return self.open
+
+    def update(self, timeout=0):
+        if self.frames:
+            channel, data = self.frames.pop(0)
+            self.channels[channel] = self.channels.get(channel, b"") + data
+        else:
+            self.open = False
+
+    def read_channel(self, channel):
+        return self.channels.pop(channel, b"")
+
+    def read_all(self):
+        return b""
+
+    def write_stdin(self, data):
+        self.stdin += data
+
+    def close_channel(self, channel):
+        pass
+
+    def close(self):
+        self.open = False
+
+
+def pod_exec(monkeypatch, frames) -> tuple[bk.PodExec, dict]:
+    import kubernetes.stream
+    from kubernetes import client
+
+    seen = {}
+
+    def stream(method, pod, namespace, **kwargs):
+        seen.update(kwargs, pod=pod, namespace=namespace, ws=FakeWS(frames))
+        return seen["ws"]
+
+    monkeypatch.setattr(kubernetes.stream, "stream", stream)
+    kube = type("K", (), {"api": client.ApiClient(client.Configuration()), "server": "https://fake:6443"})()
+    return bk.PodExec(kube), seen
+
+
+FAILURE = {
+    "status": "Failure",
+    "reason": "NonZeroExitCode",
+    "details": {"causes": [{"reason": "ExitCode", "message": "1"}]},
+}
+
+
+def test_pod_exec_streams_stdout_and_judges_the_status(monkeypatch):
+    success = json.dumps({"metadata": {}, "status": "Success"}).encode()
+    runner, seen = pod_exec(monkeypatch, [(1, b"hello "), (2, b"a warning\n"), (1, b"world"), (3, success)])
+    sink = io.BytesIO()
+    assert runner.run("llm", "p", "c", ["echo"], stdout=sink) == b""
+    assert sink.getvalue() == b"hello world"
+    assert seen["command"] == ["echo"]
+    assert seen["container"] == "c"
+    assert seen["binary"] is True
+    assert seen["stdin"] is False
+    runner, seen = pod_exec(monkeypatch, [(2, b"tar: file changed as we read it\n"), (3, json.dumps(FAILURE).encode())])
+    assert runner.run("llm", "p", "c", ["tar"], ok=(0, 1)) == b""  # exit 1 accepted when asked
+    runner, seen = pod_exec(monkeypatch, [(2, b"first\nlast line\n"), (3, json.dumps(FAILURE).encode())])
+    with pytest.raises(bk.ExecError) as caught:
+        runner.run("llm", "p", "c", ["tar", "-c"])
+    assert str(caught.value).startswith("pod llm/p (container c): `tar -c` failed (exit 1): last line")
+    runner, seen = pod_exec(monkeypatch, [(1, b"partial")])  # the connection ends, no status
+    with pytest.raises(bk.ExecError, match="closed without an exit status"):
+        runner.run("llm", "p", "c", ["pg_dump"])
+
+
+def test_pod_exec_sends_exactly_stdin_size_bytes(monkeypatch):
+    success = json.dumps({"metadata": {}, "status": "Success"}).encode()
+    runner, seen = pod_exec(monkeypatch, [(3, success)])
+    data = b"x" * (bk.CHUNK * 2 + 5)
+    runner.run(
+        "llm", "p", "c", [*bk.feed(len(data)), "cat"], stdin=io.BytesIO(data + b"never sent"), stdin_size=len(data)
+    )
+    assert bytes(seen["ws"].stdin) == data
+    assert seen["stdin"] is True
+    runner, seen = pod_exec(monkeypatch, [(3, success)])
+    with pytest.raises(bk.ExecError, match="stdin ended after 3 of 10 bytes"):
+        runner.run("llm", "p", "c", ["cat"], stdin=io.BytesIO(b"abc"), stdin_size=10)
