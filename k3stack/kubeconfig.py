@@ -32,6 +32,7 @@ from cryptography import x509
 
 from . import reader
 from .errors import KubeconfigError
+from .retry import retrying
 
 K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
 SECTIONS = (("clusters", "cluster"), ("users", "user"), ("contexts", "context"))
@@ -143,12 +144,24 @@ def server_certificate(url: str, ca_pem: bytes, timeout: float = 10.0, *, source
             f"{source}: certificate-authority-data is not a usable CA certificate ({e.reason or e}); "
             f"fix: fetch {K3S_KUBECONFIG} again"
         ) from None
-    try:
+
+    def handshake() -> bytes:
         with (
             socket.create_connection((host, port), timeout=timeout) as sock,
             context.wrap_socket(sock, server_hostname=host) as tls,
         ):
-            der = tls.getpeercert(binary_form=True)
+            return tls.getpeercert(binary_form=True)
+
+    # A handshake that times out or a connection reset is tried again (a K3s just restarted, a
+    # busy host); a certificate that does not verify is final.
+    policy = retrying(
+        lambda exc: isinstance(exc, OSError) and not isinstance(exc, ssl.SSLCertVerificationError),
+        attempts=3,
+        first=1.0,
+        cap=4.0,
+    )
+    try:
+        der = policy(handshake)
     except ssl.SSLCertVerificationError as e:
         raise KubeconfigError(
             f"{source}: the API server at {url} presents a certificate not signed by this kubeconfig's CA "

@@ -698,3 +698,36 @@ def test_the_fix_depends_on_whose_file_it_is():
     )
     assert kubeconfig._decode("é\n".encode(), "s") == "é\n"
     assert _refusal(lambda: kubeconfig._parse("users: 3\n", "s", fix="F")) == "s: users is not a list; fix: F"
+
+
+def test_server_certificate_tries_again_after_a_dropped_handshake(tmp_path, ca):
+    """A K3s that just restarted (or a busy host) drops the first connection: tried again, not a
+    failed bootstrap. (Seen under load: `_ssl.c: The handshake operation timed out`.)"""
+    cert, key = make_leaf(*ca, [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    (tmp_path / "s.crt").write_bytes(pem(cert))
+    (tmp_path / "s.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "s.crt", tmp_path / "s.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def serve():
+        for _ in range(2):
+            conn, _ = listener.accept()
+            accepted.append(conn)
+            if len(accepted) == 1:
+                conn.close()  # the first handshake never happens
+                continue
+            with conn, context.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        assert kubeconfig.server_certificate(url, pem(ca[0]), 5, source="web-1") == cert
+        assert len(accepted) == 2
+    finally:
+        listener.close()
