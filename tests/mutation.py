@@ -65,6 +65,11 @@ def in_scope(name: str, module: str, functions: list[str] | str) -> bool:
     return any(name.startswith(function_prefix(module, f)) for f in functions)
 
 
+def rerun(module: str, functions: list[str] | str, results: dict[str, int | None]) -> list[str]:
+    """The in-scope mutants of a module that no test has killed yet (survived, no tests, not run)."""
+    return [n for n, code in sorted(results.items()) if in_scope(n, module, functions) and code not in DETECTED]
+
+
 def read_equivalents(path: Path) -> dict[str, str]:
     """{mutant name: why it cannot be told apart from the code}: one per line, `NAME  reason`;
     blank lines and lines starting with # are skipped. A line without a reason is an error."""

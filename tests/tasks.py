@@ -61,9 +61,10 @@ def lint(c):
     help={
         "module": "only these modules of [tool.k3stack.mutate.modules] in pyproject.toml, comma-separated "
         "(e.g. retry,kinds); default: all",
+        "survivors": "run again only the mutants the last run left alive (after writing tests that kill them)",
     },
 )
-def mutate(c, module=None):
+def mutate(c, module=None, survivors=False):
     """Mutation testing (mutmut) of the pure modules with the unit tier; a report, exit 1 under the threshold."""
     import time
     from datetime import UTC, datetime
@@ -85,16 +86,20 @@ def mutate(c, module=None):
         raise Exit(code=1) from None
     (mutation.ROOT / "mutants" / "env").mkdir(parents=True, exist_ok=True)  # mutmut copies env/example.env there
     out.step(f"mutating {', '.join(modules)} (mutmut, niced; the unit tests of pyproject's [tool.mutmut])")
-    args = ["nice", "-n", "10", sys.executable, "-m", "mutmut", "run", *mutation.patterns(modules)]
+    names = mutation.patterns(modules)
+    if survivors:
+        names = [n for m, f in modules.items() for n in mutation.rerun(m, f, mutation.mutmut_results(m))]
+    args = ["nice", "-n", "10", sys.executable, "-m", "mutmut", "run", *names]
     started = time.monotonic()
-    result = c.run(shlex.join(args), pty=False, warn=True)
+    result = c.run(shlex.join(args), pty=False, warn=True) if names else None
     seconds = time.monotonic() - started
-    if result.exited:
+    if result is not None and result.exited:
         out.error(f"mutmut stopped with exit {result.exited} (above: why; a failing unit test stops it too)")
         raise Exit(code=1)
     scores = [mutation.score(m, f, mutation.mutmut_results(m), equivalents) for m, f in modules.items()]
     stale = mutation.stale_equivalents(scores, equivalents)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    when += ", --survivors: the last survivors again" if survivors else ""
     conf.report.write_text(mutation.render(scores, stale, conf.threshold, seconds, when))
     for s in scores:
         out.line(

@@ -41,6 +41,12 @@ def test_only_the_functions_in_scope_count_and_equivalents_leave_the_score():
     assert score.not_run == ["k3stack.ollama.x_normalise__mutmut_1"]
     assert (score.total, score.score) == (6, 40.0)  # 2 killed of 6 - 1 equivalent
     assert mutation.overall([score]) == 40.0
+    assert mutation.rerun("ollama", ["parse_name", "normalise"], results) == [
+        "k3stack.ollama.x_normalise__mutmut_1",
+        "k3stack.ollama.x_normalise__mutmut_2",
+        "k3stack.ollama.x_parse_name__mutmut_2",
+        "k3stack.ollama.x_parse_name__mutmut_3",
+    ]
     assert mutation.stale_equivalents([score], equivalents | {"k3stack.ollama.x_normalise__mutmut_9": "x"}) == [
         "k3stack.ollama.x_normalise__mutmut_9"
     ]
