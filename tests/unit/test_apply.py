@@ -75,6 +75,8 @@ def test_only_a_409_whose_every_cause_is_a_co_manager_is_by_design():
         return api(status, "Conflict", "", [conflict_cause(m) for m in managers])
 
     assert by_design_conflict("HelmChart", conflict("deploy", "k3s"))
+    assert by_design_conflict("HelmChart", conflict("deploy", "helm-controller", "k3s"))  # every co-manager at once
+    assert not by_design_conflict("Widget", conflict("deploy"))  # a kind k3stack does not know has none
     assert not by_design_conflict("HelmChart", conflict())  # no cause names a manager
     assert not by_design_conflict("HelmChart", api(409, "Conflict", ""))  # no details at all
     assert not by_design_conflict("HelmChart", conflict("deploy", "kubectl-edit"))

@@ -303,3 +303,15 @@ def test_a_condition_is_found_by_type_whatever_else_is_there():
     assert r.condition({"status": {"conditions": None}}, "Failed") is None
     assert r.condition({"status": None}, "Failed") is None
     assert r.condition({}, "Failed") is None
+
+
+def test_counts_a_status_leaves_out_are_zero():
+    assert r.daemonset_status(
+        {"metadata": {"name": "n"}, "status": {"desiredNumberScheduled": 1, "numberAvailable": 1}}
+    ) == S(False, "0 out of 1 new pods have been updated", ready=1, desired=1)
+    revision = {"readyReplicas": 1, "currentRevision": "a", "updateRevision": "b"}
+    assert r.statefulset_status({"metadata": {"name": "db"}, "status": revision}) == S(
+        False, "0 of 1 pods updated to the new revision", ready=1, desired=1
+    )
+    partly = {"metadata": {"name": "db"}, "spec": {"replicas": 2}, "status": {"readyReplicas": 1}}
+    assert r.statefulset_status(partly) == S(False, "1 of 2 pods are ready", ready=1, desired=2)

@@ -156,3 +156,12 @@ def test_a_stream_key_that_is_not_a_guid_is_refused_with_the_fix():
     assert "not a GUID" in caught.value.what
     assert "delete secret netdata-stream" in caught.value.hint
     assert "enabled = no" not in str(caught.value)
+
+
+def test_a_secret_from_the_api_is_decoded_to_text():
+    assert sec.decode({"data": {"a": "czNjcmV0", "b": base64.b64encode("pässwörd".encode()).decode()}}) == {
+        "a": "s3cret",
+        "b": "pässwörd",
+    }
+    assert sec.decode({"data": None}) == {}
+    assert sec.decode({}) == {}
