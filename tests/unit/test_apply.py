@@ -223,3 +223,16 @@ def test_diff_of_an_object_not_there_yet_adds_every_line():
     assert text == (
         "--- live/llm-stack/web\n+++ k8s/llm-stack/web\n@@ -0,0 +1,3 @@\n+kind: Service\n+metadata:\n+  name: web\n"
     )
+
+
+def test_causes_without_a_message_or_a_reason_are_still_explained():
+    assert explain(manifest(), api(409, "Conflict", "", [{"field": ".spec.x"}])) == (
+        "conflict: another field manager owns fields k3stack sets —  (.spec.x). Fix: deploy with --force to take "
+        "them over, or remove the other tool's change"
+    )
+    assert explain(manifest(), api(422, "Invalid", "is invalid", [{"message": "bad value", "field": "spec.x"}])) == (
+        "rejected as invalid (422): spec.x: bad value — fix the manifest in k8s/llm-stack/ollama.yaml"
+    )
+    assert explain(manifest(), api(422, "Invalid", "is invalid", [{"field": "spec.y"}])) == (
+        "rejected as invalid (422): spec.y:  — fix the manifest in k8s/llm-stack/ollama.yaml"
+    )
