@@ -293,3 +293,10 @@ def test_names_keys_and_yaml_as_kubectl_spells_them():
         "---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: n\n"
     )
     assert mf.to_yaml([]) == ""
+
+
+def test_yaml_keeps_the_manifests_key_order():
+    obj = {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "x"}, "data": {"z": "1", "a": "2"}}
+    assert mf.to_yaml([mf.Manifest(obj, "t/x.yaml")]) == (
+        "---\nkind: ConfigMap\napiVersion: v1\nmetadata:\n  name: x\ndata:\n  z: '1'\n  a: '2'\n"
+    )
