@@ -108,6 +108,29 @@ def journal_name(setting: str) -> str:
     return JOURNAL_PREFIX + setting.lower().replace("_", "-")
 
 
+def pending(kube, settings) -> list[str]:
+    """The settings whose rotation stopped halfway (a journal Secret is there), in ROTATIONS' order.
+    Deploy must stop while one is pending (the running service may already use the new value while
+    the Secrets still hold the old one): RotateError from `refuse_pending`."""
+    from .secrets import LOCATIONS
+
+    return [
+        setting
+        for setting in ROTATIONS
+        if kube.get("v1", "Secret", journal_name(setting), settings[LOCATIONS[setting][0]]) is not None
+    ]
+
+
+def refuse_pending(kube, settings) -> None:
+    """Raise RotateError naming the unfinished rotations and the command that finishes them (for
+    deploy, before it reads the Secrets); nothing when none is pending."""
+    if names := pending(kube, settings):
+        raise RotateError(
+            f"the rotation of {', '.join(names)} stopped halfway; deploying now could write the old value back",
+            " and ".join(f"`inv rotate {name} --yes`" for name in names) + " finishes it, then deploy",
+        )
+
+
 def check_value(setting: str, value: str) -> None:
     """Refuse a new value that cannot travel one line of stdin or be a password: empty, shorter than
     12 characters, or holding a line break or NUL. Raises RotateError (the value is never shown)."""

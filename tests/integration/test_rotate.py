@@ -26,19 +26,19 @@ def kubelet(real_stack):
 
 
 class FailingKube:
-    """The stack's Kube, whose first PATCH of a path ending in `suffix` fails (the API went away)."""
+    """The stack's Kube, whose first apply of `kind/name` fails (the API went away)."""
 
-    def __init__(self, kube, suffix: str):
-        self.kube, self.suffix, self.failed = kube, suffix, False
+    def __init__(self, kube, what: str):
+        self.kube, self.what, self.failed = kube, what, False
 
     def __getattr__(self, name):
         return getattr(self.kube, name)
 
-    def request(self, method, path, **kw):
-        if method == "PATCH" and path.endswith(self.suffix) and not self.failed:
+    def apply(self, obj, **kw):
+        if f"{obj['kind']}/{obj['metadata']['name']}" == self.what and not self.failed:
             self.failed = True
-            raise KubeError(f"injected: PATCH {path} failed")
-        return self.kube.request(method, path, **kw)
+            raise KubeError(f"injected: applying {self.what} failed")
+        return self.kube.apply(obj, **kw)
 
 
 def _signin(real_stack) -> bool:
@@ -80,7 +80,7 @@ def test_postgres_password_rotation_failed_halfway_then_converges(real_stack, ku
     assert live.pg_signs_in(old)
 
     # Fails after ALTER ROLE and the Secret `postgres`, before DATABASE_URL: nothing lost.
-    failing = FailingKube(real_stack.kube, "/secrets/open-webui")
+    failing = FailingKube(real_stack.kube, "Secret/open-webui")
     with pytest.raises(KubeError, match="injected"):
         _rotate(real_stack, console, "POSTGRES_PASSWORD", kube=failing)
     assert real_stack.kube.get("v1", "Secret", rt.journal_name("POSTGRES_PASSWORD"), real_stack.namespace)
@@ -128,7 +128,7 @@ def test_redis_password_rotation_failed_halfway_then_converges(real_stack, kubel
     assert live.redis_signs_in(old)
     real_stack.settings(REDIS_PASSWORD=new)  # the settings hold it (fixture): changed there first
 
-    failing = FailingKube(real_stack.kube, "/secrets/redis")  # after CONFIG SET, before any Secret
+    failing = FailingKube(real_stack.kube, "Secret/redis")  # after CONFIG SET, before any Secret
     with pytest.raises(KubeError, match="injected"):
         _rotate(real_stack, console, "REDIS_PASSWORD", kube=failing)
     assert live.redis_signs_in(new)

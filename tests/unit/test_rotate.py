@@ -399,3 +399,73 @@ def test_a_value_held_by_the_settings_is_rotated_only_to_the_settings_value():
     assert stack.secret("postgres")["POSTGRES_PASSWORD"] == "the-settings-new-password"
     with pytest.raises(rt.RotateError, match="settings hold the current value"):
         stack.rotate("POSTGRES_PASSWORD")
+
+
+def test_a_database_that_keeps_the_old_password_fails_the_verification():
+    stack = Stack()
+
+    class Ignoring(FakeServices):
+        def run(self, namespace, pod, container, argv, **kw):
+            kept = self.pg
+            out = super().run(namespace, pod, container, argv, **kw)
+            self.pg = kept  # ALTER ROLE "succeeds" but changes nothing
+            return out
+
+    ignoring = Ignoring(SECRET_VALUES["POSTGRES_PASSWORD"], SECRET_VALUES["REDIS_PASSWORD"], stack.kube.writes)
+    stack.services = ignoring
+    with pytest.raises(rt.RotateError, match="the new password does not sign in to PostgreSQL"):
+        stack.rotate("POSTGRES_PASSWORD")
+    assert stack.kube.get("v1", "Secret", rt.journal_name("POSTGRES_PASSWORD"), "llm") is not None  # kept
+
+
+def test_a_redis_that_still_accepts_the_old_password_fails_the_verification():
+    stack = Stack()
+
+    class Both(FakeServices):
+        def run(self, namespace, pod, container, argv, *, stdin=None, stdin_size=0, **kw):
+            import io
+
+            data = stdin.read(stdin_size)
+            if b"PING" in b" ".join(a.encode() for a in argv) and data.startswith(
+                SECRET_VALUES["REDIS_PASSWORD"].encode()
+            ):
+                return b"PONG\n"
+            return super().run(namespace, pod, container, argv, stdin=io.BytesIO(data), stdin_size=stdin_size, **kw)
+
+    stack.services = Both(SECRET_VALUES["POSTGRES_PASSWORD"], SECRET_VALUES["REDIS_PASSWORD"], stack.kube.writes)
+    with pytest.raises(rt.RotateError, match="Redis still accepts the old password"):
+        stack.rotate("REDIS_PASSWORD")
+
+
+def test_a_postgres_that_still_accepts_the_old_password_fails_the_verification():
+    stack = Stack()
+
+    class Trusting(FakeServices):  # e.g. a pg_hba.conf `trust` line for host connections
+        def run(self, namespace, pod, container, argv, *, stdin=None, stdin_size=0, **kw):
+            import io
+
+            data = stdin.read(stdin_size)
+            if "PGPASSWORD" in " ".join(argv) and data.startswith(SECRET_VALUES["POSTGRES_PASSWORD"].encode()):
+                return b"1\n"
+            return super().run(namespace, pod, container, argv, stdin=io.BytesIO(data), stdin_size=stdin_size, **kw)
+
+    stack.services = Trusting(SECRET_VALUES["POSTGRES_PASSWORD"], SECRET_VALUES["REDIS_PASSWORD"], stack.kube.writes)
+    with pytest.raises(rt.RotateError, match="PostgreSQL still accepts the old password"):
+        stack.rotate("POSTGRES_PASSWORD")
+
+
+def test_an_unfinished_rotation_stops_deploy_with_the_command_that_finishes_it():
+    stack = Stack()
+    assert rt.pending(stack.kube, stack.settings) == []
+    rt.refuse_pending(stack.kube, stack.settings)
+    apply = stack.kube.apply
+    stack.kube.apply = lambda obj, **kw: (
+        (_ for _ in ()).throw(KubeError("x")) if obj["kind"] == "Deployment" else apply(obj, **kw)
+    )
+    with pytest.raises(KubeError):
+        stack.rotate("REDIS_PASSWORD")
+    assert rt.pending(stack.kube, stack.settings) == ["REDIS_PASSWORD"]
+    with pytest.raises(
+        rt.RotateError, match=r"REDIS_PASSWORD stopped halfway.*`inv rotate REDIS_PASSWORD --yes` finishes it"
+    ):
+        rt.refuse_pending(stack.kube, stack.settings)
