@@ -116,6 +116,7 @@ def decrypt(token: bytes, passphrase: str, kdf: dict, archive: str = "the archiv
 
 # -- the archive -------------------------------------------------------------------------------
 def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1024 * 1024):
@@ -238,6 +239,7 @@ def extract(path: Path, name: str, dest: Path) -> Path:
 
 
 def read_part(path: Path, name: str) -> bytes:
+    """One (small) part of the archive, whole: models.json, settings.json, secrets.enc."""
     with tarfile.open(path, "r:") as tar:
         return tar.extractfile(tar.getmember(name)).read()  # type: ignore[union-attr]
 
@@ -452,6 +454,7 @@ class BackupResult:
     warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
+        """For `inv backup --json`: path, size (bytes), seconds, parts (size + sha256), warnings."""
         return {
             "path": str(self.path),
             "size": self.size,

@@ -76,6 +76,7 @@ def scram_verifier(password: str, salt: bytes | None = None, iterations: int = 4
 
 
 def quote_ident(name: str) -> str:
+    """A PostgreSQL identifier in double quotes (embedded quotes doubled)."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -99,6 +100,7 @@ class RestoreResult:
     resumed: bool = False
 
     def to_json(self) -> dict:
+        """For `inv restore --json`: archive, seconds, steps done, models to pull, resumed or not."""
         return {
             "archive": str(self.archive),
             "seconds": round(self.seconds, 2),
