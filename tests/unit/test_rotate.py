@@ -418,40 +418,32 @@ def test_a_database_that_keeps_the_old_password_fails_the_verification():
     assert stack.kube.get("v1", "Secret", rt.journal_name("POSTGRES_PASSWORD"), "llm") is not None  # kept
 
 
-def test_a_redis_that_still_accepts_the_old_password_fails_the_verification():
+class AlsoAccepting(FakeServices):
+    """A server that still signs in with `password` (e.g. a pg_hba.conf `trust` line for host
+    connections): the login command holding `marker` answers `answer` for it."""
+
+    def __init__(self, marker: str, password: str, answer: bytes, events: list):
+        super().__init__(SECRET_VALUES["POSTGRES_PASSWORD"], SECRET_VALUES["REDIS_PASSWORD"], events)
+        self.marker, self.password, self.answer = marker, password, answer
+
+    def run(self, namespace, pod, container, argv, *, stdin=None, stdin_size=0, **kw):
+        import io
+
+        data = stdin.read(stdin_size)
+        if self.marker in " ".join(argv) and data.startswith(self.password.encode() + b"\n"):
+            return self.answer
+        return super().run(namespace, pod, container, argv, stdin=io.BytesIO(data), stdin_size=stdin_size, **kw)
+
+
+@pytest.mark.parametrize(
+    ("setting", "marker", "answer", "service"),
+    [("REDIS_PASSWORD", "PING", b"PONG\n", "Redis"), ("POSTGRES_PASSWORD", "PGPASSWORD", b"1\n", "PostgreSQL")],
+)
+def test_a_service_that_still_accepts_the_old_password_fails_the_verification(setting, marker, answer, service):
     stack = Stack()
-
-    class Both(FakeServices):
-        def run(self, namespace, pod, container, argv, *, stdin=None, stdin_size=0, **kw):
-            import io
-
-            data = stdin.read(stdin_size)
-            if b"PING" in b" ".join(a.encode() for a in argv) and data.startswith(
-                SECRET_VALUES["REDIS_PASSWORD"].encode()
-            ):
-                return b"PONG\n"
-            return super().run(namespace, pod, container, argv, stdin=io.BytesIO(data), stdin_size=stdin_size, **kw)
-
-    stack.services = Both(SECRET_VALUES["POSTGRES_PASSWORD"], SECRET_VALUES["REDIS_PASSWORD"], stack.kube.writes)
-    with pytest.raises(rt.RotateError, match="Redis still accepts the old password"):
-        stack.rotate("REDIS_PASSWORD")
-
-
-def test_a_postgres_that_still_accepts_the_old_password_fails_the_verification():
-    stack = Stack()
-
-    class Trusting(FakeServices):  # e.g. a pg_hba.conf `trust` line for host connections
-        def run(self, namespace, pod, container, argv, *, stdin=None, stdin_size=0, **kw):
-            import io
-
-            data = stdin.read(stdin_size)
-            if "PGPASSWORD" in " ".join(argv) and data.startswith(SECRET_VALUES["POSTGRES_PASSWORD"].encode()):
-                return b"1\n"
-            return super().run(namespace, pod, container, argv, stdin=io.BytesIO(data), stdin_size=stdin_size, **kw)
-
-    stack.services = Trusting(SECRET_VALUES["POSTGRES_PASSWORD"], SECRET_VALUES["REDIS_PASSWORD"], stack.kube.writes)
-    with pytest.raises(rt.RotateError, match="PostgreSQL still accepts the old password"):
-        stack.rotate("POSTGRES_PASSWORD")
+    stack.services = AlsoAccepting(marker, SECRET_VALUES[setting], answer, stack.kube.writes)
+    with pytest.raises(rt.RotateError, match=f"{service} still accepts the old password"):
+        stack.rotate(setting)
 
 
 def test_an_unfinished_rotation_stops_deploy_with_the_command_that_finishes_it():
