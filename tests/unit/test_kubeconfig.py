@@ -731,3 +731,9 @@ def test_server_certificate_tries_again_after_a_dropped_handshake(tmp_path, ca):
         assert len(accepted) == 2
     finally:
         listener.close()
+
+
+def test_the_rewritten_file_keeps_k3s_other_keys_in_order_then_the_three_sections():
+    out = kubeconfig.rewrite(k3s_yaml(), server=SERVER, name="prod", source="k3s.yaml")
+    # written with sort_keys=False: this is the order of the lines in the file
+    assert list(out) == ["apiVersion", "current-context", "kind", "preferences", "clusters", "users", "contexts"]
