@@ -737,3 +737,18 @@ def test_the_rewritten_file_keeps_k3s_other_keys_in_order_then_the_three_section
     out = kubeconfig.rewrite(k3s_yaml(), server=SERVER, name="prod", source="k3s.yaml")
     # written with sort_keys=False: this is the order of the lines in the file
     assert list(out) == ["apiVersion", "current-context", "kind", "preferences", "clusters", "users", "contexts"]
+
+
+def test_a_name_holding_an_address_is_no_address():
+    assert kubeconfig._ip("X1.2.3.4") is None
+    assert kubeconfig._ip("[1.2.3.4]") == ipaddress.ip_address("1.2.3.4")
+
+
+def test_the_merged_config_shares_nothing_with_either_input():
+    existing = {"clusters": [{"name": "a", "cluster": {"server": "https://a:6443"}}]}
+    new = _config("prod", "NEW")
+    merged = kubeconfig.merge(existing, new)
+    merged["clusters"][0]["cluster"]["server"] = "changed"
+    merged["clusters"][1]["cluster"]["server"] = "changed"
+    assert existing["clusters"][0]["cluster"]["server"] == "https://a:6443"
+    assert new["clusters"][0]["cluster"]["server"] == SERVER

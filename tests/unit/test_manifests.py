@@ -300,3 +300,23 @@ def test_yaml_keeps_the_manifests_key_order():
     assert mf.to_yaml([mf.Manifest(obj, "t/x.yaml")]) == (
         "---\nkind: ConfigMap\napiVersion: v1\nmetadata:\n  name: x\ndata:\n  z: '1'\n  a: '2'\n"
     )
+
+
+def test_validation_names_each_problem_by_file_object_and_field_and_lists_what_has_no_schema():
+    def cm(name, value):
+        obj = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "n"},
+            "data": {"a": value},
+        }
+        return mf.Manifest(obj, f"t/{name}.yaml")
+
+    crd = mf.Manifest(
+        {"apiVersion": "traefik.io/v1alpha1", "kind": "Middleware", "metadata": {"name": "m"}}, "t/m.yaml"
+    )
+    skipped: list[mf.Manifest] = []
+    problem = "k8s/t/x.yaml: configmap/x: data.a: 1 is not of type 'string', 'null'"
+    assert mf.validate([crd, cm("x", 1), cm("y", "1"), crd, cm("x", 1)], "1.35", skipped) == [problem, problem]
+    assert skipped == [crd, crd]  # no schema: skipped, and every one after it still validated
+    assert mf.validate([crd, cm("x", 1)], "1.35") == [problem]

@@ -688,6 +688,14 @@ def test_missing_models_are_normalised_once_each_and_compared_ignoring_case():
             False,
         ),
         ("not found", 404, ol.OllamaError, "m:1: HTTP 404: not found", "", False),  # the proxy's 404: no Ollama
+        (
+            "pull model manifest: 500 internal",
+            None,
+            ol.OllamaError,
+            "m:1: Ollama: pull model manifest: 500 internal",
+            "",
+            True,
+        ),
         ("manifest unknown", 500, ol.OllamaError, "m:1: HTTP 500: manifest unknown", ol.LIBRARY_HINT, False),
         ("model not found", 500, ol.OllamaError, "m:1: HTTP 500: model not found", "", True),
         ("max retries exceeded", None, ol.OllamaError, "m:1: Ollama: max retries exceeded", "", True),
