@@ -210,3 +210,13 @@ def test_emit_shows_the_table_unless_json_and_takes_a_junit_path_as_text(tmp_pat
     rp.emit(wider(), Console(stream=out, interactive=False), as_json=True, environ={"GITHUB_STEP_SUMMARY": ""})
     assert json.loads(out.getvalue()) == rp.to_json(wider())
     assert list(tmp_path.iterdir()) == [junit]
+
+
+def test_the_table_has_its_header_and_a_terminal_shows_hints_in_yellow():
+    out = io.StringIO()
+    rp.show(wider(), Console(stream=out, interactive=False))
+    [header] = [line for line in out.getvalue().splitlines() if line.startswith("┃")]
+    assert [cell.strip() for cell in header.strip("┃").split("┃")] == ["result", "check", "seconds", "detail / reason"]
+    out = io.StringIO()
+    rp.show(wider(), Console(stream=out, interactive=True))
+    assert "\x1b[33madmin sign-in lists models: hint: check WEBUI_ADMIN_PASSWORD\x1b[0m\n" in out.getvalue()
