@@ -10,23 +10,10 @@ from __future__ import annotations
 from invoke import Collection, Exit, task
 
 from k3stack import face
-from k3stack.face import (
-    BOOTSTRAP_HELP,
-    CLUSTER_HELP,
-    DEPLOY_HELP,
-    HOSTS_HELP,
-    PULL_HELP,
-    RENDER_HELP,
-    SMOKE_HELP,
-    UP_HELP,
-)
 from tests.tasks import lint, mutate, run_tests, setup_tests
 
 
-@task(
-    iterable=["host", "agent"],
-    help=BOOTSTRAP_HELP,
-)
+@task(iterable=["host", "agent"], help=face.BOOTSTRAP_HELP)
 def bootstrap(c, env=None, host=None, agent=None, user=None, port=None, trust_new_host_keys=False,
               trust_installer=False, strict_dns=False, timeout="300", kubeconfig=None, dry_run=False):  # fmt: skip
     """Install K3s (+ Traefik with Let's Encrypt) on the hosts over SSH and bring the kubeconfig home."""
@@ -39,7 +26,7 @@ def bootstrap(c, env=None, host=None, agent=None, user=None, port=None, trust_ne
 @task(
     iterable=["host"],
     help={
-        **{k: v for k, v in HOSTS_HELP.items() if k != "agent"},
+        **{k: v for k, v in face.HOSTS_HELP.items() if k != "agent"},
         "kubeconfig": "write it here (default: KUBECONFIG_PATH, merged)",
     },
 )
@@ -54,7 +41,10 @@ def kubeconfig(c, env=None, host=None, user=None, port=None, trust_new_host_keys
         boot.kubeconfig_only(settings.load(env), options, out)
 
 
-@task(iterable=["host", "agent"], help={**HOSTS_HELP, "yes": "really uninstall K3s (required): all cluster data goes"})
+@task(
+    iterable=["host", "agent"],
+    help={**face.HOSTS_HELP, "yes": "really uninstall K3s (required): all cluster data goes"},
+)
 def reset(c, env=None, host=None, agent=None, user=None, port=None, trust_new_host_keys=False, yes=False):
     """Uninstall K3s from the hosts (agents first) and remove the cluster's kubeconfig context."""
     from k3stack import bootstrap as boot
@@ -70,15 +60,17 @@ def reset(c, env=None, host=None, agent=None, user=None, port=None, trust_new_ho
         boot.reset(settings.load(env), options, out)
 
 
-@task(iterable=["env"], help=DEPLOY_HELP)
+@task(iterable=["env"], help=face.DEPLOY_HELP)
 def deploy(c, env=None, kubeconfig=None, context=None, dry_run=False, force=False, prune=True, wait=True,
-           timeout="600", json=False, pull=True):  # fmt: skip
+           timeout="600", json=False, pull=True, backup=False, skip_backup=False, backup_dir=None):  # fmt: skip
     """Apply the stack in k8s/ to the cluster (server-side apply), wait until it is ready, pull the models."""
+    choice = True if backup else (False if skip_backup else None)  # None: people get a backup, CI must choose
     face.run_deploy(face.console(), env or [None], kubeconfig, context, json=json, dry_run=dry_run, force=force,
-                    prune=prune, wait=wait, timeout=face.seconds(timeout), pull=pull)  # fmt: skip
+                    prune=prune, wait=wait, timeout=face.seconds(timeout), pull=pull, backup=choice,
+                    backup_dir=backup_dir, ci=face.in_ci())  # fmt: skip
 
 
-@task(help=CLUSTER_HELP)
+@task(help=face.CLUSTER_HELP)
 def diff(c, env=None, kubeconfig=None, context=None):
     """Show what `inv deploy` would change, as a unified diff (secrets redacted); exit 1 if anything would."""
     from k3stack import deploy as stack
@@ -92,7 +84,7 @@ def diff(c, env=None, kubeconfig=None, context=None):
         raise Exit(code=1)
 
 
-@task(help=RENDER_HELP)
+@task(help=face.RENDER_HELP)
 def render(c, env=None, out=None, show_secrets=False, validate=False):
     """Render k8s/ with your settings, without a cluster: print or write the objects deploy would apply."""
     from pathlib import Path
@@ -116,7 +108,19 @@ def render(c, env=None, out=None, show_secrets=False, validate=False):
             console.document(manifests.to_yaml(objects))
 
 
-@task(help=CLUSTER_HELP)
+@task(help=face.BACKUP_HELP)
+def backup(c, env=None, kubeconfig=None, context=None, to=None, json=False):
+    """Back the stack up into one archive: database, Open WebUI's volume, Secrets (encrypted), models, settings."""
+    face.run_backup(face.console(), env, kubeconfig, context, to=to, json=json)
+
+
+@task(help=face.RESTORE_HELP)
+def restore(c, path, env=None, kubeconfig=None, context=None, force=False, smoke=True, json=False):
+    """Restore an archive of `inv backup`: Secrets, database, volume; roll the pods, pull missing models, smoke."""
+    face.run_restore(face.console(), path, env, kubeconfig, context, force=force, smoke=smoke, json=json)
+
+
+@task(help=face.CLUSTER_HELP)
 def status(c, env=None, kubeconfig=None, context=None):
     """Show each component: ready/desired, image tag, volumes (bound + size) and URL; exit 1 unless all are ready."""
     from k3stack import deploy as stack
@@ -133,7 +137,7 @@ def status(c, env=None, kubeconfig=None, context=None):
 
 @task(
     help={
-        **CLUSTER_HELP,
+        **face.CLUSTER_HELP,
         "yes": "really delete (required)",
         "purge": "also delete PVCs (all data!), Secrets and the namespaces",
     }
@@ -154,7 +158,7 @@ def destroy(c, env=None, kubeconfig=None, context=None, yes=False, purge=False):
     out.step(f"deleted {len(results)} object(s){kept}")
 
 
-@task(help=CLUSTER_HELP)
+@task(help=face.CLUSTER_HELP)
 def credentials(c, env=None, kubeconfig=None, context=None):
     """Show the Open WebUI admin URL and login, and the Netdata login (refused under CI)."""
     from k3stack import pipeline
@@ -168,7 +172,7 @@ def credentials(c, env=None, kubeconfig=None, context=None):
     plain.table("credentials", ["service", "url", "user", "password"], rows)
 
 
-@task(iterable=["resolve"], help=SMOKE_HELP)
+@task(iterable=["resolve"], help=face.SMOKE_HELP)
 def smoke(c, env=None, kubeconfig=None, context=None, json=False, junit=None, insecure=False, ca_bundle=None,
           resolve=None, timeout=None, only=""):  # fmt: skip
     """Prove the stack works end to end: cluster, Ollama and Open WebUI inside; HTTPS, login, websocket outside."""
@@ -178,10 +182,7 @@ def smoke(c, env=None, kubeconfig=None, context=None, json=False, junit=None, in
                    **{k: v for k, v in overrides.items() if v})  # fmt: skip
 
 
-@task(
-    iterable=["model"],
-    help=PULL_HELP,
-)
+@task(iterable=["model"], help=face.PULL_HELP)
 def models_pull(c, env=None, kubeconfig=None, context=None, model=None, json=False, in_cluster=False, timeout="3600"):
     """Pull models into Ollama through the API server (progress, resume, verify); present ones are skipped."""
     from k3stack import ollama, pulljob, settings
@@ -201,7 +202,7 @@ def models_pull(c, env=None, kubeconfig=None, context=None, model=None, json=Fal
         raise Exit(code=1)
 
 
-@task(help={**CLUSTER_HELP, "json": "print the list as JSON"})
+@task(help={**face.CLUSTER_HELP, "json": "print the list as JSON"})
 def models_list(c, env=None, kubeconfig=None, context=None, json=False):
     """List the models Ollama has, and which configured ones are missing."""
     from k3stack import ollama, settings
@@ -216,10 +217,7 @@ def models_list(c, env=None, kubeconfig=None, context=None, json=False):
         out.table("models", ollama.MODEL_COLUMNS, ollama.model_rows(present, loaded.models))
 
 
-@task(
-    iterable=["host", "agent"],
-    help=UP_HELP,
-)
+@task(iterable=["host", "agent"], help=face.UP_HELP)
 def up(c, env=None, host=None, agent=None, user=None, port=None, trust_new_host_keys=False, trust_installer=False,
        insecure=False, junit=None, only="", timeout="600", pull=True):  # fmt: skip
     """Everything: bootstrap the hosts, deploy the stack, pull the models, smoke-test it; stops at the first failure."""
@@ -240,5 +238,5 @@ def up(c, env=None, host=None, agent=None, user=None, port=None, trust_new_host_
 models = Collection("models")
 models.add_task(models_pull, name="pull")
 models.add_task(models_list, name="list")
-ns = Collection(bootstrap, kubeconfig, reset, deploy, diff, render, status, destroy, credentials, smoke, up,
-                setup_tests, run_tests, lint, mutate, models)  # fmt: skip
+ns = Collection(bootstrap, kubeconfig, reset, deploy, diff, render, status, destroy, backup, restore, credentials,
+                smoke, up, setup_tests, run_tests, lint, mutate, models)  # fmt: skip

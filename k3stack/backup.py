@@ -646,7 +646,7 @@ def needs_backup(live_objects: Iterable[dict], rendered_objects: Iterable[dict])
 
 def upgrade_decision(reasons: list[str], choice: bool | None, ci: bool) -> bool:
     """Whether deploy takes a backup before applying: `reasons` from needs_backup, `choice` the
-    user's flag (True --backup, False --no-backup, None not given), `ci` whether CI=true. Nothing
+    user's flag (True --backup, False --skip-backup, None not given), `ci` whether CI=true. Nothing
     stateful changes → False. Under CI without an explicit choice → UpgradeRefusedError naming the
     reasons (a pipeline must decide, not a default)."""
     if not reasons:
@@ -654,7 +654,7 @@ def upgrade_decision(reasons: list[str], choice: bool | None, ci: bool) -> bool:
     if choice is None and ci:
         raise UpgradeRefusedError(
             f"this deploy changes stateful images ({'; '.join(reasons)}) and CI=true gave no backup choice",
-            "pass --backup (K3STACK_BACKUP_PASSPHRASE set; the archive goes to --backup-dir) or --no-backup "
+            "pass --backup (K3STACK_BACKUP_PASSPHRASE set; the archive goes to --backup-dir) or --skip-backup "
             "to deploy without one",
         )
     return choice is not False
@@ -689,7 +689,7 @@ def guard_upgrade(
     reasons = needs_backup(live, rendered)
     if not upgrade_decision(reasons, choice, ci):
         for reason in reasons:
-            console.warn(f"{reason}: deploying without a backup (--no-backup)")
+            console.warn(f"{reason}: deploying without a backup (--skip-backup)")
         return reasons, None
     console.step(f"backup before the upgrade: {'; '.join(reasons)}")
     passphrase = passphrase_from_env(environ)

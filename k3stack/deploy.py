@@ -244,9 +244,12 @@ def deploy(
     show_namespace: bool = False,
     current: dict[tuple, dict] | None = None,
     cluster: Cluster | None = None,
+    guard: Callable[[Plan, dict[tuple, dict]], None] | None = None,
 ) -> DeployReport:
     """Apply, prune and wait for one stack; `current` (its live objects) when already listed,
-    `cluster` when already discovered (then `plan` is already rendered for it)."""
+    `cluster` when already discovered (then `plan` is already rendered for it). `guard(plan,
+    current)` runs before the first write (not on a dry run): the upgrade guard takes a backup
+    there, or raises and nothing is applied."""
     started = time.monotonic()
     report = DeployReport()
     if cluster is None:
@@ -267,6 +270,8 @@ def deploy(
         where = f"{result.namespace}/" if show_namespace and result.namespace else ""
         console.result(where + result.describe, result.action + suffix, result.detail)
 
+    if guard is not None and not dry_run:
+        guard(plan, current)
     report.results = applier.apply(plan.manifests, current, on_result=show)
     if prune:
         report.pruned = applier.prune(plan.manifests, current, on_result=show)

@@ -38,12 +38,26 @@ DEPLOY_HELP = {
     "timeout": "seconds to wait for rollouts",
     "json": "print a JSON summary at the end (for CI)",
     "pull": "pull OLLAMA_MODELS once Ollama is ready (default on; --no-pull skips)",
+    "backup": "take a backup first when a stateful image changes (the default for people; CI must choose)",
+    "skip_backup": "deploy a stateful image change without a backup",
+    "backup_dir": "where the pre-upgrade archive goes (default: here)",
+}
+BACKUP_HELP = {
+    **CLUSTER_HELP,
+    "to": "directory (the archive gets a dated name) or file path for the archive (default: here); mode 0600",
+    "json": "print a JSON summary (path, size, parts with sha256) for CI",
+}
+RESTORE_HELP = {
+    **CLUSTER_HELP,
+    "force": "replace a database that already holds data (default: refused)",
+    "smoke": "run the smoke checks after the restore (default on; --no-smoke skips)",
+    "json": "print a JSON summary for CI",
 }
 SMOKE_HELP = {
     **CLUSTER_HELP,
     "json": "print the results as JSON",
     "junit": "write JUnit XML (one testcase per check) to this file",
-    "insecure": "accept a Let's Encrypt STAGING certificate (nothing else) for the public checks",
+    "insecure": "trust only Let's Encrypt's STAGING roots (shipped, pinned) for public checks; not with --ca-bundle",
     "ca_bundle": "trust this CA file for the public checks (default: SMOKE_CA_BUNDLE, else the system's)",
     "resolve": "HOST:PORT:ADDR: reach HOST:PORT at ADDR without DNS, like curl --resolve; repeatable",
     "timeout": "seconds eventually-true checks keep retrying (default: SMOKE_TIMEOUT)",
@@ -247,4 +261,41 @@ def run_smoke(out, env, kubeconfig, context, *, json=False, junit=None, only=(),
     rep.emit(result, out, as_json=json, junit=junit)
     if not result.ok:
         raise Exit(code=1)
+    return result
+
+
+def run_backup(out, env, kubeconfig, context, *, to=None, json=False):
+    """`inv backup`: the passphrase first (a missing one costs no connection), then one archive."""
+    from . import backup as bk
+    from . import settings
+
+    with reported(out):
+        passphrase = bk.passphrase_from_env()
+        loaded = settings.load(env)
+        out.add_secrets([passphrase, *loaded.secrets.values()])
+        result = bk.backup(kube_for(loaded, kubeconfig, context), loaded, out, passphrase=passphrase, to=to)
+    if json:
+        out.json(result.to_json())
+    return result
+
+
+def run_restore(out, path, env, kubeconfig, context, *, force=False, smoke=True, json=False):
+    """`inv restore`: Secrets, database, volume from an archive; roll the pods, pull missing models,
+    then smoke (exit 1 unless it passes)."""
+    from . import backup as bk
+    from . import ollama, settings
+    from . import restore as rs
+
+    with reported(out):
+        passphrase = bk.passphrase_from_env()
+        loaded = settings.load(env)
+        out.add_secrets([passphrase, *loaded.secrets.values()])
+        kube = kube_for(loaded, kubeconfig, context)
+        result = rs.restore(kube, loaded, path, out, passphrase=passphrase, force=force)
+        if result.models_missing:
+            ollama.pull_models(ollama.Ollama.from_settings(kube, loaded), result.models_missing, out)
+    if json:
+        out.json(result.to_json())
+    if smoke:
+        run_smoke(out, env, kubeconfig, context)
     return result

@@ -113,7 +113,7 @@ def _kubeconfig_source(kubeconfig: str | None) -> str:
             try:
                 check_file(path)
             except KubeconfigError as exc:
-                raise KubeError(str(exc)) from None
+                raise KubeError(exc.what, exc.hint) from None
     return shown
 
 

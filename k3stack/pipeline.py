@@ -123,23 +123,46 @@ def deploy_stacks(
     wait: bool = True,
     timeout: float = 600,
     pull: bool = True,
+    backup: bool | None = None,
+    backup_dir: Path | None = None,
+    ci: bool = False,
 ) -> DeployOutcome:
     """Apply every stack (deploy.deploy_many: server-side apply, prune, rollout waits of `timeout`
     seconds) and, once the workloads are ready, pull each stack's OLLAMA_MODELS. Pulls run only
     when waited for and not a dry run. Raises ApplyError/RolloutError (K3stackError) or OllamaError
     when Ollama cannot be asked at all; a failed pull is in `failed_models`, not raised."""
+    from . import backup as bk
     from .ollama import Ollama, pull_models
+    from .rollout import RolloutError
 
-    report = deploy.deploy_many(
-        kube,
-        [s.plan for s in stacks],
-        console,
-        force=force,
-        dry_run=dry_run,
-        prune=prune,
-        wait=wait,
-        timeout=timeout,
-    )
+    guarded: dict[str, tuple[list[str], Path | None]] = {}
+
+    def guard(plan: deploy.Plan, current: dict[tuple, dict]) -> None:
+        # A stateful image change (PostgreSQL, Open WebUI) takes a backup first; a PostgreSQL
+        # major change is refused with the dump/restore procedure (issue 17).
+        reasons, taken = bk.guard_upgrade(
+            kube, plan.settings, current.values(), [m.obj for m in plan.manifests], console,
+            choice=backup, ci=ci, to=backup_dir,
+        )  # fmt: skip
+        if reasons:
+            guarded[plan.instance] = (reasons, taken.path if taken else None)
+
+    try:
+        report = deploy.deploy_many(
+            kube,
+            [s.plan for s in stacks],
+            console,
+            force=force,
+            dry_run=dry_run,
+            prune=prune,
+            wait=wait,
+            timeout=timeout,
+            guard=guard,
+        )
+    except RolloutError:
+        for reasons, archive in guarded.values():
+            console.error(bk.rollback_hint(reasons, archive))
+        raise
     outcome = DeployOutcome(report)
     if pull and wait and not dry_run:
         for stack in stacks:

@@ -19,7 +19,7 @@ import sys
 
 from k3stack import report as rep
 from k3stack.console import Console
-from k3stack.smoke import SmokeConfig, parse_connect_to, smoke
+from k3stack.smoke import SmokeConfig, SmokeConfigError, parse_connect_to, smoke
 
 
 def config_from(args: argparse.Namespace, environ) -> SmokeConfig:
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None, environ=os.environ) -> int:
     console = Console()
     try:
         config = config_from(args, environ)
+    except SmokeConfigError as exc:  # --staging with --ca-bundle
+        console.error(str(exc))
+        return 2
     except ValueError as exc:  # a malformed --resolve
         console.error(f"--resolve: {exc}")
         return 2

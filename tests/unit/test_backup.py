@@ -595,7 +595,7 @@ def test_upgrade_decision():
         bk.upgrade_decision(["deployment/open-webui (llm): image a → b"], None, ci=True)
     assert "image a → b" in str(caught.value)
     assert "--backup" in caught.value.hint
-    assert "--no-backup" in caught.value.hint
+    assert "--skip-backup" in caught.value.hint
 
 
 def test_rollback_hint_names_the_previous_image_and_the_archive():
