@@ -618,6 +618,8 @@ def test_ctrl_c_stops_every_pull_at_once():
         ("m:a:b", "the model 'm:a' may not contain ':'"),
         ("m:t-1.2_Q", None),
         ("m:t:x/y", "the namespace 'm:t:x' may not contain ':'"),
+        ("a/b:c/d", "the namespace 'b:c' may not contain ':'"),  # a tag only after the last '/'
+        ("x://y://h/n/m", "the host 'y://h' may not contain '/'"),  # one scheme is dropped, once
     ],
 )
 def test_each_part_is_checked_with_its_own_length_and_characters(name, problem):
@@ -643,6 +645,8 @@ def test_the_shortest_form_drops_only_the_default_host_and_namespace_whatever_th
     assert ol.normalise("bad name") == "bad name:latest"  # refused names only get the tag
     assert ol.normalise("bad name:1") == "bad name:1"
     assert ol.normalise("a:b/bad name") == "a:b/bad name:latest"  # a ':' before the last '/' is no tag
+    assert ol.normalise("a/b:c/d") == "a/b:c/d:latest"
+    assert ol.normalise("a b:c/d") == "a b:c/d:latest"
 
 
 def test_missing_models_are_normalised_once_each_and_compared_ignoring_case():
