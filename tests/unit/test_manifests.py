@@ -320,3 +320,27 @@ def test_validation_names_each_problem_by_file_object_and_field_and_lists_what_h
     assert mf.validate([crd, cm("x", 1), cm("y", "1"), crd, cm("x", 1)], "1.35", skipped) == [problem, problem]
     assert skipped == [crd, crd]  # no schema: skipped, and every one after it still validated
     assert mf.validate([crd, cm("x", 1)], "1.35") == [problem]
+
+
+def test_keys_list_items_and_folded_blocks_are_rendered_too(tmp_path):
+    head = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n"
+    write(tmp_path, {"t/x.yaml": head + "data:\n  ${K}: v\n  l: [a, '${V}']\n  f: >\n    ${V}\n"})
+    (m,) = mf.render({"K": "key", "V": "val"}, k8s_dir=tmp_path, targets=["t"])
+    assert m.obj["data"] == {"key": "v", "l": ["a", "val"], "f": "val\n"}
+    with pytest.raises(mf.RenderError) as error:
+        mf.render({}, k8s_dir=tmp_path, targets=["t"])
+    undefined = "is not defined (a setting of env/example.env, or a value k3stack computes)"
+    assert error.value.problems == [
+        f"k8s/t/x.yaml:6: ${{K}} {undefined}",
+        f"k8s/t/x.yaml:7: ${{V}} {undefined}",
+        f"k8s/t/x.yaml:9: ${{V}} {undefined}",  # a folded block's first line
+    ]
+
+
+def test_every_malformed_document_of_a_file_is_reported_and_a_hash_named_yaml_is_skipped(tmp_path):
+    write(tmp_path, {"t/a.yaml": "- a\n---\n- b\n", "t/#b.yaml": "not: [valid\n"})
+    with pytest.raises(mf.RenderError) as error:
+        mf.render({}, k8s_dir=tmp_path, targets=["t"])
+    lacks = "a document lacks apiVersion, kind or metadata.name — fix: give every document all three"
+    assert error.value.problems == [f"k8s/t/a.yaml:1: {lacks}", f"k8s/t/a.yaml:3: {lacks}"]
+    assert [p.name for p in mf.skipped_files(tmp_path, ["t"])] == ["#b.yaml"]

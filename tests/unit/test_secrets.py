@@ -165,3 +165,19 @@ def test_a_secret_from_the_api_is_decoded_to_text():
     }
     assert sec.decode({"data": None}) == {}
     assert sec.decode({}) == {}
+
+
+def test_the_checksum_is_16_hex_digits_of_every_key_and_value_in_key_order():
+    import hashlib
+
+    assert sec._checksum({"b": "2", "a": "1"}) == hashlib.sha256(b"a\x001\x00b\x002\x00").hexdigest()[:16]
+    assert len(sec._checksum({})) == 16
+
+
+def test_a_lost_secret_says_how_to_put_it_back():
+    with pytest.raises(sec.SecretsError) as error:
+        sec.resolve(load(), cluster({}), lambda ns, name: name == "postgres-data")
+    assert error.value.hint == (
+        "put the Secret back (from a k3stack backup, or `kubectl apply -f` a saved copy), or set POSTGRES_PASSWORD "
+        "to the password the volume was initialised with"
+    )
