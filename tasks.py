@@ -120,6 +120,12 @@ def restore(c, path, env=None, kubeconfig=None, context=None, force=False, smoke
     face.run_restore(face.console(), path, env, kubeconfig, context, force=force, smoke=smoke, json=json)
 
 
+@task(help=face.ROTATE_HELP)
+def rotate(c, secret, env=None, kubeconfig=None, context=None, yes=False, json=False, timeout="600"):
+    """Change POSTGRES_PASSWORD, REDIS_PASSWORD, WEBUI_SECRET_KEY or NETDATA_PASSWORD of the running stack, verified."""
+    face.run_rotate(face.console(), secret, env, kubeconfig, context, yes=yes, json=json, timeout=face.seconds(timeout))
+
+
 @task(help=face.CLUSTER_HELP)
 def status(c, env=None, kubeconfig=None, context=None):
     """Show each component: ready/desired, image tag, volumes (bound + size) and URL; exit 1 unless all are ready."""
@@ -238,5 +244,5 @@ def up(c, env=None, host=None, agent=None, user=None, port=None, trust_new_host_
 models = Collection("models")
 models.add_task(models_pull, name="pull")
 models.add_task(models_list, name="list")
-ns = Collection(bootstrap, kubeconfig, reset, deploy, diff, render, status, destroy, backup, restore, credentials,
-                smoke, up, setup_tests, run_tests, lint, mutate, models)  # fmt: skip
+ns = Collection(bootstrap, kubeconfig, reset, deploy, diff, render, status, destroy, backup, restore, rotate,
+                credentials, smoke, up, setup_tests, run_tests, lint, mutate, models)  # fmt: skip

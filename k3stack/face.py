@@ -53,6 +53,12 @@ RESTORE_HELP = {
     "smoke": "run the smoke checks after the restore (default on; --no-smoke skips)",
     "json": "print a JSON summary for CI",
 }
+ROTATE_HELP = {
+    **CLUSTER_HELP,
+    "yes": "confirm: the pods that use the secret restart (WEBUI_SECRET_KEY also signs every user out)",
+    "json": "print the result as JSON (no secret in it)",
+    "timeout": "seconds to wait for the rollouts",
+}
 SMOKE_HELP = {
     **CLUSTER_HELP,
     "json": "print the results as JSON",
@@ -230,6 +236,10 @@ def run_deploy(out, envs, kubeconfig, context, *, json=False, **options):
         kube = kube_for(loaded[0], kubeconfig, context)
         # One run per stack at a time, from planning (which reads and may generate secrets) on.
         with nullcontext() if options.get("dry_run") else pipeline.locked(kube, loaded, out):
+            from . import rotate
+
+            for one in loaded:  # a rotation stopped halfway: deploy would write the old value back
+                rotate.refuse_pending(kube, one)
             stacks = pipeline.plan_all(loaded, kube, out)
             objects = sum(len(s.plan.manifests) for s in stacks)
             sources = ", ".join(s.settings.source for s in stacks)
@@ -298,4 +308,28 @@ def run_restore(out, path, env, kubeconfig, context, *, force=False, smoke=True,
         out.json(result.to_json())
     if smoke:
         run_smoke(out, env, kubeconfig, context)
+    return result
+
+
+def run_rotate(out, secret, env, kubeconfig, context, *, yes=False, json=False, timeout=600.0):
+    """`inv rotate SECRET`: refused without --yes (naming what restarts), under the deploy Lease. The
+    new value is generated, or the settings' (env file or environment) — never a flag (argv is public)."""
+    from . import pipeline, rotate, settings
+
+    if secret not in rotate.ROTATIONS:
+        raise usage(f"rotate {secret}: choose one of {', '.join(rotate.ROTATIONS)}")
+    rotation = rotate.ROTATIONS[secret]
+    if not yes:
+        rolled = ", ".join(f"deployment/{n}" for n in rotation.rollouts) or "nothing"
+        extra = f"; {rotation.warning}" if rotation.warning else ""
+        raise fail(
+            f"rotate {secret} changes it in the running stack and restarts {rolled}{extra}; run again with --yes"
+        )
+    with reported(out):
+        loaded = settings.load(env)
+        kube = kube_for(loaded, kubeconfig, context)
+        with pipeline.locked(kube, [loaded], out):
+            result = rotate.rotate(kube, loaded, secret, out, timeout=timeout)
+    if json:
+        out.json(result.to_json())
     return result
