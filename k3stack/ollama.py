@@ -215,7 +215,10 @@ def model_key(name: str) -> str:
 def missing_models(wanted: Iterable[str], listed: Iterable[str]) -> list[str]:
     """The `wanted` models (normalised) that `listed` (names from /api/tags) does not have."""
     present = {model_key(n) for n in listed}
-    return [name for name in dict.fromkeys(normalise(n) for n in wanted) if model_key(name) not in present]
+    once: dict[str, str] = {}  # model_key -> the first spelling: `Mistral` and `mistral:latest` are one model
+    for name in wanted:
+        once.setdefault(model_key(name), normalise(name))
+    return [name for key, name in once.items() if key not in present]
 
 
 # -- what is worth another try ----------------------------------------------------------------------

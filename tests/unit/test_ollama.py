@@ -758,3 +758,8 @@ def test_the_watch_restarts_when_pulling_resumes_after_another_status():
     assert not watch.stalled()  # exactly the limit is not yet over it
     clock.now += 0.5
     assert watch.stalled()
+
+
+def test_one_model_spelt_two_ways_is_missing_once():
+    assert ol.missing_models(["Mistral", "mistral:latest", "llama3.1:8b"], ["llama3.1:8b"]) == ["Mistral:latest"]
+    assert ol.missing_models(["mistral:latest"], ["mistral"]) == []
