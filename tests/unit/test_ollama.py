@@ -582,7 +582,7 @@ def test_ctrl_c_stops_every_pull_at_once():
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         client.pull_all(["a:1", "b:1"], skip_present=False)
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 5  # without the cancel: 10 s (the streams run out)
     assert all(s.dropped.is_set() for s in streams)
     assert kube.pulls == ["a:1", "b:1"]  # no retry was started after the interrupt
     time.sleep(0.2)
