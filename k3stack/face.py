@@ -10,6 +10,9 @@ invoke and nothing heavy at module level: `inv --list` loads no client, no fabri
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 from contextlib import contextmanager, nullcontext
 
 from invoke import Exit
@@ -112,6 +115,7 @@ def reported(console):
         yield
     except KeyboardInterrupt:
         console.error("interrupted: what finished is kept; run the same command again to converge")
+        _exit_soon_after_main(130)
         raise Exit(code=130) from None
     except Exit:
         raise
@@ -126,6 +130,22 @@ def reported(console):
             "run again with K3STACK_DEBUG=1 for the traceback and report it"
         )
         raise Exit(code=2) from None
+
+
+def _exit_soon_after_main(code: int, grace: float = 1.0) -> None:
+    """Ctrl-C must end the command within a second: once the main thread has finished, a worker
+    blocked in a network read (up to its timeout, then its retries) would keep the interpreter
+    waiting at exit. Give cleanup `grace` seconds, then leave with `code`. Only for the `inv`
+    process itself (never a test runner that called a task in-process)."""
+    if "invoke" not in sys.argv[0] and os.path.basename(sys.argv[0]) != "inv":
+        return
+
+    def watch() -> None:
+        threading.main_thread().join()
+        time.sleep(grace)  # the console flushes every line it prints: nothing is lost
+        os._exit(code)
+
+    threading.Thread(target=watch, name="exit-after-interrupt", daemon=True).start()
 
 
 def console():
