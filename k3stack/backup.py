@@ -347,8 +347,13 @@ class PodExec:
                     break
                 ws.update(timeout=0 if stdin is not None and sent < stdin_size else 1)
                 got = False
+                # Take what update() buffered straight from the client's channel buffers: its
+                # read_channel() reads MORE frames when a channel is empty, and read_all() then
+                # dropped those with every channel buffer — stdout bytes lost (seen as a flaky
+                # 256 KB echo on the bed; a dump would have been cut the same way).
+                buffered = ws._channels
                 for channel, target in ((1, sink), (2, None), (3, None)):
-                    data = ws.read_channel(channel)
+                    data = buffered.pop(channel, b"")
                     if not data:
                         continue
                     got = True
@@ -359,7 +364,7 @@ class PodExec:
                         del stderr[:-8192]
                     else:
                         status += data
-                ws.read_all()  # the client also keeps a copy of everything: drop it
+                ws._all = type(ws._all)()  # the client's copy of all output: dropped (a dump held twice)
                 if got or sent < stdin_size:
                     last = time.monotonic()
                 elif time.monotonic() - last > self.idle_timeout:

@@ -659,10 +659,14 @@ def test_scram_stored_key_verifies_the_rfc_7677_client_proof():
 
 
 class FakeWS:
-    """The official client's WSClient as PodExec uses it: frames per update(), a status at the end."""
+    """The official client's WSClient as it behaves (kubernetes.stream.ws_client): update() buffers
+    frames per channel in `_channels` (and stdout/stderr in `_all`); read_channel() on an empty
+    channel reads MORE frames first; read_all() empties `_all` and drops every channel buffer. A
+    runner using those two would lose stdout between them — the flaky 256 KB echo on the bed."""
 
     def __init__(self, frames: list[tuple[int, bytes]]):
-        self.frames, self.channels, self.stdin, self.open = list(frames), {}, bytearray(), True
+        self.frames, self._channels, self._all = list(frames), {}, io.BytesIO()
+        self.stdin, self.open = bytearray(), True
 
     def is_open(self):
         return self.open
@@ -670,15 +674,20 @@ class FakeWS:
     def update(self, timeout=0):
         if self.frames:
             channel, data = self.frames.pop(0)
-            self.channels[channel] = self.channels.get(channel, b"") + data
+            self._channels[channel] = self._channels.get(channel, b"") + data
+            if channel in (1, 2):
+                self._all.write(data)
         else:
             self.open = False
 
-    def read_channel(self, channel):
-        return self.channels.pop(channel, b"")
+    def read_channel(self, channel, timeout=0):
+        if channel not in self._channels:
+            self.update(timeout)
+        return self._channels.pop(channel, b"")
 
     def read_all(self):
-        return b""
+        out, self._all, self._channels = self._all.getvalue(), io.BytesIO(), {}
+        return out
 
     def write_stdin(self, data):
         self.stdin += data
