@@ -73,7 +73,12 @@ def test_rendered_files_are_per_target_and_private_when_they_hold_secrets(tmp_pa
 
 def test_credential_rows_and_what_is_not_ready():
     rows = pipeline.credential_rows(load(), {"WEBUI_ADMIN_PASSWORD": "a" * 16, "NETDATA_PASSWORD": "n" * 16})
-    assert rows[0] == ["Open WebUI (admin)", "https://chat.203.0.113.10.sslip.io", "admin@203.0.113.10.sslip.io", "a" * 16]
+    assert rows[0] == [
+        "Open WebUI (admin)",
+        "https://chat.203.0.113.10.sslip.io",
+        "admin@203.0.113.10.sslip.io",
+        "a" * 16,
+    ]
     assert rows[1][:3] == ["Netdata", "https://monitor.203.0.113.10.sslip.io", load()["NETDATA_USER"]]
     status = [["llm", "deployment.apps/ollama", "0/1", "missing"], ["llm", "deployment.apps/redis", "1/1", "ready"]]
     assert pipeline.not_ready(status) == "deployment.apps/ollama (llm): missing"
