@@ -49,6 +49,11 @@ def locked(kube: Kube, loaded: list[settings.Settings], console: Console, *, wai
     of another live run holding one."""
     from . import lease
 
+    # A cluster that cannot run the stack (no Traefik API, no helm-controller, too old) is refused
+    # before the lock writes anything (the Lease, or the namespace it lives in).
+    cluster = kube.discover()
+    for one in loaded:
+        deploy.for_cluster(deploy.make_plan(one, lambda namespace, name: None), cluster)
     with ExitStack() as held:
         for namespace in sorted({one["STACK_NAMESPACE"] for one in loaded}):
             held.enter_context(lease.held(kube, namespace, wait=wait, on_wait=console.note))
