@@ -253,7 +253,7 @@ def test_missing_kubeconfig_is_named(env_dir, tmp_path):
     broken = tmp_path / "broken"
     broken.write_text("apiVersion: v1\nclusters: [\n")  # truncated YAML
     done = inv("status", "--env", "test", "--kubeconfig", str(broken), env=environ)
-    one_line_error(done, 1, f"kubeconfig {broken} (from --kubeconfig)")
+    one_line_error(done, 1, f"{broken}:3: not valid YAML", "fix: ")  # file:line (k3stack.reader)
 
 
 def test_render_keeps_problems_out_of_stdout_and_says_what_it_validated(env_dir):
