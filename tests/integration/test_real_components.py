@@ -229,7 +229,7 @@ def test_a_new_admin_password_for_an_existing_install_is_refused(real_stack):
 def test_nothing_is_lost_across_deploy_destroy_deploy(real_stack):
     token = _admin_token(real_stack)
     ip = real_stack.webui().ip
-    user = {"name": "Ada", "email": "ada@smoke.test", "password": "ada's password 1", "role": "user"}
+    user = {"name": "Ada", "email": "ada@components.test", "password": "ada's password 1", "role": "user"}
     status, created = webui_api(ip, "POST", "/api/v1/auths/add", token=token, body=user)
     assert status == 200, created
     status, signed_in = _signin(real_stack, user["email"], user["password"])
