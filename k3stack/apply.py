@@ -77,6 +77,17 @@ def stamp_instance(manifests: Iterable[Manifest], instance: str) -> list[Manifes
     return stamped
 
 
+def record_created(kube: Kube, namespace: str, instance: str) -> None:
+    """Mark `namespace` as created by stack `instance` (CREATED_BY), by a merge patch outside the
+    apply's field manager, so later applies keep it. Raises KubeError when the API does."""
+    kube.request(
+        "PATCH",
+        f"/api/v1/namespaces/{namespace}",
+        body={"metadata": {"annotations": {CREATED_BY: instance}}},
+        content_type="application/merge-patch+json",
+    )
+
+
 class Applier:
     """kubectl apply --server-side for one stack: field manager k3stack, objects labelled with the
     stack's `instance`, prune limited to objects carrying that label. `force` takes over fields other
@@ -195,15 +206,6 @@ class Applier:
             chosen.append(m)
         return chosen, created
 
-    def _record_created(self, name: str) -> None:
-        """Mark namespace `name` as created by this stack (see CREATED_BY)."""
-        self.kube.request(
-            "PATCH",
-            f"/api/v1/namespaces/{name}",
-            body={"metadata": {"annotations": {CREATED_BY: self.instance}}},
-            content_type="application/merge-patch+json",
-        )
-
     def _apply_one(self, m: Manifest, current: dict[tuple, dict], created_namespaces: set[str]) -> Result:
         before = current.get(m.key)
         try:
@@ -219,7 +221,7 @@ class Applier:
                 return Result(m.describe(), m.namespace or "", "created", m.source, "(namespace created first)", m.obj)
             return Result(m.describe(), m.namespace or "", "failed", m.source, explain(m, exc))
         if m.kind == "Namespace" and m.name in created_namespaces and not self.dry_run:
-            self._record_created(m.name)
+            record_created(self.kube, m.name, self.instance)
         if before is None:
             action = "created"
         elif before["metadata"].get("resourceVersion") == after["metadata"].get("resourceVersion"):

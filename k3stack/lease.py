@@ -20,12 +20,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from .apply import record_created
 from .errors import K3stackError
 from .kube import ApiError, Kube
 
 NAME = "k3stack-deploy"
 DURATION = 60  # seconds a Lease stays valid after its last renewal
-CREATED_BY = "k3stack.dev/created-by"  # the same record apply.CREATED_BY keeps (apply imports the client)
 
 
 class LeaseHeldError(K3stackError):
@@ -79,12 +79,7 @@ def _ensure_namespace(kube: Kube, namespace: str, instance: str) -> None:
         if exc.status != 409:  # created meanwhile by the other run: fine
             raise
         return
-    kube.request(  # ours: recorded the way the applier records it, so a purge may delete it
-        "PATCH",
-        f"/api/v1/namespaces/{namespace}",
-        body={"metadata": {"annotations": {CREATED_BY: instance}}},
-        content_type="application/merge-patch+json",
-    )
+    record_created(kube, namespace, instance)  # ours: a purge may delete it
 
 
 def _body(namespace: str, holder: str, resource_version: str | None, acquired: str) -> dict:

@@ -5,6 +5,7 @@ the credentials rows. tasks.py parses flags and calls these; nothing here knows 
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,8 @@ if TYPE_CHECKING:  # the kubernetes client loads only where a cluster is talked 
     from .kube import Kube
     from .ollama import PullReport, PullResult
 
-REDACTED = "PHJlZGFjdGVkPg=="  # base64 of "<redacted>": still valid Secret data, plainly not a secret
+# Secret data shown by `render`: still valid base64, plainly not a secret.
+REDACTED = base64.b64encode(b"<redacted>").decode()
 
 
 @dataclass
