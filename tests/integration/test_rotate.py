@@ -15,7 +15,7 @@ from k3stack.console import Console
 from k3stack.kube import KubeError
 from tests.testbed.real.components import webui_api
 from tests.testbed.real.exec import exec_enabled
-from tests.testbed.real.plugin import ADMIN_PASSWORD
+from tests.testbed.real.plugin import ADMIN_PASSWORD, NETDATA_PASSWORD
 
 
 @pytest.fixture
@@ -186,6 +186,11 @@ def test_webui_secret_key_and_netdata_password(real_stack, kubelet):
     _app_works_and_deploy_is_a_no_op(real_stack)
 
     real_stack.settings(NETDATA_PASSWORD="a new netdata password")
-    result = _rotate(real_stack, console, "NETDATA_PASSWORD")
-    assert ("verify", "done") in result.steps
-    _app_works_and_deploy_is_a_no_op(real_stack)
+    try:
+        result = _rotate(real_stack, console, "NETDATA_PASSWORD")
+        assert ("verify", "done") in result.steps
+        _app_works_and_deploy_is_a_no_op(real_stack)
+    finally:  # the stack is shared by the run: later tests sign in to Netdata with the fixture's password
+        real_stack.settings(NETDATA_PASSWORD=NETDATA_PASSWORD)
+        assert ("verify", "done") in _rotate(real_stack, console, "NETDATA_PASSWORD").steps
+        _app_works_and_deploy_is_a_no_op(real_stack)  # and real_stack.plan holds the password again
