@@ -170,11 +170,11 @@ def render(
 def _load(path: Path, source: str, variables: Mapping[str, str], problems: list[str]) -> list[tuple[int, object]]:
     """(line, document) for every non-empty document of `path`, ${VARS} substituted. A file that
     cannot be read or parsed adds one problem `k8s/<source>:<line>: what — fix: how` (k3stack.reader)."""
+    shown = f"k8s/{source}"
     try:
-        documents = reader.yaml_file(
-            path,
-            shown=f"k8s/{source}",
-            transform=lambda node, loader: _substitute(node, loader, source, variables, problems),
+        text = reader.read_text(path, shown=shown)
+        documents = reader.yaml_documents(
+            text, shown, transform=lambda node, loader: _substitute(node, loader, text, source, variables, problems)
         )
     except reader.ReadError as exc:
         problems.append(str(exc))
@@ -182,14 +182,29 @@ def _load(path: Path, source: str, variables: Mapping[str, str], problems: list[
     return [(d.line, d.value) for d in documents]
 
 
-def _substitute(node, loader, source: str, variables: Mapping[str, str], problems: list[str]) -> None:
+def _line_of(node: ScalarNode, text: str, original: str, match: re.Match) -> int:
+    """The 1-based line of `text` (the file) holding `match` (a ${VAR} in the scalar's value
+    `original`). Found in the scalar's own source span, the n-th `${VAR}` for the n-th in the value:
+    folded (>) and plain multi-line scalars turn line breaks into spaces, so counting the value's
+    newlines names the wrong line."""
+    span = text[node.start_mark.index : node.end_mark.index]
+    nth = original[: match.start()].count(match.group(0))
+    at = -1
+    for _ in range(nth + 1):
+        at = span.find(match.group(0), at + 1)
+        if at < 0:  # written differently in the source (an escape in a quoted scalar): the scalar's line
+            return node.start_mark.line + 1
+    return node.start_mark.line + 1 + span[:at].count("\n")
+
+
+def _substitute(node, loader, text: str, source: str, variables: Mapping[str, str], problems: list[str]) -> None:
     if isinstance(node, MappingNode):
         for key, value in node.value:
-            _substitute(key, loader, source, variables, problems)
-            _substitute(value, loader, source, variables, problems)
+            _substitute(key, loader, text, source, variables, problems)
+            _substitute(value, loader, text, source, variables, problems)
     elif isinstance(node, SequenceNode):
         for item in node.value:
-            _substitute(item, loader, source, variables, problems)
+            _substitute(item, loader, text, source, variables, problems)
     elif isinstance(node, ScalarNode) and "${" in node.value:
         original = node.value
 
@@ -197,8 +212,7 @@ def _substitute(node, loader, source: str, variables: Mapping[str, str], problem
             name = match.group(1)
             if name in variables:
                 return variables[name]
-            block = 1 if node.style in ("|", ">") else 0
-            line = node.start_mark.line + 1 + block + original[: match.start()].count("\n")
+            line = _line_of(node, text, original, match)
             problems.append(
                 f"k8s/{source}:{line}: ${{{name}}} is not defined "
                 f"(a setting of env/example.env, or a value k3stack computes)"

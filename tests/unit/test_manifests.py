@@ -244,12 +244,6 @@ def test_a_variable_inside_text_keeps_the_text_and_a_block_counts_its_lines(tmp_
     assert m.obj["data"] == {"url": "https://h:1/", "n": "3", "t": True, "f": "a\nb c\n"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="manifests.py counts a folded (>) block's lines in its folded value, where the line breaks are "
-    "already spaces, so an undefined ${VAR} on the block's second line is reported one line early; "
-    "found by mutation testing (#19) — remove this marker with the fix",
-)
 def test_an_undefined_variable_in_a_folded_block_names_its_own_line(tmp_path):
     write(
         tmp_path,
@@ -258,6 +252,31 @@ def test_an_undefined_variable_in_a_folded_block_names_its_own_line(tmp_path):
     with pytest.raises(mf.RenderError) as error:
         mf.render({}, k8s_dir=tmp_path, targets=["t"])
     assert error.value.problems[0].startswith("k8s/t/x.yaml:8: ${NOPE} is not defined")
+
+
+@pytest.mark.parametrize(
+    ("value", "line"),
+    [
+        (">-\n    a b\n    c\n    x${NOPE}\n", 9),  # folded, stripped
+        ("|\n    a\n\n    ${NOPE}\n", 9),  # literal with an empty line
+        ("first\n    second\n    ${NOPE}\n", 8),  # plain multi-line: breaks become spaces
+        ('"a\n    ${NOPE}"\n', 7),  # double-quoted across lines
+        ("|\n    ${NOPE}\n    ${OTHER} ${NOPE}\n", 7),  # the first of two occurrences
+        ('"a\n    \\x24{NOPE}"\n', 6),  # written as an escape: the scalar's first line
+    ],
+)
+def test_an_undefined_variable_is_named_on_its_own_line_in_every_scalar_style(tmp_path, value, line):
+    write(tmp_path, {"t/x.yaml": f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  f: {value}"})
+    with pytest.raises(mf.RenderError) as error:
+        mf.render({"OTHER": "o"}, k8s_dir=tmp_path, targets=["t"])
+    assert error.value.problems[0].startswith(f"k8s/t/x.yaml:{line}: ${{NOPE}} is not defined")
+
+
+def test_the_second_occurrence_of_a_variable_is_named_on_its_own_line(tmp_path):
+    write(tmp_path, {"t/x.yaml": "kind: ConfigMap\ndata:\n  f: >\n    ${NOPE}\n    b\n    ${NOPE}\n"})
+    with pytest.raises(mf.RenderError) as error:
+        mf.render({}, k8s_dir=tmp_path, targets=["t"])
+    assert [p.split(": ")[0] for p in error.value.problems[:2]] == ["k8s/t/x.yaml:4", "k8s/t/x.yaml:6"]
 
 
 def test_the_gpu_switch_touches_only_ollamas_deployment_and_keeps_its_other_limits():
