@@ -23,6 +23,10 @@ INSTANCE_LABEL = "k3stack.dev/instance"
 # field manager's apply, so later applies keep it. Only such a namespace is ever deleted by a purge;
 # one that existed before k3stack came is used as it is, never labelled as ours, never deleted.
 CREATED_BY = "k3stack.dev/created-by"
+# On the stack's namespace (named like its instance): the prunable kinds this stack has objects of,
+# as applied by the last deploy (`apiVersion/Kind`, sorted, comma-separated). The next deploy lists
+# only these and the kinds in k8s/ — not every prunable kind — and still sees what left k8s/.
+KINDS_RECORD = "k3stack.dev/prunable-kinds"
 PARALLEL = 8
 CONFLICT_MANAGER = re.compile(r'conflict with "([^"]+)"')
 
@@ -88,6 +92,34 @@ def record_created(kube: Kube, namespace: str, instance: str) -> None:
     )
 
 
+def recorded_kinds(namespace: dict | None) -> set[tuple[str, str]] | None:
+    """The (apiVersion, kind) pairs KINDS_RECORD on a live namespace names; None when there is no
+    record (a namespace from before the record, or none at all): then every prunable kind is listed."""
+    text = ((namespace or {}).get("metadata", {}).get("annotations") or {}).get(KINDS_RECORD)
+    if text is None:
+        return None
+    return {tuple(item.rsplit("/", 1)) for item in text.split(",") if "/" in item}
+
+
+def with_kinds_record(manifests: list[Manifest], instance: str, current: dict[tuple, dict]) -> list[Manifest]:
+    """The manifests with KINDS_RECORD set on the stack's namespace (the Namespace named `instance`):
+    the prunable kinds of the manifests and of this stack's live objects that leave k8s/ (pruned by
+    this run, or kept by --no-prune: a later run must still list them). The record rides on the
+    namespace's own apply, so it costs no request, and changes the namespace only when the set does."""
+    wanted = {m.key for m in manifests}
+    kinds = {(m.obj["apiVersion"], m.kind) for m in manifests}
+    kinds |= {(obj["apiVersion"], obj["kind"]) for key, obj in current.items() if key not in wanted}
+    record = ",".join(f"{api}/{kind}" for api, kind in sorted(kinds & set(PRUNABLE)))
+    out = []
+    for m in manifests:
+        if m.kind == "Namespace" and m.name == instance:
+            obj = copy.deepcopy(m.obj)
+            obj["metadata"].setdefault("annotations", {})[KINDS_RECORD] = record
+            m = Manifest(obj, m.source)
+        out.append(m)
+    return out
+
+
 class Applier:
     """kubectl apply --server-side for one stack: field manager k3stack, objects labelled with the
     stack's `instance`, prune limited to objects carrying that label. `force` takes over fields other
@@ -110,25 +142,45 @@ class Applier:
         self.cluster = cluster  # what discovery found: kinds of unserved groups are not listed
 
     # -- what is there ----------------------------------------------------------------------
-    def current(self, manifests: Iterable[Manifest], instances: Iterable[str] | None = None) -> dict[tuple, dict]:
-        """Objects of this stack (or of all `instances`) in the cluster, one LIST per kind
-        (cluster-wide, so the count does not grow with namespaces), keyed like Manifest.key."""
-        kinds = {(m.obj["apiVersion"], m.kind) for m in manifests} | set(PRUNABLE)
-        if self.cluster is not None:
-            kinds = {k for k in kinds if self.cluster.serves(k[0])}  # no request for an unserved group
+    def current(
+        self,
+        manifests: Iterable[Manifest],
+        instances: Iterable[str] | None = None,
+        listed: dict[tuple[str, str], list[dict]] | None = None,
+    ) -> dict[tuple, dict]:
+        """Objects of this stack (or of all `instances`) in the cluster, keyed like Manifest.key: one
+        LIST per kind (cluster-wide, so the count does not grow with namespaces) of the kinds in the
+        manifests, then of the prunable kinds each stack's namespace records (KINDS_RECORD) that are
+        not among them — every prunable kind for a stack without a record. `listed`: (apiVersion,
+        kind) -> the items of a LIST already made this run with the same selector (not asked again)."""
+        manifests = list(manifests)
+        names = [self.instance] if instances is None else sorted(instances)
         selector = instance_selector(self.instance if instances is None else instances)
+        listed = listed or {}
         found: dict[tuple, dict] = {}
 
+        def list_kinds(kinds: set[tuple[str, str]]) -> None:
+            if self.cluster is not None:
+                kinds = {k for k in kinds if self.cluster.serves(k[0])}  # no request for an unserved group
+            with ThreadPoolExecutor(PARALLEL) as pool:
+                for items in pool.map(list_kind, sorted(kinds)):
+                    for obj in items:
+                        found[object_key(obj)] = obj
+
         def list_kind(kind: tuple[str, str]) -> list[dict]:
+            if kind in listed:
+                return listed[kind]
             try:
                 return self.kube.list(*kind, label_selector=selector)
             except NotServedError:
                 return []  # e.g. no Traefik CRDs yet: nothing of that kind can be ours
 
-        with ThreadPoolExecutor(PARALLEL) as pool:
-            for items in pool.map(list_kind, sorted(kinds)):
-                for obj in items:
-                    found[object_key(obj)] = obj
+        first = {(m.obj["apiVersion"], m.kind) for m in manifests}
+        list_kinds(first)
+        records = [recorded_kinds(found.get(("", "Namespace", "", name))) for name in names]
+        recorded = set(PRUNABLE) if None in records else set().union(*records) & set(PRUNABLE)
+        if more := recorded - first:
+            list_kinds(more)
         return found
 
     # -- apply --------------------------------------------------------------------------------
@@ -150,6 +202,7 @@ class Applier:
         phase first and raises once at the end. Other KubeErrors (API unreachable, 401/403, a kind not
         served) propagate as they are."""
         results: list[Result] = []
+        manifests = with_kinds_record(manifests, self.instance, current)
         manifests, created_namespaces = self._claim_namespaces(manifests, current)
         groups = phases(manifests)
         for number, group in enumerate(groups):

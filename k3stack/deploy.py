@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -141,6 +141,39 @@ def for_cluster(plan: Plan, cluster: Cluster) -> Plan:
     return Plan(plan.settings, manifests, plan.secrets)
 
 
+class _CheckVariables(Mapping):
+    """The settings' render variables, plus a stand-in for every value k3stack computes from the
+    secrets (`*_CHECKSUM`): what check_cluster renders with, before any secret is read."""
+
+    def __init__(self, variables: dict[str, str]):
+        self.variables = variables
+
+    def __getitem__(self, name: str) -> str:
+        if name in self.variables:
+            return self.variables[name]
+        if name.endswith(CHECKSUM_SUFFIX):
+            return "0" * 16
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.variables)
+
+    def __len__(self) -> int:
+        return len(self.variables)
+
+
+CHECKSUM_SUFFIX = "_CHECKSUM"  # secrets.resolve's computed variables end so (a unit test keeps them in step)
+
+
+def check_cluster(settings: Settings, cluster: Cluster) -> None:
+    """Refuse a cluster that cannot run the stack of `settings` (for_cluster's checks) before anything
+    is written or any secret is read: k8s/ is rendered with the settings alone (the secrets'
+    checksums stood in for), which says which kinds and API groups the stack needs. Raises
+    ClusterError as for_cluster does, RenderError/SettingsError for a manifest that does not render."""
+    manifests = mf.render(_CheckVariables(settings.render_vars()), gpu=settings.flag("GPU_ENABLED"))
+    for_cluster(Plan(settings, manifests, sec.StackSecrets([], {}, {}, {})), cluster)
+
+
 def helmchart_for(obj: dict, fields: frozenset[str] | None) -> dict:
     """A HelmChart with only the spec fields the cluster's helm-controller knows. Fields it does
     not know would be dropped when the controller writes the object back (it UPDATEs what it
@@ -244,19 +277,21 @@ def deploy(
     show_namespace: bool = False,
     current: dict[tuple, dict] | None = None,
     cluster: Cluster | None = None,
+    listed: dict[tuple[str, str], list[dict]] | None = None,
     guard: Callable[[Plan, dict[tuple, dict]], None] | None = None,
 ) -> DeployReport:
     """Apply, prune and wait for one stack; `current` (its live objects) when already listed,
-    `cluster` when already discovered (then `plan` is already rendered for it). `guard(plan,
-    current)` runs before the first write (not on a dry run): the upgrade guard takes a backup
-    there, or raises and nothing is applied."""
+    `cluster` when already discovered (then `plan` is already rendered for it), `listed` the LISTs
+    of this stack's objects already made this run (Applier.current). `guard(plan, current)` runs
+    before the first write (not on a dry run): the upgrade guard takes a backup there, or raises
+    and nothing is applied."""
     started = time.monotonic()
     report = DeployReport()
     if cluster is None:
         plan, cluster = prepare(kube, plan, console)
     applier = Applier(kube, instance=plan.instance, force=force, dry_run=dry_run, cluster=cluster)
     if current is None:
-        current = applier.current(plan.manifests)
+        current = applier.current(plan.manifests, listed=listed)
     # An object still being deleted (a HelmChart whose helm-delete Job runs after `inv destroy`)
     # would swallow what is applied now: wait until it is gone, then create it afresh.
     wanted = {m.key for m in plan.manifests}
@@ -283,12 +318,22 @@ def deploy(
 
 
 def deploy_many(
-    kube: Kube, plans: list[Plan], console: Console, *, wait: bool = True, timeout: float = 600, **options
+    kube: Kube,
+    plans: list[Plan],
+    console: Console,
+    *,
+    wait: bool = True,
+    timeout: float = 600,
+    cluster: Cluster | None = None,
+    listed: dict[tuple[str, str], list[dict]] | None = None,
+    **options,
 ) -> DeployReport:
     """Several stacks (one settings file each, e.g. staging and prod namespaces) in one run:
-    applied side by side, then one wait for all their rollouts."""
+    applied side by side, then one wait for all their rollouts. `cluster` when already discovered
+    (then the plans are already rendered for it); `listed` the LISTs of all these stacks' objects
+    already made this run, (apiVersion, kind) -> items (Applier.current)."""
     if len(plans) == 1:
-        return deploy(kube, plans[0], console, wait=wait, timeout=timeout, **options)
+        return deploy(kube, plans[0], console, wait=wait, timeout=timeout, cluster=cluster, listed=listed, **options)
     started = time.monotonic()
     instances = [p.instance for p in plans]
     if len(set(instances)) != len(instances):
@@ -300,11 +345,12 @@ def deploy_many(
             "(one Netdata per stack; a shared one would flip between them)",
             [],
         )
-    cluster = kube.discover()  # one discovery pass for all stacks
-    plans = [prepare(kube, p, console, cluster)[0] for p in plans]
+    if cluster is None:
+        cluster = kube.discover()  # one discovery pass for all stacks
+        plans = [prepare(kube, p, console, cluster)[0] for p in plans]
     # One LIST per kind for all stacks, not one per stack.
     lister = Applier(kube, instance=instances[0], cluster=cluster)
-    everything = lister.current([m for p in plans for m in p.manifests], instances)
+    everything = lister.current([m for p in plans for m in p.manifests], instances, listed)
     current = split_by_instance(everything)
 
     def one(plan: Plan) -> DeployReport:

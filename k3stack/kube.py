@@ -169,6 +169,9 @@ class Kube:
         self.requests: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._discovered: dict[tuple[str, str], Resource] = {}
+        self._discovering = threading.Lock()  # not _lock: _send takes that one to count
+        # The last discovery pass (discover()); None before the first.
+        self.cluster: Cluster | None = None
 
     # -- raw requests -----------------------------------------------------------------------
     def request(
@@ -240,9 +243,17 @@ class Kube:
         raise ApiError(status, data, method, path)
 
     # -- discovery ------------------------------------------------------------------------------
+    def discovered(self) -> Cluster:
+        """This Kube's discovery: the pass already made (`cluster`), else one now (discover()). A
+        Kube serves one run, so a run that asks here in every step discovers once; thread-safe (two
+        threads asking at once make one pass). Raises what discover() raises."""
+        with self._discovering:
+            return self.cluster or self.discover()
+
     def discover(self) -> Cluster:
         """One discovery pass: the server version, the API groups it serves, and the spec fields of
-        the HelmChart CRD (what its helm-controller knows). Three requests, made once per run."""
+        the HelmChart CRD (what its helm-controller knows). Three requests, each call; the result is
+        also kept as `cluster` (discovered() reuses it)."""
         version = self.request("GET", "/version")
         served = {"v1"}
         for group in self.request("GET", "/apis").get("groups") or []:
@@ -258,7 +269,8 @@ class Kube:
         git = str(version.get("gitVersion") or "")
         major = int("".join(c for c in str(version.get("major", "")) if c.isdigit()) or 0)
         minor = int("".join(c for c in str(version.get("minor", "")) if c.isdigit()) or 0)
-        return Cluster(git, (major, minor), frozenset(served), fields)
+        self.cluster = Cluster(git, (major, minor), frozenset(served), fields)
+        return self.cluster
 
     # -- resources --------------------------------------------------------------------------
     def resource(self, api_version: str, kind: str) -> Resource:

@@ -20,7 +20,7 @@ from .errors import K3stackError
 
 if TYPE_CHECKING:  # the kubernetes client loads only where a cluster is talked to
     from .console import Console
-    from .kube import Kube
+    from .kube import Cluster, Kube
     from .ollama import PullReport, PullResult
 
 # Secret data shown by `render`: still valid base64, plainly not a secret.
@@ -29,33 +29,58 @@ REDACTED = base64.b64encode(b"<redacted>").decode()
 
 @dataclass
 class Stack:
-    """One settings file's stack: its settings and its plan (secrets resolved, manifests rendered)."""
+    """One settings file's stack: its settings and its plan (secrets resolved, manifests rendered);
+    for a deploy also the cluster the plan is rendered for (None: not yet) and the LISTs of the
+    stack's objects planning made, (apiVersion, kind) -> items (deploy does not ask again)."""
 
     settings: settings.Settings
     plan: deploy.Plan
+    cluster: Cluster | None = None
+    listed: dict[tuple[str, str], list[dict]] = field(default_factory=dict)
 
 
-def plan(loaded: settings.Settings, kube: Kube, console: Console) -> Stack:
+def plan(loaded: settings.Settings, kube: Kube, console: Console, *, cluster: Cluster | None = None) -> Stack:
     """Resolve the stack's secrets (reading the cluster's) and render it; every check that needs
     no write happens here, before anything is applied. The secrets are registered with the
-    console so that no output shows them. Raises K3stackError subclasses naming setting or file."""
-    made = deploy.make_plan(loaded, deploy.read_secret_from(kube), deploy.volume_exists_in(kube))
+    console so that no output shows them. Raises K3stackError subclasses naming setting or file.
+
+    With `cluster` (a deploy's), the plan is rendered for that cluster (deploy.prepare) and the
+    stack's Secrets are read with one LIST of its labelled Secrets, kept in `listed` for the deploy;
+    one not among them (not applied by k3stack) is read on its own, as without `cluster`."""
+    if cluster is None:
+        made = deploy.make_plan(loaded, deploy.read_secret_from(kube), deploy.volume_exists_in(kube))
+        console.add_secrets(made.secrets.values.values())
+        return Stack(loaded, made)
+    from .apply import instance_selector
+    from .secrets import decode
+
+    secrets = kube.list("v1", "Secret", label_selector=instance_selector(loaded["STACK_NAMESPACE"]))
+    ours = {(s["metadata"].get("namespace"), s["metadata"]["name"]): s for s in secrets}
+    fallback = deploy.read_secret_from(kube)
+
+    def read(namespace: str, name: str) -> dict[str, str] | None:
+        found = ours.get((namespace, name))
+        return decode(found) if found is not None else fallback(namespace, name)
+
+    made = deploy.make_plan(loaded, read, deploy.volume_exists_in(kube))
     console.add_secrets(made.secrets.values.values())
-    return Stack(loaded, made)
+    adapted, _ = deploy.prepare(kube, made, console, cluster)
+    return Stack(loaded, adapted, cluster, {("v1", "Secret"): secrets})
 
 
 @contextmanager
 def locked(kube: Kube, loaded: list[settings.Settings], console: Console, *, wait: float = 120) -> Iterator[None]:
     """Hold every stack's deploy Lease (k3stack/lease.py) for the block, in a fixed order (no two
     runs can hold one each and wait for the other's). Raises LeaseHeldError after `wait` seconds
-    of another live run holding one."""
+    of another live run holding one; ClusterError (nothing written) for a cluster that cannot run
+    a stack. The run's discovery pass is made here and kept (Kube.discovered)."""
     from . import lease
 
     # A cluster that cannot run the stack (no Traefik API, no helm-controller, too old) is refused
     # before the lock writes anything (the Lease, or the namespace it lives in).
-    cluster = kube.discover()
+    cluster = kube.discovered()
     for one in loaded:
-        deploy.for_cluster(deploy.make_plan(one, lambda namespace, name: None), cluster)
+        deploy.check_cluster(one, cluster)
     with ExitStack() as held:
         for namespace in sorted({one["STACK_NAMESPACE"] for one in loaded}):
             held.enter_context(lease.held(kube, namespace, wait=wait, on_wait=console.note))
@@ -63,12 +88,14 @@ def locked(kube: Kube, loaded: list[settings.Settings], console: Console, *, wai
 
 
 def plan_all(loaded: list[settings.Settings], kube: Kube, console: Console) -> list[Stack]:
-    """One Stack per settings (several settings files deploy several stacks), planned side by
-    side over one connection, in the order given; the first failure is raised."""
+    """One Stack per settings (several settings files deploy several stacks), planned for deploy
+    side by side over one connection, in the order given: rendered for the cluster of the run's one
+    discovery pass (Kube.discovered), Secrets read with one LIST each. The first failure is raised."""
+    cluster = kube.discovered()
     if len(loaded) == 1:
-        return [plan(loaded[0], kube, console)]
+        return [plan(loaded[0], kube, console, cluster=cluster)]
     with ThreadPoolExecutor(max_workers=len(loaded)) as pool:
-        return list(pool.map(lambda one: plan(one, kube, console), loaded))
+        return list(pool.map(lambda one: plan(one, kube, console, cluster=cluster), loaded))
 
 
 @dataclass
@@ -154,11 +181,18 @@ def deploy_stacks(
         if reasons:
             guarded[plan.instance] = (reasons, taken.path if taken else None)
 
+    # Stacks planned for this cluster (plan_all) are applied as rendered, with the LISTs planning made.
+    # A kind counts as listed only when every stack listed it (deploy_many lists all at once).
+    cluster = stacks[0].cluster if all(s.cluster is not None for s in stacks) else None
+    common = set.intersection(*(set(s.listed) for s in stacks)) if cluster is not None else set()
+    listed = {kind: [obj for s in stacks for obj in s.listed[kind]] for kind in common}
     try:
         report = deploy.deploy_many(
             kube,
             [s.plan for s in stacks],
             console,
+            cluster=cluster,
+            listed=listed,
             force=force,
             dry_run=dry_run,
             prune=prune,

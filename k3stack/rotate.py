@@ -111,14 +111,19 @@ def journal_name(setting: str) -> str:
 def pending(kube, settings) -> list[str]:
     """The settings whose rotation stopped halfway (a journal Secret is there), in ROTATIONS' order.
     Deploy must stop while one is pending (the running service may already use the new value while
-    the Secrets still hold the old one): RotateError from `refuse_pending`."""
+    the Secrets still hold the old one): RotateError from `refuse_pending`. One LIST of k3stack's
+    Secrets (managed-by label, as rotate() writes its journal) per namespace a journal can be in,
+    not a GET per journal."""
+    from .manifests import MANAGED_BY, MANAGER
     from .secrets import LOCATIONS
 
-    return [
-        setting
-        for setting in ROTATIONS
-        if kube.get("v1", "Secret", journal_name(setting), settings[LOCATIONS[setting][0]]) is not None
-    ]
+    where = {setting: (settings[LOCATIONS[setting][0]], journal_name(setting)) for setting in ROTATIONS}
+    found = {
+        (namespace, obj["metadata"]["name"])
+        for namespace in sorted({namespace for namespace, _ in where.values()})
+        for obj in kube.list("v1", "Secret", namespace, label_selector=f"{MANAGED_BY}={MANAGER}")
+    }
+    return [setting for setting in ROTATIONS if where[setting] in found]
 
 
 def refuse_pending(kube, settings) -> None:
