@@ -181,3 +181,142 @@ def test_a_lost_secret_says_how_to_put_it_back():
         "put the Secret back (from a k3stack backup, or `kubectl apply -f` a saved copy), or set POSTGRES_PASSWORD "
         "to the password the volume was initialised with"
     )
+
+
+# -- what `inv mutate` showed unguarded (#19) ---------------------------------------------------------
+def test_every_secret_object_is_opaque_stamped_and_base64_in_key_order():
+    """The exact object: type Opaque (immutable in the API: another type fails every later apply),
+    the managed-by label and source annotation every k3stack object carries, data as base64."""
+    resolved = sec.resolve(load(POSTGRES_PASSWORD="a-database-password"), cluster({}))
+    [postgres] = [m for m in resolved.objects if m.name == "postgres"]
+    assert postgres.source == "k3stack/secrets.py"
+    assert postgres.obj == {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "postgres",
+            "namespace": "llm-stack",
+            "labels": {"app.kubernetes.io/managed-by": "k3stack"},
+            "annotations": {"k3stack.dev/source": "k3stack/secrets.py"},
+        },
+        "type": "Opaque",
+        "data": {"POSTGRES_PASSWORD": base64.b64encode(b"a-database-password").decode()},
+    }
+    for m in resolved.objects:
+        assert (m.source, m.obj["type"], list(m.obj["data"])) == ("k3stack/secrets.py", "Opaque", sorted(m.obj["data"]))
+
+
+def test_open_webuis_secret_holds_exactly_the_keys_its_deployment_reads():
+    """k8s/llm-stack/open-webui.yaml reads these keys by name (secretKeyRef and the key file): a
+    renamed key is a pod that never starts (CreateContainerConfigError)."""
+    given = {"WEBUI_SECRET_KEY": "a-session-signing-key", "WEBUI_ADMIN_PASSWORD": "an-admin-password"}
+    resolved = sec.resolve(load(**given), cluster({}))
+    webui = data(resolved, "open-webui")
+    assert sorted(webui) == [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "WEBUI_ADMIN_EMAIL",
+        "WEBUI_ADMIN_PASSWORD",
+        "WEBUI_SECRET_KEY",
+    ]
+    assert webui["WEBUI_ADMIN_EMAIL"] == "admin@203.0.113.10.sslip.io"
+    assert (webui["WEBUI_SECRET_KEY"], webui["WEBUI_ADMIN_PASSWORD"]) == tuple(given.values())
+
+
+def test_every_key_a_manifest_reads_from_a_secret_is_in_that_secret():
+    from k3stack import deploy
+
+    loaded = load()
+    plan = deploy.make_plan(loaded, lambda namespace, name: None)
+    secrets = {(m.namespace, m.name): set(m.obj.get("data") or {}) for m in plan.manifests if m.kind == "Secret"}
+    wanted = set()
+    for m in plan.manifests:
+        for node in _walk(m.obj):
+            ref = node.get("secretKeyRef")
+            if ref:
+                wanted.add((m.namespace, ref["name"], ref["key"]))
+            secret = node.get("secret")
+            if isinstance(secret, dict) and "secretName" in secret:
+                wanted |= {(m.namespace, secret["secretName"], item["key"]) for item in secret.get("items") or []}
+    assert len(wanted) >= 8
+    missing = sorted(w for w in wanted if w[2] not in secrets.get(w[:2], set()))
+    assert not missing, f"keys read from Secrets that k3stack/secrets.py does not write: {missing}"
+
+
+def _walk(node):
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item)
+
+
+def test_a_generated_secret_is_32_random_bytes_url_safe():
+    resolved = sec.resolve(load(), cluster({}))
+    for name in sec.LOCATIONS:
+        value = resolved.values[name]
+        assert len(value) == 43, (name, value)  # base64url of 32 bytes, unpadded
+        assert len(base64.urlsafe_b64decode(value + "=")) == 32
+
+
+def test_a_kept_value_is_never_taken_from_the_settings():
+    """NETDATA_STREAM_API_KEY is no setting: even a Settings carrying it (no loader makes one) does
+    not choose it; the cluster's Secret or a fresh GUID does."""
+    import dataclasses
+
+    loaded = load()
+    forged = dataclasses.replace(loaded, secrets={**loaded.secrets, "NETDATA_STREAM_API_KEY": "not-a-guid-at-all"})
+    resolved = sec.resolve(forged, cluster({}))
+    assert resolved.origins["NETDATA_STREAM_API_KEY"] == "generated"
+    assert resolved.values["NETDATA_STREAM_API_KEY"] != "not-a-guid-at-all"
+
+
+def test_redis_quote_passes_printable_ascii_and_escapes_every_other_byte():
+    printable = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in '"\\')
+    assert sec.redis_quote(printable) == f'"{printable}"'  # letters (X included), digits, punctuation as is
+    assert sec.redis_quote("\x7f\x1f\t") == '"\\x7f\\x1f\\x09"'  # DEL and control characters as \xHH
+
+
+def test_the_htpasswd_line_uses_bcrypt_cost_10():
+    """Traefik checks the hash on every request to the dashboard: the cost is part of the design
+    (10: about 50 ms; each step up doubles it)."""
+    resolved = sec.resolve(load(NETDATA_PASSWORD="netdata-password-1"), cluster({}))
+    user, digest = data(resolved, "netdata-basic-auth")["users"].split(":")
+    assert (user, digest[:7]) == ("admin", "$2b$10$")
+
+
+def test_the_stream_conf_files_are_exactly_these():
+    key = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    header = "# rendered by k3stack (k3stack/secrets.py); the API key is generated once and kept here"
+    stream = sec.netdata_stream(key.upper())  # a GUID in any case is written as Netdata prints it
+    assert stream == {
+        "api-key": key,
+        "parent-stream.conf": f"{header}\n[{key}]\n    enabled = yes\n    allow from = *\n",
+        "child-stream.conf": (
+            f"{header}\n[stream]\n    enabled = yes\n    destination = netdata:19999\n    api key = {key}\n"
+        ),
+    }
+
+
+def test_a_stream_key_that_is_not_a_guid_says_what_and_how_exactly():
+    with pytest.raises(sec.SecretsError) as caught:
+        sec.netdata_stream("x")
+    assert caught.value.what == (
+        "Secret netdata-stream: api-key is not a GUID (Netdata accepts only GUIDs as stream API keys)"
+    )
+    assert caught.value.hint == (
+        "delete the Secret (kubectl -n MONITORING_NAMESPACE delete secret netdata-stream) and deploy again: a "
+        "new key is generated and Netdata's pods roll with it"
+    )
+
+
+def test_the_urls_are_among_the_values_that_output_redacts():
+    """`values` feeds the console's redaction: a URL holds the password percent-encoded, a form the
+    password itself does not match, so the URLs are values of their own, as the Secret holds them."""
+    resolved = sec.resolve(load(POSTGRES_PASSWORD=NASTY + "pg", REDIS_PASSWORD=NASTY + "redis"), cluster({}))
+    webui = data(resolved, "open-webui")
+    assert resolved.values["DATABASE_URL"] == webui["DATABASE_URL"]
+    assert resolved.values["REDIS_URL"] == webui["REDIS_URL"]
+    assert sorted(resolved.values) == sorted([*sec.LOCATIONS, *sec.KEPT, "DATABASE_URL", "REDIS_URL"])
