@@ -441,8 +441,8 @@ def test_a_reference_expands_the_references_of_what_it_refers_to(tmp_path):
 @pytest.mark.parametrize("own", ["CHAT_HOST", "MONITOR_HOST"])
 def test_hosts_that_failed_their_own_check_are_not_compared(tmp_path, own):
     """DOMAIN fails; one host refers to it (skipped), the other holds the same bad name itself."""
-    literal = {"CHAT_HOST": "chat.bad_domain.example", "MONITOR_HOST": "chat.bad_domain.example"}
-    environ = {**BASE, "DOMAIN": "bad_domain.example", "CHAT_HOST": "chat.${DOMAIN}", own: literal[own]}
+    other = ({"CHAT_HOST", "MONITOR_HOST"} - {own}).pop()
+    environ = {**BASE, "DOMAIN": "bad_domain.example", other: "chat.${DOMAIN}", own: "chat.bad_domain.example"}
     with pytest.raises(SettingsError) as error:
         load(tmp_path, environ)
     assert [p.split("=")[0] for p in error.value.problems] == ["DOMAIN", own]
