@@ -18,6 +18,7 @@ from k3stack import deploy as stack
 from k3stack import secrets as sec
 from k3stack import settings
 from k3stack import smoke as sm
+from k3stack.rollout import RolloutError
 from k3stack.secrets import SecretsError
 from tests.testbed import real
 from tests.testbed.plugin import unavailable
@@ -111,13 +112,16 @@ def _admin_token(stack) -> str:
     return data["token"]
 
 
-def test_open_webui_starts_without_any_outbound_lookup(real_stack):
+def test_open_webui_starts_and_lists_models_without_any_outbound_lookup(real_stack):
     """Its pod's resolver is the bed's recorder: any name Open WebUI looks up (Hugging Face for
-    the embedding model, an update check, ...) would be listed. Cluster names come from /etc/hosts."""
+    the embedding model, an update check, api.openai.com for a model list, ...) would be listed.
+    Cluster names come from /etc/hosts."""
     assert real_stack.dns is not None, "the bed's resolver could not listen on the bridge"
     webui = real_stack.webui()
+    status, models = webui_api(webui.ip, "GET", "/api/models", token=_admin_token(real_stack))
+    assert status == 200, models
     looked_up = real_stack.dns.names(webui.ip)
-    assert looked_up == [], f"Open WebUI looked up at start: {sorted(set(looked_up))}"
+    assert looked_up == [], f"Open WebUI looked up: {sorted(set(looked_up))}"
     assert "huggingface" not in webui.process.log.read_text(errors="replace").lower()
 
 
@@ -205,6 +209,30 @@ def test_a_changed_setting_reaches_the_real_open_webui_after_a_redeploy(real_sta
     status, after = webui_api(ip, "GET", "/api/v1/retrieval/embedding", token=token)
     assert status == 200, after  # the token from before the rollout still holds
     assert after["RAG_EMBEDDING_MODEL"] == "mxbai-embed-large:335m"
+
+
+def test_a_wrong_readiness_probe_path_fails_the_deploy_with_the_probes_reason(real_stack):
+    """The bed's kubelet runs each pod's probes against the process behind it (tests/testbed/
+    probe.py): a probe that asks the wrong path never lets the pod be Ready, and deploy says why."""
+    plan = stack.make_plan(real_stack.settings(), stack.read_secret_from(real_stack.kube))
+    (ollama,) = [m for m in plan.manifests if m.kind == "Deployment" and m.name == "ollama"]
+    (container,) = ollama.obj["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/api/version"
+    container["readinessProbe"]["httpGet"]["path"] = "/api/ready"  # Ollama has no such route
+    try:
+        with pytest.raises(RolloutError) as failed:
+            real_stack.deploy_plan(plan, timeout=20)
+        message = str(failed.value)
+        assert message.startswith("timed out after 20s waiting for deployment.apps/ollama\n")
+        unhealthy = "event Warning Unhealthy: Readiness probe failed: HTTP probe failed with statuscode: 404"
+        assert message.endswith(unhealthy)
+        assert "open-webui" not in message.split("event")[0]  # only Ollama is named
+    finally:
+        real_stack.deploy()  # the stack's own probe again: ready, as later tests expect
+    pods = real_stack.kube.list("v1", "Pod", real_stack.namespace, label_selector="app.kubernetes.io/name=ollama")
+    assert [
+        c["ready"] for p in pods if not p["metadata"].get("deletionTimestamp") for c in p["status"]["containerStatuses"]
+    ] == [True]
 
 
 def test_a_new_admin_password_for_an_existing_install_is_refused(real_stack):

@@ -5,6 +5,9 @@ One thread that:
   controller marks it NotReady and taints it);
 - marks pods scheduled to it Running/Ready through pods/status, with a pod IP (pods owned by
   a Job run to completion: Succeeded, exit code 0) and finishes the deletion of Terminating pods;
+- for pods routed with `probe=True` (a real process behind the pod IP), runs their startup and
+  readiness probes as the kubelet does (probe.py) and reports Ready only once they pass, with the
+  kubelet's `Unhealthy` event when one fails;
 - binds PVCs by creating a matching hostPath PersistentVolume with a claimRef.
 Pod IPs come from the bed's own network namespaces: by default addresses where nothing listens
 (a connection is refused locally), or, through `route()`, the address of a test's live server.
@@ -24,6 +27,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from . import release
+from .probe import Verdict, judge
 from .rest import call
 
 NODE = "testbed-node"
@@ -97,6 +101,8 @@ class NodeSimulator:
         self.node_ip = node_ip
         self._pool = itertools.cycle(pod_ips)
         self._routes: list[tuple[str, dict[str, str], str]] = []
+        self._probed: list[tuple[str, dict[str, str], str]] = []
+        self._verdicts: dict[str, Verdict] = {}  # pod uid -> its last probe verdict
         self._failing: list[tuple[str, dict[str, str], str]] = []
         self._assigned: dict[str, str] = {}
         self._interval = interval
@@ -105,9 +111,12 @@ class NodeSimulator:
         self.errors: list[str] = []
 
     # -- what tests steer ------------------------------------------------------------------
-    def route(self, namespace: str, labels: Mapping[str, str], ip: str) -> None:
-        """Pods in `namespace` whose labels include `labels` get `ip` (a test server's address)."""
+    def route(self, namespace: str, labels: Mapping[str, str], ip: str, *, probe: bool = False) -> None:
+        """Pods in `namespace` whose labels include `labels` get `ip` (a test server's address).
+        probe=True: a real process serves there, so the pods' probes are run against it."""
         self._routes.append((namespace, dict(labels), ip))
+        if probe:
+            self._probed.append((namespace, dict(labels), ip))
 
     def fail(self, namespace: str, labels: Mapping[str, str], message: str = "simulated crash") -> None:
         """Pods matching never become ready: their container waits in CrashLoopBackOff."""
@@ -115,6 +124,7 @@ class NodeSimulator:
 
     def clear(self) -> None:
         self._routes.clear()
+        self._probed.clear()
         self._failing.clear()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -263,6 +273,34 @@ class NodeSimulator:
                     if exc.status not in (404, 409):
                         raise
 
+    def _unhealthy(self, pod: dict, container: str, message: str) -> None:
+        """The kubelet's Warning event for a failed probe (reason Unhealthy), on the pod."""
+        meta = pod["metadata"]
+        now = _now()
+        event = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "kind": "Pod",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+                "apiVersion": "v1",
+                "fieldPath": f"spec.containers{{{container}}}",
+            },
+            "reason": "Unhealthy",
+            "message": message,
+            "type": "Warning",
+            "source": {"component": "kubelet", "host": self.node},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False)
+        except ApiException as exc:  # a namespace going away: the event has no reader left
+            if exc.status not in (403, 404, 409):
+                raise
+
     def _finish_deletion(self, pod: dict) -> None:
         meta = pod["metadata"]
         try:
@@ -277,6 +315,7 @@ class NodeSimulator:
             if exc.status not in (404, 409):
                 raise
         self._assigned.pop(meta["uid"], None)
+        self._verdicts.pop(meta["uid"], None)
 
     def _desired_status(self, pod: dict) -> dict | None:
         meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
@@ -297,6 +336,14 @@ class NodeSimulator:
         now = _now()
         ip = self._assigned.setdefault(meta["uid"], self._matches(pod, self._routes) or next(self._pool))
         started = status.get("startTime") or now
+        verdict = None
+        if not failing and not is_job and self._matches(pod, self._probed):
+            verdict = judge(spec["containers"], ip, self._verdicts.get(meta["uid"]))
+            if verdict == self._verdicts.get(meta["uid"]) and status.get("phase") == "Running":
+                return None  # nothing new to report (the kubelet writes status on a change)
+            self._verdicts[meta["uid"]] = verdict
+            if verdict.event is not None:
+                self._unhealthy(pod, *verdict.event)
 
         def container(c: dict, *, init: bool) -> dict:
             base = {
@@ -323,15 +370,22 @@ class NodeSimulator:
                     "restartCount": 3,
                     "state": {"waiting": {"reason": "CrashLoopBackOff", "message": failing}},
                 }
-            return {**base, "ready": True, "started": True, "state": {"running": {"startedAt": started}}}
+            unready = verdict is not None and c["name"] in verdict.unready
+            started_ = not (verdict is not None and c["name"] in verdict.unstarted)
+            running = {"running": {"startedAt": started}}
+            return {**base, "ready": not unready, "started": started_, "state": running}
 
-        ready = "False" if (failing or is_job) else "True"
+        ready = "False" if (failing or is_job or (verdict is not None and verdict.unready)) else "True"
         conditions = [
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": started},
             {"type": "Initialized", "status": "True", "lastTransitionTime": started},
             {"type": "ContainersReady", "status": ready, "lastTransitionTime": now},
             {"type": "Ready", "status": ready, "lastTransitionTime": now},
         ]
+        if verdict is not None and verdict.unready:  # the kubelet's words for it
+            names = " ".join(sorted(verdict.unready))
+            for condition in conditions[2:]:
+                condition.update(reason="ContainersNotReady", message=f"containers with unready status: [{names}]")
         return {
             "phase": "Succeeded" if is_job and not failing else "Running",
             "conditions": conditions,

@@ -46,6 +46,10 @@ class Component:
     user = "root"
     labels: ClassVar[dict[str, str]] = {}
     start_timeout = 60.0
+    # Services of its namespace that must have a ready endpoint before it starts (its init
+    # container waits for one; and the bed's /etc/hosts names only Services with ready endpoints,
+    # where a cluster's DNS would name them all)
+    needs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, kube: Kube, namespace: str, netns: str, ip: str, workdir: Path, volume_root: Path):
         self.kube = kube
@@ -58,6 +62,7 @@ class Component:
         os.chown(self.workdir, pwd.getpwnam(self.user).pw_uid, pwd.getpwnam(self.user).pw_gid)
         self.process = Process(self.name, self.workdir / f"{self.name}.log")
         self.template: dict | None = None  # the pod template the process runs
+        self.held = False  # stopped by a test: the background kubelet does not restart it
         self.started_seconds = 0.0
 
     # -- what the kubelet reads from the cluster
@@ -73,9 +78,11 @@ class Component:
             return True
 
     # -- lifecycle
-    def start(self, template: dict, hosts: Path, resolv: Path, record=None) -> None:
+    def start(self, template: dict, hosts: Path | None, resolv: Path, record=None) -> None:
         begun = time.monotonic()
         argv, env = self.prepare(template)
+        if hosts is None:
+            raise BedError(f"{self.name}: no ready endpoint for a Service it needs ({', '.join(self.needs)})")
         self.process.start(
             argv,
             netns=self.netns,
@@ -91,6 +98,13 @@ class Component:
         self.started_seconds = time.monotonic() - begun  # initdb included
 
     def stop(self) -> None:
+        """Stop the process and keep it down: the bed's kubelet leaves a stopped component alone
+        until the next explicit RealStack.sync() (a test's outage lasts as long as the test wants)."""
+        self.halt()
+        self.held = True
+
+    def halt(self) -> None:
+        """Stop the process (its pod template changed or its workload is gone)."""
         self.process.stop()
         self.template = None
 
@@ -169,6 +183,7 @@ class OpenWebUI(Component):
     name, port = "open-webui", 8080
     labels: ClassVar[dict[str, str]] = {"app.kubernetes.io/name": "open-webui"}
     start_timeout = 240.0
+    needs = ("postgres", "redis", "ollama")  # init container wait-for-postgres; the others at start
     DATA = "/app/backend/data"  # the image's DATA_DIR (its default: BACKEND_DIR/data)
 
     def prepare(self, template: dict) -> tuple[list[str], dict[str, str]]:

@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from ..cluster import KubeBed
 from ..fake_ollama import FakeOllama
 from ..ingress import Ingress, TestCA
 from ..local import BedError
-from .components import Component, Netdata, OpenWebUI, Postgres, Redis
+from .components import Component, Netdata, OpenWebUI, Postgres, Redis, wait_for
 from .pods import DnsRecorder, hosts_file, pod_address
 
 CHAT = "chat.smoke.test"
@@ -50,6 +51,10 @@ class RealStack:
     plan: stack.Plan | None = None
     output: io.StringIO = field(default_factory=io.StringIO)
     servers: list = field(default_factory=list)
+    kubelet_errors: list[Exception] = field(default_factory=list)
+    _kubelet: threading.Thread | None = None
+    _kubelet_stop: threading.Event = field(default_factory=threading.Event)
+    _sync_lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
     def kube(self) -> Kube:
@@ -116,20 +121,55 @@ class RealStack:
         """(Again: the `namespace` fixture clears the simulator's routes after each test.)"""
         sim = self.bed.sim
         assert sim is not None
-        sim.route(self.namespace, {"app.kubernetes.io/name": "ollama"}, self.ollama_ip)
+        # probe=True: the simulator runs each pod's startup/readiness probes against the process
+        # (a wrong probe path or port fails the rollout, as on a real node)
+        sim.route(self.namespace, {"app.kubernetes.io/name": "ollama"}, self.ollama_ip, probe=True)
         for component in self.components.values():
             if component.labels:
-                sim.route(component.namespace, component.labels, component.ip)
+                sim.route(component.namespace, component.labels, component.ip, probe=True)
 
     def deploy(self, **changes: str) -> stack.DeployReport:
-        """`inv deploy` with the settings changed by `changes`, then each component (re)started
-        whose pod template changed, stopped when its workload is gone."""
+        """`inv deploy` with the settings changed by `changes`, while the kubelet (re)starts each
+        component whose pod template changed and stops those whose workload is gone — as on a
+        node, the rollout waits for the real process to pass its probes."""
         values = self.settings(**changes)
         self._route()
         self.plan = stack.make_plan(values, stack.read_secret_from(self.kube))
-        report = stack.deploy(self.kube, self.plan, Console(stream=self.output, interactive=False), timeout=90)
+        return self.deploy_plan(self.plan)
+
+    def deploy_plan(self, plan: stack.Plan, *, timeout: float = 300) -> stack.DeployReport:
+        """stack.deploy of `plan` with the bed's kubelet running (see `start_kubelet`); when the
+        deploy fails, why a process behind a pod did not start is added to its exception."""
+        self._route()
+        self.start_kubelet()
+        try:
+            report = stack.deploy(self.kube, plan, Console(stream=self.output, interactive=False), timeout=timeout)
+        except Exception as exc:
+            for error in self.kubelet_errors[-3:]:
+                exc.add_note(f"the bed's kubelet: {type(error).__name__}: {error}")
+            raise
         self.sync()
         return report
+
+    def start_kubelet(self, interval: float = 0.5) -> None:
+        """From the first deploy to close(), sync the components every `interval` seconds in a
+        thread, as a kubelet does: a process starts when its pod template appears (before the
+        rollout wait that probes it), restarts when the template changes (a rollout, a restart by
+        restore or rotate), stops when its workload is gone. A failed start is tried again and
+        kept in `kubelet_errors`; a component a test stopped stays down (Component.stop)."""
+        if self._kubelet is not None:
+            return
+
+        def loop() -> None:
+            while not self._kubelet_stop.wait(interval):
+                try:
+                    self._sync(restart_held=False)
+                except Exception as exc:  # noqa: BLE001 - shown when a deploy fails (deploy_plan)
+                    self.kubelet_errors.append(exc)
+                    del self.kubelet_errors[:-10]
+
+        self._kubelet = threading.Thread(target=loop, name="testbed-kubelet", daemon=True)
+        self._kubelet.start()
 
     def destroy(self) -> None:
         assert self.plan is not None
@@ -137,20 +177,37 @@ class RealStack:
         self.sync()
 
     def sync(self) -> None:
-        for component in [self.components[k.name] for k in ORDER] + [self.components["netdata"]]:
-            template = component.live_template()
-            if template is None or template != component.template:
-                component.stop()
-            if template is not None and not component.process.running:
-                component.start(template, self._hosts(component), self.resolv, self.bed.slot.record_process)
+        """Bring every component in line with the cluster now, restarting those a test stopped."""
+        self._sync(restart_held=True)
 
-    def _hosts(self, component: Component) -> Path:
+    def _sync(self, *, restart_held: bool) -> None:
+        with self._sync_lock:
+            for component in [self.components[k.name] for k in ORDER] + [self.components["netdata"]]:
+                if restart_held:
+                    component.held = False
+                template = component.live_template()
+                if template is None or template != component.template:
+                    component.halt()
+                if template is not None and not component.process.running and not component.held:
+                    component.start(template, self._hosts(component), self.resolv, self.bed.slot.record_process)
+
+    def _hosts(self, component: Component, timeout: float = 120) -> Path | None:
+        """The pod's /etc/hosts, once every Service the component needs has a ready endpoint
+        (None if that takes over `timeout` seconds)."""
         others = [n for n in (self.namespace, self.monitoring) if n != component.namespace]
-        return hosts_file(self.kube, [component.namespace, *others], component.workdir / "hosts")
+        path = component.workdir / "hosts"
+        wanted = [f"{name}.{component.namespace}.svc" for name in component.needs]
+
+        def complete() -> bool:
+            names = set(hosts_file(self.kube, [component.namespace, *others], path).read_text().split())
+            return all(name in names for name in wanted)
+
+        return path if wait_for(complete, timeout=timeout, interval=0.5) else None
 
     def restart(self, name: str) -> None:
         component = self.components[name]
-        component.stop()
+        with self._sync_lock:
+            component.halt()
         self.sync()
 
     # -- what tests use
@@ -201,6 +258,9 @@ class RealStack:
         return json.loads(done.stdout)
 
     def close(self) -> None:
+        self._kubelet_stop.set()
+        if self._kubelet is not None:
+            self._kubelet.join()
         for component in self.components.values():
             component.stop()
         if self.ingress is not None:
