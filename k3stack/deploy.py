@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -130,6 +130,8 @@ def for_cluster(plan: Plan, cluster: Cluster) -> Plan:
                     f"or install Traefik 2.x/3.x with its CRDs, then deploy again"
                 )
             obj = {**obj, "apiVersion": api}
+        elif m.kind == "NetworkPolicy" and FROM_NODES in (obj["metadata"].get("annotations") or {}):
+            obj = from_nodes(obj, cluster.node_sources or ())
         elif m.kind == "HelmChart" and obj["apiVersion"] == "helm.cattle.io/v1":
             if not cluster.serves("helm.cattle.io/v1"):
                 raise ClusterError(
@@ -139,6 +141,29 @@ def for_cluster(plan: Plan, cluster: Cluster) -> Plan:
             obj = helmchart_for(obj, cluster.helmchart_fields)
         manifests.append(mf.Manifest(obj, m.source) if obj is not m.obj else m)
     return Plan(plan.settings, manifests, plan.secrets)
+
+
+FROM_NODES = "k3stack.dev/from-nodes"  # on a NetworkPolicy in k8s/: the ports the nodes may reach
+
+
+def from_nodes(policy: dict, sources: Iterable[str]) -> dict:
+    """`policy` (a NetworkPolicy annotated FROM_NODES: "19999,..." TCP ports) with one ingress rule
+    admitting those ports from `sources` (Cluster.node_sources: every node's /32 or /128) — how
+    host-network pods on other nodes (Netdata's children) reach a pod; traffic from the pod's own
+    node is admitted by K3s whatever the rules say. No sources: no rule (it admits nothing)."""
+    ports = [int(p) for p in str(policy["metadata"]["annotations"][FROM_NODES]).split(",") if p.strip()]
+    sources = list(sources)
+    obj = copy.deepcopy(policy)
+    rules = list(obj["spec"].get("ingress") or [])
+    if sources:
+        rules.append(
+            {
+                "from": [{"ipBlock": {"cidr": cidr}} for cidr in sources],
+                "ports": [{"port": port, "protocol": "TCP"} for port in ports],
+            }
+        )
+    obj["spec"]["ingress"] = rules
+    return obj
 
 
 class _CheckVariables(Mapping):

@@ -4,12 +4,13 @@ plain dicts, exactly what it applies and what the server returns."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -81,11 +82,32 @@ class Cluster:
     minor: tuple[int, int]  # (1, 31)
     served: frozenset[str]  # group/version pairs the API serves: "traefik.io/v1alpha1", "v1", ...
     helmchart_fields: frozenset[str] | None  # spec properties of the HelmChart CRD; None: not readable
+    # CIDRs host-network traffic of each node comes from (node_sources); None: Nodes not readable
+    node_sources: tuple[str, ...] | None = None
 
     def serves(self, api_version: str) -> bool:
         """Whether the cluster serves `api_version` as a manifest writes it: "v1", "apps/v1",
         "traefik.io/v1alpha1"."""
         return api_version in self.served
+
+
+def node_sources(nodes: Iterable[dict]) -> tuple[str, ...]:
+    """The CIDRs (/32, /128) a process on each of `nodes` (Node objects) reaches a pod of another
+    node from: its InternalIP (host-gw and direct routes), and the first address of each of its pod
+    CIDRs — flannel's VXLAN and WireGuard interfaces carry that address, so K3s's policy controller
+    (kube-router) sees host-network traffic from another node coming from it (kube-router issue
+    #332). Sorted, without duplicates; a malformed address is skipped."""
+    found = set()
+    for node in nodes:
+        spec, status = node.get("spec") or {}, node.get("status") or {}
+        addresses = [a.get("address") for a in status.get("addresses") or [] if a.get("type") == "InternalIP"]
+        for address in addresses:
+            with suppress(ValueError):
+                found.add(str(ipaddress.ip_network(address)))
+        for cidr in spec.get("podCIDRs") or [spec.get("podCIDR")]:
+            with suppress(TypeError, ValueError):
+                found.add(str(ipaddress.ip_network(ipaddress.ip_network(cidr, strict=False).network_address)))
+    return tuple(sorted(found, key=lambda c: (ipaddress.ip_network(c).version, ipaddress.ip_network(c))))
 
 
 def _kubeconfig_source(kubeconfig: str | None) -> str:
@@ -251,9 +273,10 @@ class Kube:
             return self.cluster or self.discover()
 
     def discover(self) -> Cluster:
-        """One discovery pass: the server version, the API groups it serves, and the spec fields of
-        the HelmChart CRD (what its helm-controller knows). Three requests, each call; the result is
-        also kept as `cluster` (discovered() reuses it)."""
+        """One discovery pass: the server version, the API groups it serves, the spec fields of
+        the HelmChart CRD (what its helm-controller knows) and the addresses the nodes' host-network
+        traffic comes from (node_sources). Four requests, each call; the result is also kept as
+        `cluster` (discovered() reuses it)."""
         version = self.request("GET", "/version")
         served = {"v1"}
         for group in self.request("GET", "/apis").get("groups") or []:
@@ -269,7 +292,11 @@ class Kube:
         git = str(version.get("gitVersion") or "")
         major = int("".join(c for c in str(version.get("major", "")) if c.isdigit()) or 0)
         minor = int("".join(c for c in str(version.get("minor", "")) if c.isdigit()) or 0)
-        self.cluster = Cluster(git, (major, minor), frozenset(served), fields)
+        try:
+            sources = node_sources(self.request("GET", "/api/v1/nodes").get("items") or [])
+        except (ApiError, KubeError):
+            sources = None  # not allowed to list Nodes: policies from nodes stay deny-only
+        self.cluster = Cluster(git, (major, minor), frozenset(served), fields, sources)
         return self.cluster
 
     # -- resources --------------------------------------------------------------------------

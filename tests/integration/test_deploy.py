@@ -92,6 +92,20 @@ def test_first_deploy_creates_everything_and_second_changes_nothing(stack_env):
         "open-webui-data": "Bound",
     }
 
+    # Netdata's children on other nodes reach the parent from the nodes' addresses (the bed's node:
+    # its InternalIP; it has no pod CIDR allocated), and from nothing else.
+    nodes = kube.list("v1", "Node")
+    policy = kube.get(
+        "networking.k8s.io/v1", "NetworkPolicy", "netdata-parent-from-nodes", plan.settings["MONITORING_NAMESPACE"]
+    )
+    internal = sorted(
+        f"{a['address']}/32" for n in nodes for a in n["status"]["addresses"] if a["type"] == "InternalIP"
+    )
+    assert internal
+    assert policy["spec"]["ingress"] == [
+        {"from": [{"ipBlock": {"cidr": c}} for c in internal], "ports": [{"port": 19999, "protocol": "TCP"}]}
+    ]
+
     at_rest(kube, plan)
     before = resource_versions(kube, plan)
     writes_before = kube.requests["PATCH"] + kube.requests["POST"] + kube.requests["DELETE"]
@@ -101,10 +115,10 @@ def test_first_deploy_creates_everything_and_second_changes_nothing(stack_env):
     gets = kube.requests["GET"] - gets_before
     cluster = kube.discover()
     listed = {k for k in {(m.obj["apiVersion"], m.kind) for m in plan.manifests} if cluster.serves(k[0])}
-    # Reads of a no-op redeploy: one discovery pass (3), one LIST per kind in k8s/ (the prunable kinds
+    # Reads of a no-op redeploy: one discovery pass (4), one LIST per kind in k8s/ (the prunable kinds
     # the first deploy recorded on the stack's namespace are all among them), and for the waits only
     # the chart's install Job — every workload at rest is judged from the apply's answer.
-    assert gets == 3 + len(listed) + 1, gets
+    assert gets == 4 + len(listed) + 1, gets
     assert {r.action for r in again.results} == {"unchanged"}
     assert not again.changed
     assert resource_versions(kube, plan) == before
@@ -380,10 +394,10 @@ def test_several_stacks_in_one_run_list_each_kind_once(stack_env):
         together = gets(lambda: [stack.deploy_many(kube, plans, stack_env.console, timeout=90)])
         apart = gets(lambda: [stack.deploy(kube, p, stack_env.console, timeout=90) for p in plans])
         # Stacks at rest: the waits cost the same; deploy_many saved one LIST per kind it lists (the
-        # served ones) and one discovery pass (3 GETs: /version, /apis, the HelmChart CRD).
+        # served ones) and one discovery pass (4 GETs: /version, /apis, the HelmChart CRD, the Nodes).
         cluster = kube.discover()
         listed_kinds = {(m.obj["apiVersion"], m.kind) for m in plans[0].manifests}
-        assert apart - together == len({k for k in listed_kinds if cluster.serves(k[0])}) + 3
+        assert apart - together == len({k for k in listed_kinds if cluster.serves(k[0])}) + 4
 
         same = [stack_env.plan(), stack_env.plan()]
         with pytest.raises(ApplyError, match="same STACK_NAMESPACE"):

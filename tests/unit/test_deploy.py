@@ -3,6 +3,7 @@ are a controller's by design, as pure functions."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from k3stack import deploy as stack
 from k3stack import settings
 from k3stack.apply import by_design_conflict
-from k3stack.kube import ApiError, Cluster
+from k3stack.kube import ApiError, Cluster, node_sources
 
 V011 = frozenset(stack.OLDEST_HELMCHART_FIELDS)
 V012 = V011 | {"failurePolicy"}
@@ -96,3 +97,63 @@ def test_only_the_helm_controllers_write_back_is_a_conflict_by_design():
     assert not by_design_conflict("HelmChart", conflict("kubectl-edit"))
     assert not by_design_conflict("Deployment", conflict("deploy"))
     assert not by_design_conflict("HelmChart", conflict("deploy", status=422))
+
+
+# -- Netdata's children on other nodes (host network) reach the parent: the from-nodes policy ----
+def node(internal: list[str], pod_cidrs: list[str] | None = None, **spec) -> dict:
+    addresses = [{"type": "InternalIP", "address": a} for a in internal] + [
+        {"type": "Hostname", "address": "n"},
+        {"type": "ExternalIP", "address": "203.0.113.7"},  # a public address: nodes talk over the internal one
+    ]
+    return {"spec": {**({"podCIDRs": pod_cidrs} if pod_cidrs else {}), **spec}, "status": {"addresses": addresses}}
+
+
+def test_node_sources_are_each_nodes_internal_ip_and_its_pod_cidrs_first_address():
+    nodes = [
+        node(["192.168.1.11"], ["10.42.1.0/24", "2001:db8:42:1::/64"]),
+        node(["192.168.1.10", "fd00::10"], podCIDR="10.42.0.0/24"),  # before podCIDRs existed
+        node(["192.168.1.10"]),  # the same address twice; no pod CIDR allocated yet
+        node(["not-an-address"], ["10.42.9.0/24"]),
+        {"spec": {}, "status": {}},
+    ]
+    assert node_sources(nodes) == (
+        "10.42.0.0/32",
+        "10.42.1.0/32",
+        "10.42.9.0/32",
+        "192.168.1.10/32",
+        "192.168.1.11/32",
+        "2001:db8:42:1::/128",
+        "fd00::10/128",
+    )
+
+
+def from_nodes_policy(plan) -> dict:
+    (policy,) = [
+        m.obj
+        for m in plan.manifests
+        if m.kind == "NetworkPolicy" and stack.FROM_NODES in m.obj["metadata"].get("annotations", {})
+    ]
+    return policy
+
+
+def test_deploy_admits_the_parents_port_from_every_node_address_and_nothing_else(plan):
+    sources = ("10.42.1.0/32", "192.168.1.11/32", "fd00::11/128")
+    adapted = stack.for_cluster(plan, dataclasses.replace(cluster("traefik.io/v1alpha1"), node_sources=sources))
+    policy = from_nodes_policy(adapted)
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"app": "netdata", "release": "netdata", "role": "parent"}}
+    assert policy["spec"]["ingress"] == [
+        {"from": [{"ipBlock": {"cidr": c}} for c in sources], "ports": [{"port": 19999, "protocol": "TCP"}]}
+    ]
+    assert from_nodes_policy(plan)["spec"]["ingress"] == []  # the plan itself is left as it was
+    others = [m.obj for m in adapted.manifests if m.kind == "NetworkPolicy" and m.obj is not policy]
+    assert others == [
+        m.obj
+        for m in plan.manifests
+        if m.kind == "NetworkPolicy" and stack.FROM_NODES not in m.obj["metadata"].get("annotations", {})
+    ]
+
+
+@pytest.mark.parametrize("sources", [None, ()])
+def test_without_readable_nodes_the_from_nodes_policy_admits_nothing(plan, sources):
+    adapted = stack.for_cluster(plan, dataclasses.replace(cluster("traefik.io/v1alpha1"), node_sources=sources))
+    assert from_nodes_policy(adapted)["spec"]["ingress"] == []

@@ -83,6 +83,12 @@ class FakeApi:
             return 200, {"gitVersion": "v1.31.4+k3s1", "major": "1", "minor": "31"}
         if path == "/apis":
             return 200, {"groups": [{"versions": [{"groupVersion": v}]} for v in sorted(self.served - {"v1"})]}
+        if path == "/api/v1/nodes":  # one node (Cluster.node_sources)
+            node = {
+                "spec": {"podCIDR": "10.42.0.0/24"},
+                "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.2"}]},
+            }
+            return 200, {"items": [node]}
         if path.endswith("/customresourcedefinitions/helmcharts.helm.cattle.io"):
             spec = {"properties": {key: {} for key in CHART_FIELDS}}
             schema = {"openAPIV3Schema": {"properties": {"spec": spec}}}
@@ -217,7 +223,7 @@ def lists(kube: CountingKube) -> Counter:
         for method, path, _ in kube.log
         if method == "GET"
         and not path.startswith(("/version", "/apis/apiextensions"))
-        and path != "/apis"
+        and path not in ("/apis", "/api/v1/nodes")  # the discovery pass's
         and FakeApi().where(path)[3] is None
     )
 
@@ -240,10 +246,10 @@ def test_a_no_op_redeploy_costs_one_request_per_object_and_kind_plus_discovery_l
     assert {r.action for r in report.results} == {"unchanged"}
     assert not report.pruned
     # The whole run, by verb: an apply (PATCH) per object; a LIST per kind in k8s/ (the Secrets'
-    # while planning, reused by the deploy); one discovery pass (3); a LIST per namespace a rotation
+    # while planning, reused by the deploy); one discovery pass (4); a LIST per namespace a rotation
     # journal can be in (2); the Lease (namespace GET, GET + POST to take it, GET + DELETE to let go).
-    assert dict(again.requests) == {"PATCH": objects, "GET": len(wanted) + 3 + 2 + 3, "POST": 1, "DELETE": 1}
-    assert sum(again.requests.values()) - 2 - 3 - 5 <= objects + len(wanted)  # issue 16's target, minus overheads
+    assert dict(again.requests) == {"PATCH": objects, "GET": len(wanted) + 4 + 2 + 3, "POST": 1, "DELETE": 1}
+    assert sum(again.requests.values()) - 2 - 4 - 5 <= objects + len(wanted)  # issue 16's target, minus overheads
     assert by_path(again, "GET")["/version"] == by_path(again, "GET")["/apis"] == 1
     assert lists(again) == Counter(
         [collection(*k) for k in wanted]
@@ -369,7 +375,7 @@ def test_the_check_before_the_lock_reads_no_secret_and_writes_nothing(env_dir, m
         pipeline.locked(kube, [settings.load("one")], out),
     ):
         pass
-    assert dict(kube.requests) == {"GET": 3}  # the discovery pass only
+    assert dict(kube.requests) == {"GET": 4}  # the discovery pass only
     assert api.objects == {}
 
 
@@ -393,6 +399,6 @@ def test_one_discovery_pass_per_kube_even_when_asked_at_once():
     for t in threads:
         t.join()
     assert kube.discovered() is kube.cluster
-    assert dict(kube.requests) == {"GET": 3}
+    assert dict(kube.requests) == {"GET": 4}
     kube.discover()  # asked for explicitly: a fresh pass
-    assert dict(kube.requests) == {"GET": 6}
+    assert dict(kube.requests) == {"GET": 8}
