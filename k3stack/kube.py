@@ -97,17 +97,17 @@ def node_sources(nodes: Iterable[dict]) -> tuple[str, ...]:
     CIDRs — flannel's VXLAN and WireGuard interfaces carry that address, so K3s's policy controller
     (kube-router) sees host-network traffic from another node coming from it (kube-router issue
     #332). Sorted, without duplicates; a malformed address is skipped."""
-    found = set()
+    found: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
     for node in nodes:
         spec, status = node.get("spec") or {}, node.get("status") or {}
         addresses = [a.get("address") for a in status.get("addresses") or [] if a.get("type") == "InternalIP"]
         for address in addresses:
             with suppress(ValueError):
-                found.add(str(ipaddress.ip_network(address)))
+                found.add(ipaddress.ip_network(address))
         for cidr in spec.get("podCIDRs") or [spec.get("podCIDR")]:
             with suppress(TypeError, ValueError):
-                found.add(str(ipaddress.ip_network(ipaddress.ip_network(cidr, strict=False).network_address)))
-    return tuple(sorted(found, key=lambda c: (ipaddress.ip_network(c).version, ipaddress.ip_network(c))))
+                found.add(ipaddress.ip_network(ipaddress.ip_network(cidr, strict=False).network_address))
+    return tuple(str(net) for net in sorted(found, key=lambda net: (net.version, net)))
 
 
 def _kubeconfig_source(kubeconfig: str | None) -> str:

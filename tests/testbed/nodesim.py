@@ -371,9 +371,9 @@ class NodeSimulator:
                     "state": {"waiting": {"reason": "CrashLoopBackOff", "message": failing}},
                 }
             unready = verdict is not None and c["name"] in verdict.unready
-            started_ = not (verdict is not None and c["name"] in verdict.unstarted)
+            has_started = not (verdict is not None and c["name"] in verdict.unstarted)
             running = {"running": {"startedAt": started}}
-            return {**base, "ready": not unready, "started": started_, "state": running}
+            return {**base, "ready": not unready, "started": has_started, "state": running}
 
         ready = "False" if (failing or is_job or (verdict is not None and verdict.unready)) else "True"
         conditions = [

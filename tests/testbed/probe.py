@@ -115,6 +115,6 @@ def _go_error(exc: OSError) -> str:
     """Go's net error words for what Python raised."""
     if isinstance(exc, ConnectionRefusedError):
         return "connect: connection refused"
-    if isinstance(exc, TimeoutError | socket.timeout):
+    if isinstance(exc, TimeoutError):  # socket.timeout is its alias
         return "i/o timeout"
     return f"connect: {exc.strerror or exc}"
