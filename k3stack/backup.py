@@ -35,7 +35,7 @@ from typing import BinaryIO
 
 from . import __version__
 from .console import Console, human_size
-from .errors import K3stackError
+from .errors import K3stackError, command
 
 FORMAT = 1
 PASSPHRASE_ENV = "K3STACK_BACKUP_PASSPHRASE"
@@ -176,10 +176,10 @@ def read_manifest(path: Path) -> dict:
             member = tar.getmember(MANIFEST)
             manifest = json.load(tar.extractfile(member))  # type: ignore[arg-type]
     except FileNotFoundError:
-        raise BackupError(f"{path}: no such file", "give the path `inv backup` printed") from None
+        raise BackupError(f"{path}: no such file", f"give the path {command('backup')} printed") from None
     except (tarfile.TarError, KeyError, ValueError, OSError) as exc:
         raise BackupError(
-            f"{path}: not a k3stack backup archive ({exc})", "give an archive written by `inv backup`"
+            f"{path}: not a k3stack backup archive ({exc})", f"give an archive written by {command('backup')}"
         ) from None
     if manifest.get("format") != FORMAT:
         raise BackupError(
@@ -203,7 +203,7 @@ def verify(path: Path) -> dict:
             if want is None or member is None:
                 raise BackupError(
                     f"{path}: part {name} is missing{'' if member else ' from the archive'}",
-                    "the archive is incomplete or not from `inv backup`; use another one",
+                    f"the archive is incomplete or not from {command('backup')}; use another one",
                 )
             digest = hashlib.sha256()
             f = tar.extractfile(member)
@@ -307,7 +307,7 @@ class PodExec:
         except ApiException as exc:
             raise ExecError(
                 f"{where}: cannot exec `{argv[0]}` through the API server at {self.server} ({exc.reason})",
-                "is the pod Running (`inv status`) and may this kubeconfig create pods/exec?",
+                f"is the pod Running ({command('status')}) and may this kubeconfig create pods/exec?",
             ) from None
         collected = io.BytesIO()
         sink = stdout if stdout is not None else collected
@@ -424,7 +424,7 @@ def running_pod(kube, namespace: str, app: str, container: str) -> PodInfo:
                 return PodInfo(pod["metadata"]["name"], c.get("image", ""), env)
     raise BackupError(
         f"no running {app} pod in namespace {namespace}",
-        "deploy the stack first (`inv deploy`; `inv status` shows what is not ready)",
+        f"deploy the stack first ({command('deploy')}; {command('status')} shows what is not ready)",
     )
 
 
@@ -636,9 +636,9 @@ def needs_backup(live_objects: Iterable[dict], rendered_objects: Iterable[dict])
                     f"deployment/postgres ({namespace}): POSTGRES_IMAGE {before} → {after} changes PostgreSQL's "
                     f"major version ({old if old is not None else '?'} → {new if new is not None else '?'}); the new "
                     f"server cannot start on the old data directory",
-                    f"keep POSTGRES_IMAGE={before} and deploy, then `inv backup`, `inv destroy --purge --yes`, "
-                    f"set POSTGRES_IMAGE={after}, `inv deploy`, `inv restore ARCHIVE` (the dump is restored "
-                    f"into the new major)",
+                    f"keep POSTGRES_IMAGE={before} and deploy, then {command('backup')}, "
+                    f"{command('destroy --purge --yes')}, set POSTGRES_IMAGE={after}, {command('deploy')}, "
+                    f"{command('restore ARCHIVE')} (the dump is restored into the new major)",
                 )
             reasons.append(f"deployment/postgres ({namespace}): image {before} → {after}")
         else:
@@ -669,9 +669,9 @@ def rollback_hint(reasons: list[str], archive: Path | None) -> str:
     """What to tell a person when the rollout after a guarded change fails: the previous images
     (from the reasons) and the archive to restore."""
     previous = [r.split(": image ", 1)[1].split(" → ", 1)[0] for r in reasons if ": image " in r]
-    where = f"`inv restore {archive}`" if archive else "`inv restore ARCHIVE` (your last backup)"
+    where = command(f"restore {archive}") if archive else f"{command('restore ARCHIVE')} (your last backup)"
     images = ", ".join(previous) or "the previous images"
-    return f"roll back: set the image settings back to {images}, `inv deploy`, then {where}"
+    return f"roll back: set the image settings back to {images}, {command('deploy')}, then {where}"
 
 
 def guard_upgrade(

@@ -17,7 +17,7 @@ import socket
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,7 @@ import paramiko
 from . import kubeconfig as kcfg
 from . import manifests as mf
 from .console import Console
-from .errors import BootstrapError, KubeconfigError
+from .errors import BootstrapError, KubeconfigError, command
 from .remote import k3s, preflight
 from .remote.connection import Host, RemoteError, SshOptions, Target
 from .remote.facts import Facts, gather
@@ -51,6 +51,7 @@ class Options:
     timeout: float = 300
     kubeconfig_path: str | None = None
     dry_run: bool = False  # plan every host and print it; touch nothing
+    ci: bool = False  # a CI run: K3s channels are refused (the face sets it from CI=true)
 
 
 @dataclass
@@ -145,11 +146,10 @@ def ssh_options(settings: Settings, options: Options) -> SshOptions:
 
 
 # -- local checks --------------------------------------------------------------------------------
-def check_release(settings: Settings, environ: Mapping | None = None) -> None:
-    """Refuse a K3s channel (stable, latest, …) under CI=true: CI runs must be reproducible.
-    Raises BootstrapError."""
-    environ = os.environ if environ is None else environ
-    if settings["K3S_VERSION"] in CHANNELS and environ.get("CI", "").lower() in ("true", "1"):
+def check_release(settings: Settings, *, ci: bool) -> None:
+    """Refuse a K3s channel (stable, latest, …) in a CI run (`ci`, the face's reading of CI=true):
+    CI runs must be reproducible. Raises BootstrapError."""
+    if settings["K3S_VERSION"] in CHANNELS and ci:
         raise BootstrapError(
             f"K3S_VERSION={settings['K3S_VERSION']} is a channel; CI must be reproducible: "
             "pin a release such as v1.35.8+k3s1"
@@ -305,7 +305,7 @@ def join_token(settings: Settings, first: Host, facts: Facts) -> str:
     if configured and existing and configured != existing:
         raise BootstrapError(
             f"K3S_TOKEN differs from the token {first.name} was initialised with ({k3s.TOKEN_FILE}); K3s cannot "
-            "change it in place: unset K3S_TOKEN to reuse the cluster's, or `inv reset --yes` to start over"
+            f"change it in place: unset K3S_TOKEN to reuse the cluster's, or {command('reset --yes')} to start over"
         )
     return configured or existing or secrets.token_hex(32)
 
@@ -411,7 +411,7 @@ def bootstrap(
     started = time.monotonic()
     report = Report()
     # Everything that can be checked here is, cheapest first, before any host is touched.
-    check_release(settings)
+    check_release(settings, ci=options.ci)
     servers, agents = _hosts(settings, options)
     manifests = traefik_manifests(settings)
     airgap = load_airgap(settings)

@@ -25,6 +25,7 @@ from .apply import (
     stamp_instance,
 )
 from .console import Console
+from .errors import command
 from .kube import Cluster, Kube, KubeError
 from .rollout import Status, Target, Waiter, targets
 from .settings import Settings
@@ -114,8 +115,8 @@ def for_cluster(plan: Plan, cluster: Cluster) -> Plan:
     if cluster.minor < MIN_VERSION:
         raise ClusterError(
             f"the cluster runs Kubernetes {cluster.version or '.'.join(map(str, cluster.minor))}, older than the "
-            f"{'.'.join(map(str, MIN_VERSION))} k3stack supports — fix: upgrade K3s (`inv bootstrap` with a newer "
-            f"K3S_VERSION)"
+            f"{'.'.join(map(str, MIN_VERSION))} k3stack supports — fix: upgrade K3s ({command('bootstrap')} with a "
+            f"newer K3S_VERSION)"
         )
     manifests = []
     for m in plan.manifests:

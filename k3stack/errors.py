@@ -22,3 +22,13 @@ class RemoteError(K3stackError):
 
 class KubeconfigError(K3stackError, ValueError):
     """A kubeconfig (or the API server behind it) is not usable; str() names the file, problem and fix."""
+
+
+PROGRAM = "inv"  # the front end that runs k3stack's tasks (tasks.py through Invoke); scripts/ point at it too
+
+
+def command(task: str) -> str:
+    """How a person runs `task` (a task name and its arguments, e.g. "restore ARCHIVE"), quoted as
+    code for a hint: command("deploy") == "`inv deploy`". The library's messages name tasks through
+    this one function, so the front end's spelling lives in one place (PROGRAM)."""
+    return f"`{PROGRAM} {task}`"

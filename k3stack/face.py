@@ -221,6 +221,7 @@ def bootstrap_options(host, agent, user, port, trust_new_host_keys, **more):
         user=user,
         port=int(port) if port else None,
         trust_new_host_keys=trust_new_host_keys,
+        ci=in_ci(),
         **more,
     )
 
@@ -288,7 +289,7 @@ def run_smoke(out, env, kubeconfig, context, *, json=False, junit=None, only=(),
         except ValueError as exc:
             raise fail(f"smoke: {exc}") from None
         result = sm.smoke(kube, config, out, only=list(only))
-    rep.emit(result, out, as_json=json, junit=junit)
+    rep.emit(result, out, as_json=json, junit=junit, summary=os.environ.get("GITHUB_STEP_SUMMARY"))
     if not result.ok:
         raise Exit(code=1)
     return result

@@ -17,7 +17,7 @@ from urllib.parse import quote
 import urllib3
 import yaml
 
-from .errors import K3stackError
+from .errors import K3stackError, command
 from .kinds import KNOWN, Resource
 from .retry import retrying
 
@@ -123,7 +123,7 @@ def _kubeconfig_source(kubeconfig: str | None) -> str:
     shown = os.pathsep.join(paths) + f" (from {origin})"
     if not any(os.path.isfile(p) for p in paths):
         raise KubeError(
-            f"kubeconfig {shown}: does not exist — fix: `inv kubeconfig` fetches one from the server, "
+            f"kubeconfig {shown}: does not exist — fix: {command('kubeconfig')} fetches one from the server, "
             "or pass --kubeconfig PATH"
         )
     # Read through k3stack.reader first: the client's own errors for a file that is not a
@@ -183,7 +183,7 @@ class Kube:
             )
         except (ConfigException, OSError, TypeError, AttributeError, yaml.YAMLError) as exc:
             raise KubeError(
-                f"kubeconfig {where}: {exc} — fix: `inv kubeconfig` fetches one from the server, "
+                f"kubeconfig {where}: {exc} — fix: {command('kubeconfig')} fetches one from the server, "
                 f"or pass --kubeconfig PATH / set KUBE_CONTEXT"
             ) from None
         self.server = self.api.configuration.host
@@ -239,7 +239,7 @@ class Kube:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise KubeError(
                 f"cannot reach the Kubernetes API at {self.server} ({_root_cause(exc)}) — is the "
-                f"cluster up and this the right kubeconfig/context? `inv kubeconfig` fetches a "
+                f"cluster up and this the right kubeconfig/context? {command('kubeconfig')} fetches a "
                 f"fresh one"
             ) from None
         if 200 <= status < 300:
@@ -254,12 +254,12 @@ class Kube:
             raise KubeError(
                 f"the API server at {self.server} did not accept our credentials (401) — the "
                 f"kubeconfig's certificate or token is wrong or expired; fetch a new one with "
-                f"`inv kubeconfig`"
+                f"{command('kubeconfig')}"
             )
         if status == 403:
             raise KubeError(
                 f"forbidden (403): {one_line(str(data.get('message', '')))} — the kubeconfig's user lacks RBAC "
-                f"rights for this; use the cluster's admin kubeconfig (`inv kubeconfig`) or the "
+                f"rights for this; use the cluster's admin kubeconfig ({command('kubeconfig')}) or the "
                 f"right --context"
             )
         raise ApiError(status, data, method, path)

@@ -31,7 +31,7 @@ import yaml
 from cryptography import x509
 
 from . import reader
-from .errors import KubeconfigError
+from .errors import KubeconfigError, command
 from .retry import retrying
 
 K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
@@ -43,7 +43,7 @@ SECTIONS = (("clusters", "cluster"), ("users", "user"), ("contexts", "context"))
 # because, as its source says, the dynamic listener's cache file cannot simply be deleted.
 SAN_FIX = (
     "add it to K3S_TLS_SAN (or set the API endpoint to a name the certificate carries) and re-run"
-    " `inv bootstrap`; if the certificate still lacks it, K3s kept its old one: run"
+    f" {command('bootstrap')}; if the certificate still lacks it, K3s kept its old one: run"
     " `systemctl stop k3s && k3s certificate rotate && systemctl start k3s` on each server"
 )
 
@@ -308,7 +308,7 @@ def _forget(path: Path, name: str) -> WriteResult:
     return WriteResult(path=path, changed=True, backup=backup)
 
 
-READ_FIX = "point --kubeconfig (or $KUBECONFIG) at a kubeconfig, or run `inv kubeconfig` to fetch one"
+READ_FIX = f"point --kubeconfig (or $KUBECONFIG) at a kubeconfig, or run {command('kubeconfig')} to fetch one"
 
 
 def check_file(path: Path | str, *, fix: str = READ_FIX) -> dict | None:

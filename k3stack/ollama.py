@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from tenacity import RetryCallState, Retrying
 
 from .console import human_size
-from .errors import K3stackError
+from .errors import K3stackError, command
 from .retry import retrying
 
 if TYPE_CHECKING:  # the Kubernetes client is a heavy import: settings validation needs none of it
@@ -457,7 +457,7 @@ class Ollama:
             message = response.message()
             raise OllamaError(
                 f"Ollama ({self.where}) GET /{path}: HTTP {response.status} {message}",
-                "is Ollama deployed and ready? `inv status` shows it; `inv deploy` starts it",
+                f"is Ollama deployed and ready? {command('status')} shows it; {command('deploy')} starts it",
                 retry=transient(message, response.status),
             )
         data = response.json()

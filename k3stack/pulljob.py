@@ -14,6 +14,7 @@ import time
 from . import manifests as mf
 from .apply import FIELD_MANAGER
 from .console import Console
+from .errors import command
 from .kube import Kube
 from .ollama import NAME_HINT, Ollama, OllamaError, missing_models, name_problem
 from .rollout import RolloutError, Target, Waiter
@@ -63,7 +64,7 @@ def pull_in_cluster(kube: Kube, settings: Settings, names: list[str], console: C
     if missing:
         raise OllamaError(
             f"job {name} completed but Ollama does not list {', '.join(missing)}",
-            "check the model names and Ollama's volume (inv models.list)",
+            f"check the model names and Ollama's volume ({command('models.list')})",
         )
     console.result(job.describe(), "complete", "(every model listed by Ollama)")
     return action

@@ -3,9 +3,8 @@ for CI test reports, and a Markdown table for the GitHub Actions step summary.""
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,17 +141,17 @@ def emit(
     *,
     as_json: bool = False,
     junit: str | Path | None = None,
-    environ: Mapping[str, str] = os.environ,
+    summary: str | Path | None = None,
 ) -> None:
     """Everything `inv smoke` outputs: the table (or JSON), the JUnit file when asked, and the
-    Markdown table appended to $GITHUB_STEP_SUMMARY when that is set. All text is redacted."""
+    Markdown table appended to the file `summary` when given (the face passes
+    $GITHUB_STEP_SUMMARY: GitHub Actions shows it on the run's page). All text is redacted."""
     if as_json:
         console.json(to_json(report))
     else:
         show(report, console)
     if junit:
         Path(junit).write_text(junit_xml(report, console.redact))
-    summary = environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a", encoding="utf-8") as out:
             out.write(markdown(report, console.redact))

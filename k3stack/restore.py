@@ -31,7 +31,7 @@ from pathlib import Path
 
 from . import backup as bk
 from .console import Console, human_size
-from .errors import K3stackError
+from .errors import K3stackError, command
 
 MARKER = "k3stack-restore"  # ConfigMap in the stack's namespace while a restore is under way
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
@@ -57,8 +57,8 @@ def refusal(users: int, chats: int, database: str, namespace: str) -> RestoreErr
     return RestoreError(
         f"database {database} in namespace {namespace} already holds data ({users} users, {chats} chats); "
         "restoring would replace it",
-        "restore onto a fresh stack (`inv destroy --purge --yes`, `inv deploy`), or pass --force to replace it "
-        "(`inv backup` first keeps a copy)",
+        f"restore onto a fresh stack ({command('destroy --purge --yes')}, {command('deploy')}), or pass --force "
+        f"to replace it ({command('backup')} first keeps a copy)",
     )
 
 

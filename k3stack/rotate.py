@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from . import backup as bk
 from .console import Console
-from .errors import K3stackError
+from .errors import K3stackError, command
 
 CHECKSUM_ANNOTATION = "k3stack.dev/secret-checksum"  # on the pod templates of k8s/llm-stack
 JOURNAL_PREFIX = "k3stack-rotate-"
@@ -132,7 +132,7 @@ def refuse_pending(kube, settings) -> None:
     if names := pending(kube, settings):
         raise RotateError(
             f"the rotation of {', '.join(names)} stopped halfway; deploying now could write the old value back",
-            " and ".join(f"`inv rotate {name} --yes`" for name in names) + " finishes it, then deploy",
+            " and ".join(command(f"rotate {name} --yes") for name in names) + " finishes it, then deploy",
         )
 
 
@@ -321,7 +321,7 @@ def rotate(
     if cluster is None or key not in cluster:
         raise RotateError(
             f"{secret_name}: Secret {home_ns}/{home} (key {key}) is not there; nothing runs with it yet",
-            "deploy the stack first (`inv deploy`)",
+            f"deploy the stack first ({command('deploy')})",
         )
     journal_obj = read(home_ns, journal_name(secret_name))
     journal = json.loads(journal_obj["rotation"]) if journal_obj and "rotation" in journal_obj else None
@@ -401,7 +401,9 @@ def rotate(
         namespace = settings[ns_key]
         current = read(namespace, name)
         if current is None:
-            raise RotateError(f"Secret {namespace}/{name} is not there", "deploy the stack first (`inv deploy`)")
+            raise RotateError(
+                f"Secret {namespace}/{name} is not there", f"deploy the stack first ({command('deploy')})"
+            )
         manifest = objects[("Secret", namespace, name)]
         changed = patch_of(current, decode(manifest.obj), keys)
         if changed:
@@ -413,7 +415,9 @@ def rotate(
     for name in rotation.rollouts:
         deployment = kube.get("apps/v1", "Deployment", name, stack_ns)
         if deployment is None:
-            raise RotateError(f"deployment {stack_ns}/{name} is not there", "deploy the stack first (`inv deploy`)")
+            raise RotateError(
+                f"deployment {stack_ns}/{name} is not there", f"deploy the stack first ({command('deploy')})"
+            )
         manifest = objects[("Deployment", stack_ns, name)]
         want = manifest.obj["spec"]["template"]["metadata"]["annotations"][CHECKSUM_ANNOTATION]
         have = (deployment["spec"]["template"]["metadata"].get("annotations") or {}).get(CHECKSUM_ANNOTATION)

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from . import reader
-from .errors import K3stackError
+from .errors import K3stackError, command
 from .manifests import image_tag
 
 REPO = Path(__file__).resolve().parent.parent
@@ -758,7 +758,7 @@ def example_env() -> str:
     """The text of env/example.env: every setting, its meaning and default."""
     lines = [
         "# k3stack settings. Copy to env/<name>.env (e.g. env/prod.env, chmod 600) and use",
-        "# `inv deploy --env <name>`; the process environment overrides this file (CI secrets).",
+        f"# {command('deploy --env <name>')}; the process environment overrides this file (CI secrets).",
         "# ${NAME} refers to another setting. Secrets left empty are generated once and kept",
         "# in the cluster; set them only to choose your own.",
         "",

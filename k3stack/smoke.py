@@ -32,7 +32,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 
 from . import kinds, rollout
 from .console import Console
-from .errors import K3stackError
+from .errors import K3stackError, command
 from .kube import Kube, KubeError
 from .manifests import image_tag
 from .ollama import normalise
@@ -491,7 +491,7 @@ class Checks:
         has no nodes or a node is not Ready (naming the condition's reason)."""
         nodes = self.kube.list("v1", "Node")
         if not nodes:
-            raise CheckFailed("the cluster has no nodes", "is K3s running? `inv bootstrap`")
+            raise CheckFailed("the cluster has no nodes", f"is K3s running? {command('bootstrap')}")
         bad = []
         for node in nodes:
             ready = next((c for c in node.get("status", {}).get("conditions") or [] if c["type"] == "Ready"), {})
@@ -520,9 +520,11 @@ class Checks:
                     if not status.done:
                         bad.append(f"{kind.lower()}/{obj['metadata']['name']} ({namespace}): {status.message}")
         if not seen:
-            raise CheckFailed(f"no workloads in {', '.join(self.namespaces)}", "deploy the stack: `inv deploy`")
+            raise CheckFailed(f"no workloads in {', '.join(self.namespaces)}", f"deploy the stack: {command('deploy')}")
         if bad:
-            raise CheckFailed("; ".join(bad), "`inv status` shows each workload; `inv deploy` explains a stuck rollout")
+            raise CheckFailed(
+                "; ".join(bad), f"{command('status')} shows each workload; {command('deploy')} explains a stuck rollout"
+            )
         return f"{seen} workload(s) available"
 
     def volumes_bound(self) -> str:
@@ -531,7 +533,7 @@ class Checks:
         claims = [c for ns in self.namespaces for c in self.kube.list("v1", "PersistentVolumeClaim", ns)]
         if not claims:
             raise CheckFailed(
-                f"no PersistentVolumeClaims in {', '.join(self.namespaces)}", "deploy the stack: `inv deploy`"
+                f"no PersistentVolumeClaims in {', '.join(self.namespaces)}", f"deploy the stack: {command('deploy')}"
             )
         bad = [
             f"{c['metadata']['name']} ({c['metadata']['namespace']}) {c.get('status', {}).get('phase', 'Pending')}"
@@ -553,7 +555,7 @@ class Checks:
         namespace = self.config.monitoring_namespace
         charts = self.kube.list("helm.cattle.io/v1", "HelmChart", namespace)
         if not charts:
-            raise CheckFailed(f"no HelmChart in {namespace}", "deploy the stack: `inv deploy`")
+            raise CheckFailed(f"no HelmChart in {namespace}", f"deploy the stack: {command('deploy')}")
         waiter = rollout.Waiter(self.kube)
         done, bad, failed = [], [], False
         jobs = []
@@ -597,7 +599,7 @@ class Checks:
         if status != 200 or not data or "version" not in data:
             raise CheckFailed(
                 f"Ollama /api/version: HTTP {status} {message}",
-                f"is Ollama ready? `inv status`; `kubectl -n {self.config.stack_namespace} logs deploy/ollama`",
+                f"is Ollama ready? {command('status')}; `kubectl -n {self.config.stack_namespace} logs deploy/ollama`",
             )
         return f"Ollama {data['version']}"
 
@@ -606,11 +608,11 @@ class Checks:
         Ollama's volume. Fails when /api/tags does not answer or a model is missing."""
         status, data, message = self._proxy_get(self.config.ollama_service, "api/tags")
         if status != 200 or data is None:
-            raise CheckFailed(f"Ollama /api/tags: HTTP {status} {message}", "is Ollama ready? `inv status`")
+            raise CheckFailed(f"Ollama /api/tags: HTTP {status} {message}", f"is Ollama ready? {command('status')}")
         listed = {normalise(m.get("name") or m.get("model") or "") for m in data.get("models") or []}
         missing = self._missing(listed)
         if missing:
-            raise CheckFailed(f"not on Ollama's volume: {', '.join(missing)}", "pull them: `inv models.pull`")
+            raise CheckFailed(f"not on Ollama's volume: {', '.join(missing)}", f"pull them: {command('models.pull')}")
         return f"{len(self.config.models)} model(s) present"
 
     def webui_health(self) -> str:
@@ -723,7 +725,7 @@ class Checks:
             raise CheckFailed(
                 f"admin sign-in as {self.config.admin_email} refused: HTTP {answer.status}",
                 "the password in the Secret open-webui (WEBUI_ADMIN_PASSWORD) is not the admin's: Open WebUI "
-                "applies it only while no user exists; `inv credentials` shows the one k3stack has",
+                f"applies it only while no user exists; {command('credentials')} shows the one k3stack has",
                 final=True,
             )
         reason = f"admin sign-in as {self.config.admin_email} failed: HTTP {answer.status}"
@@ -731,7 +733,7 @@ class Checks:
 
     def _failed_hint(self) -> str:
         return (
-            "Open WebUI answers with PostgreSQL and Redis behind it: `inv smoke --only in-cluster` shows its "
+            f"Open WebUI answers with PostgreSQL and Redis behind it: {command('smoke --only in-cluster')} shows its "
             f"/ready, `kubectl -n {self.config.stack_namespace} logs deploy/open-webui` why"
         )
 
@@ -751,7 +753,7 @@ class Checks:
         if missing:
             raise CheckFailed(
                 f"Open WebUI does not list {', '.join(missing)} ({len(listed)} listed)",
-                "pull them (`inv models.pull`); Open WebUI reaches Ollama at OLLAMA_BASE_URL",
+                f"pull them ({command('models.pull')}); Open WebUI reaches Ollama at OLLAMA_BASE_URL",
             )
         return f"signed in; {len(listed)} model(s) listed"
 

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None, environ=os.environ) -> int:
         console.error(f"{' and '.join(missing)} not set — fix: export them (the checks sign in; never on argv)")
         return 2
     result = smoke(None, config, console, only=["public"])
-    rep.emit(result, console, as_json=args.json, junit=args.junit, environ=environ)
+    rep.emit(result, console, as_json=args.json, junit=args.junit, summary=environ.get("GITHUB_STEP_SUMMARY"))
     return 0 if result.ok else 1
 
 

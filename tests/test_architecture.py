@@ -71,3 +71,46 @@ def test_the_face_is_the_only_invoke_user():
                 if any(n.split(".")[0] == "invoke" for n in names):
                     users.append(path.name)
     assert sorted(set(users)) == ["face.py"]
+
+
+def _docstrings(tree) -> set[int]:
+    """ids of the Constant nodes that are module, class or function docstrings."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                found.add(id(body[0].value))
+    return found
+
+
+def test_messages_name_tasks_through_one_function():
+    """The library's messages spell a task through errors.command(), never as a literal `inv …`:
+    the front end's name lives in one place (errors.PROGRAM). Docstrings may say `inv deploy`."""
+    import re
+
+    literal = re.compile(r"\binv [a-z]")
+    offenders = []
+    for path in sorted(LIBRARY.rglob("*.py")):
+        if path.name == "face.py":  # the face is the command line
+            continue
+        tree = ast.parse(path.read_text())
+        docs = _docstrings(tree)
+        for node in ast.walk(tree):
+            is_message = isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
+            if is_message and literal.search(node.value):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value[:70]!r}")
+    assert offenders == [], "use errors.command('TASK'):\n" + "\n".join(offenders)
+
+
+def test_only_the_face_reads_ci_and_the_step_summary():
+    """CI and GITHUB_STEP_SUMMARY are the front end's business: the face (and the console, which
+    renders plain lines in CI) read them and hand the library plain flags."""
+    readers = []
+    for path in sorted(LIBRARY.rglob("*.py")):
+        if path.name in ("face.py", "console.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in ("CI", "GITHUB_STEP_SUMMARY"):
+                readers.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value}")
+    assert readers == []

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from ..errors import PROGRAM
 from .connection import Host, RemoteError, https_url
 from .facts import STATE_FILE, TOKEN_FILE, Facts
 
@@ -110,7 +111,7 @@ def node_config(
         config["node-label"] = labels
     if taints and role == "agent":
         config["node-taint"] = taints
-    header = "# Written by k3stack (inv bootstrap); changes here are overwritten on the next run.\n"
+    header = f"# Written by k3stack ({PROGRAM} bootstrap); changes here are overwritten on the next run.\n"
     return (header + yaml.safe_dump(config, sort_keys=True)).encode()
 
 

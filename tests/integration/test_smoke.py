@@ -101,7 +101,7 @@ def test_every_check_passes_on_the_real_stack_and_runs_concurrently(bed, tmp_pat
     junit = tmp_path / "smoke.xml"
     summary = tmp_path / "summary.md"
     summary.write_text("earlier step\n")
-    rp.emit(report, console, junit=junit, environ={"GITHUB_STEP_SUMMARY": str(summary)})
+    rp.emit(report, console, junit=junit, summary=summary)
     cases = [case for suite in JUnitXml.fromfile(str(junit)) for case in suite]
     assert len(cases) == 14
     assert all(case.is_passed for case in cases)
@@ -129,7 +129,7 @@ def test_redis_stopped_fails_the_websocket_check_with_its_hint_everywhere(bed, t
         assert failed["admin sign-in lists models"].reason.endswith(": HTTP 500")
         assert failed["open-webui ready"].reason.startswith("Open WebUI /ready: HTTP 503")
         junit = tmp_path / "smoke.xml"
-        rp.emit(report, Console(stream=io.StringIO(), interactive=False), as_json=True, junit=junit, environ={})
+        rp.emit(report, Console(stream=io.StringIO(), interactive=False), as_json=True, junit=junit)
         [suite] = list(JUnitXml.fromfile(str(junit)))
         assert (suite.tests, suite.failures) == (10, 3)
         [websocket] = [case for case in suite if case.name == "websocket handshake"]

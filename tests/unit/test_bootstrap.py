@@ -252,3 +252,17 @@ def test_a_host_that_cannot_be_reached_never_has_an_empty_fix():
     plain = preflight.connect_failure("root@h", OSError("root@h: no route to host"))
     assert plain.detail == "no route to host"
     assert plain.fix.startswith("check that the host is reachable")
+
+
+def test_a_channel_is_refused_in_ci_only_and_the_face_reads_ci(monkeypatch):
+    """K3s channels move: a CI run must pin a release. The library takes `ci` as a flag; the face
+    sets it from CI=true|1."""
+    from k3stack import face
+
+    settings = load(K3S_VERSION="stable")
+    boot.check_release(settings, ci=False)
+    with pytest.raises(boot.BootstrapError, match="K3S_VERSION=stable is a channel; CI must be reproducible"):
+        boot.check_release(settings, ci=True)
+    for value, expected in (("true", True), ("1", True), ("", False), ("false", False)):
+        monkeypatch.setenv("CI", value)
+        assert face.bootstrap_options((), (), None, None, False).ci is expected

@@ -80,7 +80,7 @@ def test_emit_prints_table_writes_junit_and_appends_summary_redacted(tmp_path):
     summary = tmp_path / "summary.md"
     summary.write_text("# build\n")
     junit = tmp_path / "junit.xml"
-    rp.emit(sample(), console, junit=junit, environ={"GITHUB_STEP_SUMMARY": str(summary)})
+    rp.emit(sample(), console, junit=junit, summary=summary)
     printed = out.getvalue()
     assert "FAIL" in printed
     assert "admin sign-in lists models: hint: check WEBUI_ADMIN_PASSWORD" in printed
@@ -91,7 +91,7 @@ def test_emit_prints_table_writes_junit_and_appends_summary_redacted(tmp_path):
 
 def test_emit_json_is_parseable_and_skips_the_summary_without_github(tmp_path):
     out = io.StringIO()
-    rp.emit(sample(), Console(stream=out, interactive=False), as_json=True, environ={})
+    rp.emit(sample(), Console(stream=out, interactive=False), as_json=True)
     data = json.loads(out.getvalue())
     assert data["ok"] is False
     assert [c["ok"] for c in data["checks"]] == [True, False, True]
@@ -203,11 +203,11 @@ def test_the_table_for_people_has_a_row_per_check_then_each_hint():
 def test_emit_shows_the_table_unless_json_and_takes_a_junit_path_as_text(tmp_path):
     out = io.StringIO()
     junit = tmp_path / "j.xml"
-    rp.emit(wider(), Console(stream=out, interactive=False), junit=str(junit), environ={})
+    rp.emit(wider(), Console(stream=out, interactive=False), junit=str(junit))
     assert out.getvalue().startswith("smoke: 2 of 4 checks FAILED in 2.6s\n")
     assert junit.read_text() == rp.junit_xml(wider())
     out = io.StringIO()
-    rp.emit(wider(), Console(stream=out, interactive=False), as_json=True, environ={"GITHUB_STEP_SUMMARY": ""})
+    rp.emit(wider(), Console(stream=out, interactive=False), as_json=True, summary="")
     assert json.loads(out.getvalue()) == rp.to_json(wider())
     assert list(tmp_path.iterdir()) == [junit]
 
