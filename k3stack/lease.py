@@ -4,9 +4,14 @@ The Lease `k3stack-deploy` lives in the stack's namespace (created, and recorded
 k3stack, when it is not there yet). Its holder is `user@host pid N`; the holder renews it every
 DURATION/3 seconds, and deletes it at the end. A second run waits (up to `wait` seconds) while a
 live holder renews it, then stops with who holds it; a holder that died stops renewing and its
-Lease expires DURATION seconds after its last renewal, when the next run takes it over. Taking
-and taking over are writes with the Lease's resourceVersion as precondition (optimistic
-concurrency, as client-go's leader election does), so two runs can never both win.
+Lease expires DURATION seconds after its last renewal, when the next run takes it over.
+
+Taking it is a create (the API server lets one create of a name win; the others get 409), so a run
+nobody contends with makes two requests in all: the create and, at the end, the delete. Only a
+conflicting create reads the Lease; taking over an expired one is an update carrying the
+resourceVersion read (optimistic concurrency, as client-go's leader election does), so two runs can
+never both win. The delete has the uid and resourceVersion of our last write as preconditions: a
+Lease another run has taken over since (or created anew) fails them (409) and is left alone.
 """
 
 from __future__ import annotations
@@ -66,9 +71,17 @@ def expired(lease: dict) -> bool:
     return _age(spec.get("renewTime") or spec.get("acquireTime")) > float(spec.get("leaseDurationSeconds") or DURATION)
 
 
-def _ensure_namespace(kube: Kube, namespace: str, instance: str) -> None:
-    if kube.get("v1", "Namespace", namespace) is not None:
-        return
+def _leases(namespace: str) -> str:
+    return f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+
+
+def _read(kube: Kube, namespace: str) -> dict | None:
+    return kube.get("coordination.k8s.io/v1", "Lease", NAME, namespace)
+
+
+def _create_namespace(kube: Kube, namespace: str, instance: str) -> None:
+    """Create the namespace the Lease lives in, recorded as the stack's; one created meanwhile by
+    another run (409) is left as it is."""
     try:
         kube.request(
             "POST",
@@ -95,23 +108,54 @@ def _body(namespace: str, holder: str, resource_version: str | None, acquired: s
     }
 
 
-def _try_take(kube: Kube, namespace: str, holder: str) -> dict | None:
-    """Take the Lease if free or expired; None when a live holder has it (the Lease it has)."""
-    path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
-    current = kube.get("coordination.k8s.io/v1", "Lease", NAME, namespace)
+def _create(kube: Kube, namespace: str, holder: str) -> dict:
+    """POST the Lease: the Lease as written, ours. A namespace that is not there fails the create
+    with 404 (the API server's NamespaceLifecycle admission): it is created, then the Lease."""
     try:
-        if current is None:
-            kube.request("POST", path, body=_body(namespace, holder, None, _now()))
-            return None
-        if not expired(current):
-            return current
-        version = current["metadata"]["resourceVersion"]
-        kube.request("PUT", f"{path}/{NAME}", body=_body(namespace, holder, version, _now()))
-        return None
+        return kube.request("POST", _leases(namespace), body=_body(namespace, holder, None, _now()))
     except ApiError as exc:
-        if exc.status == 409:  # the other run won this round: read who, and wait
-            return kube.get("coordination.k8s.io/v1", "Lease", NAME, namespace) or {}
+        if exc.status != 404:
+            raise
+    _create_namespace(kube, namespace, namespace)
+    return kube.request("POST", _leases(namespace), body=_body(namespace, holder, None, _now()))
+
+
+def _try_take(kube: Kube, namespace: str, holder: str, current: dict | None) -> tuple[dict | None, dict]:
+    """One try at the Lease: (the Lease as we wrote it, {}) when taken, else (None, the Lease a live
+    holder has; {} when it could not be read). `current` is the Lease as last read: None (not read,
+    or not there) tries a create, and reads the Lease only when that conflicts; an expired one is
+    taken over with an update carrying its resourceVersion."""
+    if current is None:
+        try:
+            return _create(kube, namespace, holder), {}
+        except ApiError as exc:
+            if exc.status != 409:  # 409: it exists; read whose it is
+                raise
+        current = _read(kube, namespace)
+        if current is None:  # let go between our create and read: the next try creates it
+            return None, {}
+    if not expired(current):
+        return None, current
+    version = current["metadata"]["resourceVersion"]
+    try:
+        return kube.request("PUT", f"{_leases(namespace)}/{NAME}", body=_body(namespace, holder, version, _now())), {}
+    except ApiError as exc:
+        if exc.status == 409:  # the other run took it over first: read who, and wait
+            return None, _read(kube, namespace) or {}
         raise
+
+
+def _release(kube: Kube, namespace: str, mine: dict) -> None:
+    """Delete the Lease as we last wrote it (no read first): its uid and resourceVersion are the
+    delete's preconditions, so a Lease another run has taken over or created since fails them (409)
+    and stays; one already gone (404) is fine."""
+    meta = mine.get("metadata") or {}
+    options = {"preconditions": {"uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")}}
+    try:
+        kube.request("DELETE", f"{_leases(namespace)}/{NAME}", body=options)
+    except ApiError as exc:
+        if exc.status not in (404, 409):
+            raise
 
 
 @contextmanager
@@ -126,16 +170,20 @@ def held(
 ) -> Iterator[str]:
     """Hold the stack's deploy Lease in `namespace` for the block; yields the holder identity.
 
-    Waits up to `wait` seconds (polling every `poll`) while another live run holds it, calling
-    `on_wait` once with who; then raises LeaseHeldError naming the holder, since when, and when the
-    Lease would expire. Renewed in the background every DURATION/3 s; deleted when the block ends
-    (also on Ctrl-C or an error). Raises KubeError when the cluster cannot be asked.
+    Waits up to `wait` seconds (polling every `poll`, one read each) while another live run holds
+    it, calling `on_wait` once with who; then raises LeaseHeldError naming the holder, since when,
+    and when the Lease would expire. Renewed in the background every DURATION/3 s; deleted when the
+    block ends (also on Ctrl-C or an error), unless another run has taken it over meanwhile. Raises
+    KubeError when the cluster cannot be asked.
     """
     holder = holder or holder_identity()
-    _ensure_namespace(kube, namespace, namespace)
     deadline = time.monotonic() + wait
     told = False
-    while (other := _try_take(kube, namespace, holder)) is not None:
+    current = None  # the Lease as last read: none yet, so the first try is a create
+    while True:
+        mine, other = _try_take(kube, namespace, holder, current)
+        if mine is not None:
+            break
         spec = other.get("spec") or {}
         who = spec.get("holderIdentity") or "another run"
         since = spec.get("acquireTime") or "?"
@@ -149,28 +197,28 @@ def held(
                 f"wait for it to finish; if that run is dead its lease expires within {left:.0f}s, then run again",
             )
         time.sleep(poll)
+        current = _read(kube, namespace)  # one read a round; a create once it is gone
     stop = threading.Event()
+    writing = threading.Lock()  # a renewal under way finishes before the release reads `mine`
 
     def renew() -> None:
+        nonlocal mine
         while not stop.wait(DURATION / 3):
-            try:
-                current = kube.get("coordination.k8s.io/v1", "Lease", NAME, namespace)
-                if current and (current.get("spec") or {}).get("holderIdentity") == holder:
-                    current["spec"]["renewTime"] = _now()
-                    kube.request(
-                        "PUT",
-                        f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{NAME}",
-                        body=current,
-                    )
-            except K3stackError:
-                pass  # the next renewal tries again; the Lease is valid for DURATION meanwhile
+            with writing:
+                if stop.is_set():
+                    return
+                try:
+                    current = _read(kube, namespace)
+                    if current and (current.get("spec") or {}).get("holderIdentity") == holder:
+                        current["spec"]["renewTime"] = _now()
+                        mine = kube.request("PUT", f"{_leases(namespace)}/{NAME}", body=current)
+                except K3stackError:
+                    pass  # the next renewal tries again; the Lease is valid for DURATION meanwhile
 
-    renewer = threading.Thread(target=renew, name=f"lease-{namespace}", daemon=True)
-    renewer.start()
     try:
+        threading.Thread(target=renew, name=f"lease-{namespace}", daemon=True).start()
         yield holder
     finally:
         stop.set()
-        current = kube.get("coordination.k8s.io/v1", "Lease", NAME, namespace)
-        if current and (current.get("spec") or {}).get("holderIdentity") == holder:
-            kube.delete("coordination.k8s.io/v1", "Lease", NAME, namespace)
+        with writing:
+            _release(kube, namespace, mine)
