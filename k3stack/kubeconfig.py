@@ -72,7 +72,7 @@ def rewrite(text: str | bytes, *, server: str, name: str, source: str) -> dict:
         raise KubeconfigError(
             f"{source}: context name {name!r} is empty or has spaces; fix: set a name like my-cluster"
         )
-    config = _parse(text, source)
+    config = _parse(text, source, fix=f"fetch {K3S_KUBECONFIG} again (the file is damaged)")
     if config is None:
         raise KubeconfigError(f"{source}: file is empty; fix: check that K3s is running and wrote {K3S_KUBECONFIG}")
     entries = {}
@@ -361,7 +361,58 @@ def _parse(text: str, source: str, *, existing_file: bool = False, fix: str | No
         for index, entry in enumerate(data.get(section) or []):
             if not isinstance(entry, dict):  # `forget` and `merge` read entry names
                 raise KubeconfigError(f"{source}: {section}[{index}] is not a mapping; fix: {fix}")
+            if problem := _entry_problem(section, entry):
+                raise KubeconfigError(f"{source}: {section}[{index}] {problem}; fix: {fix}")
+    current = data.get("current-context")
+    if current is not None and not isinstance(current, str):
+        raise KubeconfigError(
+            f"{source}: current-context is {type(current).__name__} {current!r}, not a name; fix: {fix}"
+        )
     return data
+
+
+# The fields of a kubeconfig entry that hold text, and those that hold base64 (client-go's
+# clientcmd/api/v1 types: strings and []byte, the latter base64 in YAML).
+TEXT_FIELDS = {
+    "cluster": ("server", "certificate-authority", "tls-server-name", "proxy-url"),
+    "user": ("client-certificate", "client-key", "token", "tokenFile", "username", "password"),
+    "context": ("cluster", "user", "namespace"),
+}
+BASE64_FIELDS = {
+    "cluster": ("certificate-authority-data",),
+    "user": ("client-certificate-data", "client-key-data"),
+    "context": (),
+}
+
+
+def _entry_problem(section: str, entry: dict) -> str | None:
+    """What is wrong with one entry of `section` (clusters, users, contexts) for the kubernetes
+    client, None when nothing: a name that is text, the inner mapping a mapping, its text fields
+    text and its *-data fields valid base64 (the client's own errors for these are Python
+    internals such as "argument of type 'int' is not iterable" or a binascii traceback)."""
+    singular = dict(SECTIONS)[section]
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        return f"has name {name!r}, not a name"
+    inner = entry.get(singular)
+    if inner is None:
+        return None
+    if not isinstance(inner, dict):
+        return f"({name}): {singular} is {type(inner).__name__} {inner!r}, not a mapping"
+    for field_name in TEXT_FIELDS[singular]:
+        value = inner.get(field_name)
+        if value is not None and not isinstance(value, str):
+            return f"({name}): {singular}.{field_name} is {type(value).__name__} {value!r}, not text"
+    for field_name in BASE64_FIELDS[singular]:
+        value = inner.get(field_name)
+        if value is None:
+            continue
+        try:
+            # Line breaks are allowed, as Go's base64 decoder (client-go) skips them.
+            base64.b64decode("".join(value.split()) if isinstance(value, str) else "-", validate=True)
+        except (binascii.Error, ValueError):
+            return f"({name}): {singular}.{field_name} is not valid base64"
+    return None
 
 
 def _check_server(url: str, *, source: str) -> tuple[str, int]:

@@ -143,16 +143,8 @@ def render(
     for path in manifest_files(k8s_dir, targets):
         source = str(path.relative_to(k8s_dir))
         for line, obj in _load(path, source, variables, problems):
-            if (
-                not isinstance(obj, dict)
-                or not all(k in obj for k in ("apiVersion", "kind", "metadata"))
-                or not isinstance(obj["metadata"], dict)
-                or not obj["metadata"].get("name")
-            ):
-                problems.append(
-                    f"k8s/{source}:{line}: a document lacks apiVersion, kind or metadata.name "
-                    "— fix: give every document all three"
-                )
+            if problem := shape_problem(obj):
+                problems.append(f"k8s/{source}:{line}: {problem}")
                 continue
             manifests.append(Manifest(_stamp(obj, source), source))
     seen: dict[tuple, str] = {}
@@ -223,6 +215,49 @@ def _substitute(node, loader, text: str, source: str, variables: Mapping[str, st
         # `replicas: ${N}` stays typed like the YAML it stands for; quoted scalars stay strings.
         if node.style is None and VAR.fullmatch(original):
             node.tag = loader.resolve(ScalarNode, node.value, (True, False))
+
+
+def shape_problem(obj: object) -> str | None:
+    """What makes `obj` unusable as a Kubernetes object before any API server sees it, as
+    `what — fix: how`; None when its identity has the shape the API requires: apiVersion, kind and
+    metadata.name (and metadata.namespace, when given) are non-empty strings, and metadata.labels /
+    metadata.annotations are maps of strings to strings (ObjectMeta's types, k8s.io/apimachinery)."""
+    if not isinstance(obj, dict) or not all(k in obj for k in ("apiVersion", "kind", "metadata")):
+        return "a document lacks apiVersion, kind or metadata.name — fix: give every document all three"
+    metadata = obj["metadata"]
+    if not isinstance(metadata, dict) or not metadata.get("name"):
+        return "a document lacks apiVersion, kind or metadata.name — fix: give every document all three"
+    for where, value in (
+        ("apiVersion", obj["apiVersion"]),
+        ("kind", obj["kind"]),
+        ("metadata.name", metadata["name"]),
+        *([("metadata.namespace", metadata["namespace"])] if "namespace" in metadata else []),
+    ):
+        if not isinstance(value, str) or not value:
+            return f"{where} is {_shown(value)}, not a name — fix: write it as a plain string, e.g. {where}: example"
+    for field_name in ("labels", "annotations"):
+        entries = metadata.get(field_name)
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            return (
+                f"metadata.{field_name} is {_shown(entries)}, not a map — fix: write it as key: value lines "
+                f"under metadata.{field_name}"
+            )
+        for key, value in entries.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                return (
+                    f"metadata.{field_name}.{key}: {_shown(value)} is not a string — fix: quote it "
+                    f'(Kubernetes {field_name} are strings), e.g. {key}: "{value}"'
+                )
+    return None
+
+
+def _shown(value: object) -> str:
+    """A value as a problem line shows it: its YAML type and a short repr."""
+    kind = {dict: "a map", list: "a list", bool: "a boolean", int: "a number", float: "a number"}.get(type(value))
+    text = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    return f"{kind} {text}" if kind else ("empty" if value in ("", None) else text)
 
 
 def _stamp(obj: dict, source: str) -> dict:

@@ -265,8 +265,34 @@ def test_crlf_bom_export_and_inline_comments_still_read(tmp_path):
         (b"kind: Config\nclusters:\n- just-a-name\n", ": clusters[0] is not a mapping", "move it"),
         (b"kind: Config\n---\nkind: Config\n", ":3: holds 2 YAML documents", "keep only one"),
         (b"kind: Config\nusers: [\xff]\n", ":2: not UTF-8 text", ""),
+        (
+            b"kind: Config\nclusters:\n- name: c\n  cluster: {server: 'https://1.2.3.4:6443', "
+            b"certificate-authority-data: 'not*base64!'}\n",
+            ": clusters[0] (c): cluster.certificate-authority-data is not valid base64",
+            "move it",
+        ),
+        (b"kind: Config\nusers:\n- name: u\n  user: 5\n", ": users[0] (u): user is int 5, not a mapping", "move it"),
+        (
+            b"kind: Config\ncontexts:\n- name: x\n  context: {cluster: c, user: [u]}\n",
+            ": contexts[0] (x): context.user is list ['u'], not text",
+            "move it",
+        ),
+        (b"kind: Config\ncontexts:\n- name: 7\n", ": contexts[0] has name 7, not a name", "move it"),
+        (b"kind: Config\ncurrent-context: [a]\n", ": current-context is list ['a'], not a name", "move it"),
     ],
-    ids=["truncated", "string", "values-yaml", "entry-not-mapping", "two-documents", "not-utf8"],
+    ids=[
+        "truncated",
+        "string",
+        "values-yaml",
+        "entry-not-mapping",
+        "two-documents",
+        "not-utf8",
+        "bad-base64",
+        "user-not-mapping",
+        "context-user-list",
+        "name-number",
+        "current-context-list",
+    ],
 )
 def test_a_kubeconfig_that_is_not_one_is_one_line(tmp_path, content, start, fix):
     path = tmp_path / "config"
@@ -308,3 +334,17 @@ def test_yaml_file_names_the_line_of_a_yaml_error(tmp_path):
         reader.yaml_file(path, shown="k8s/t/x.yaml")
     assert str(err.value).startswith("k8s/t/x.yaml:5: not valid YAML (")
     assert err.value.line == 5
+
+
+def test_wrapped_base64_in_a_kubeconfig_is_accepted_as_client_go_accepts_it(tmp_path):
+    """Go's base64 decoder skips line breaks, so a folded certificate-authority-data is valid."""
+    import base64
+
+    data = base64.b64encode(b"x" * 120).decode()
+    folded = data[:60] + "\n      " + data[60:]
+    path = tmp_path / "config"
+    path.write_text(
+        "kind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://1.2.3.4:6443\n"
+        f"    certificate-authority-data: |\n      {folded}\n"
+    )
+    assert kubeconfig.check_file(path)["clusters"][0]["name"] == "c"

@@ -147,7 +147,7 @@ def test_rewrite_keeps_a_token_user_and_ipv6_server():
             "exactly one entry in users, found 2",
         ),
         (k3s_yaml().replace("    cluster: default\n", "    cluster: elsewhere\n"), "refers to cluster 'elsewhere'"),
-        (k3s_yaml().replace("  name: default\ncontexts", "  nom: default\ncontexts"), "needs a name"),
+        (k3s_yaml().replace("  name: default\ncontexts", "  nom: default\ncontexts"), "has name None, not a name"),
         (
             k3s_yaml().replace("    certificate-authority-data:", "    insecure: true\n    x:"),
             "no certificate-authority-data",
@@ -352,7 +352,7 @@ def test_merge_replaces_the_stale_entry_and_keeps_the_others_in_order():
         "preferences": {"colors": True},
         "clusters": [
             {"name": "a", "cluster": {"server": "https://a:6443"}},
-            {"name": "prod", "cluster": {"server": SERVER, "certificate-authority-data": "OLD"}},
+            {"name": "prod", "cluster": {"server": SERVER, "certificate-authority-data": "T0xE"}},
             {"name": "z", "cluster": {"server": "https://z:6443"}},
         ],
         "users": [{"name": "prod", "user": {"token": "OLD-token"}}, {"name": "a", "user": {"token": "a"}}],
@@ -360,10 +360,10 @@ def test_merge_replaces_the_stale_entry_and_keeps_the_others_in_order():
         "current-context": "a",
     }
     before = yaml.safe_dump(existing)
-    merged = kubeconfig.merge(existing, _config("prod", "NEW"))
+    merged = kubeconfig.merge(existing, _config("prod", "TkVX"))
     assert [c["name"] for c in merged["clusters"]] == ["a", "prod", "z"]
-    assert merged["clusters"][1]["cluster"]["certificate-authority-data"] == "NEW"
-    assert merged["users"] == [{"name": "prod", "user": {"token": "NEW-token"}}, {"name": "a", "user": {"token": "a"}}]
+    assert merged["clusters"][1]["cluster"]["certificate-authority-data"] == "TkVX"
+    assert merged["users"] == [{"name": "prod", "user": {"token": "TkVX-token"}}, {"name": "a", "user": {"token": "a"}}]
     assert [c["name"] for c in merged["contexts"]] == ["a", "prod"]
     assert merged["current-context"] == "prod"
     assert merged["preferences"] == {"colors": True}
@@ -372,7 +372,7 @@ def test_merge_replaces_the_stale_entry_and_keeps_the_others_in_order():
 
 @pytest.mark.parametrize("existing", [None, {}, {"clusters": None, "users": None, "contexts": None}])
 def test_merge_into_nothing_gives_the_new_config(existing):
-    new = _config("prod", "NEW")
+    new = _config("prod", "TkVX")
     assert kubeconfig.merge(existing, new) == new
 
 
@@ -390,11 +390,11 @@ def loose_umask():
 
 def test_write_creates_the_file_0600_and_the_directory_0700(tmp_path, loose_umask):
     path = tmp_path / "home" / ".kube" / "config"
-    result = kubeconfig.write(path, _config("prod", "NEW"), merge_into_existing=True)
+    result = kubeconfig.write(path, _config("prod", "TkVX"), merge_into_existing=True)
     assert result == kubeconfig.WriteResult(path=path, changed=True, backup=None)
     assert _mode(path) == 0o600
     assert _mode(path.parent) == 0o700
-    assert yaml.safe_load(path.read_text()) == _config("prod", "NEW")
+    assert yaml.safe_load(path.read_text()) == _config("prod", "TkVX")
     assert [p.name for p in path.parent.iterdir()] == ["config"]  # no temporary file left behind
 
 
@@ -410,8 +410,8 @@ def test_write_never_has_a_moment_with_a_wider_mode(tmp_path, monkeypatch):
     monkeypatch.setattr(kubeconfig.os, "fchmod", spy)
     old = os.umask(0)
     try:
-        kubeconfig.write(tmp_path / "config", _config("a", "A"), merge_into_existing=True)
-        kubeconfig.write(tmp_path / "config", _config("b", "B"), merge_into_existing=True)  # + backup
+        kubeconfig.write(tmp_path / "config", _config("a", "QQ=="), merge_into_existing=True)
+        kubeconfig.write(tmp_path / "config", _config("b", "Qg=="), merge_into_existing=True)  # + backup
     finally:
         os.umask(old)
     assert seen == [0o600, 0o600, 0o600]
@@ -420,9 +420,9 @@ def test_write_never_has_a_moment_with_a_wider_mode(tmp_path, monkeypatch):
 
 def test_write_twice_changes_nothing_the_second_time(tmp_path):
     path = tmp_path / "config"
-    kubeconfig.write(path, _config("prod", "NEW"), merge_into_existing=True)
+    kubeconfig.write(path, _config("prod", "TkVX"), merge_into_existing=True)
     mtime = path.stat().st_mtime_ns
-    again = kubeconfig.write(path, _config("prod", "NEW"), merge_into_existing=True)
+    again = kubeconfig.write(path, _config("prod", "TkVX"), merge_into_existing=True)
     assert again == kubeconfig.WriteResult(path=path, changed=False, backup=None)
     assert path.stat().st_mtime_ns == mtime
     assert not (tmp_path / "config.bak").exists()
@@ -436,7 +436,7 @@ def test_write_merges_new_wins_and_keeps_a_0600_backup(tmp_path, loose_umask):
             "kind": "Config",
             "clusters": [
                 {"name": "other", "cluster": {"server": "https://other:6443"}},
-                {"name": "prod", "cluster": {"server": SERVER, "certificate-authority-data": "OLD"}},
+                {"name": "prod", "cluster": {"server": SERVER, "certificate-authority-data": "T0xE"}},
             ],
             "users": None,
             "contexts": [{"name": "other", "context": {"cluster": "other", "user": "other"}}],
@@ -445,7 +445,7 @@ def test_write_merges_new_wins_and_keeps_a_0600_backup(tmp_path, loose_umask):
     )
     path.write_text(old_text)
     path.chmod(0o644)  # a file someone made readable: ours must not stay that way
-    result = kubeconfig.write(path, _config("prod", "NEW"), merge_into_existing=True)
+    result = kubeconfig.write(path, _config("prod", "TkVX"), merge_into_existing=True)
     assert result.changed
     assert result.backup == tmp_path / "config.bak"
     assert result.backup.read_text() == old_text
@@ -454,7 +454,7 @@ def test_write_merges_new_wins_and_keeps_a_0600_backup(tmp_path, loose_umask):
     written = yaml.safe_load(path.read_text())
     assert [(c["name"], c["cluster"].get("certificate-authority-data")) for c in written["clusters"]] == [
         ("other", None),
-        ("prod", "NEW"),
+        ("prod", "TkVX"),
     ]
     assert written["current-context"] == "prod"
     assert [c["name"] for c in written["contexts"]] == ["other", "prod"]
@@ -462,19 +462,19 @@ def test_write_merges_new_wins_and_keeps_a_0600_backup(tmp_path, loose_umask):
 
 def test_write_without_merge_replaces_the_file(tmp_path):
     path = tmp_path / "prod.yaml"
-    kubeconfig.write(path, _config("a", "A"), merge_into_existing=False)
-    result = kubeconfig.write(path, _config("prod", "NEW"), merge_into_existing=False)
+    kubeconfig.write(path, _config("a", "QQ=="), merge_into_existing=False)
+    result = kubeconfig.write(path, _config("prod", "TkVX"), merge_into_existing=False)
     assert result.changed
-    assert yaml.safe_load(path.read_text()) == _config("prod", "NEW")
-    assert yaml.safe_load(result.backup.read_text()) == _config("a", "A")
+    assert yaml.safe_load(path.read_text()) == _config("prod", "TkVX")
+    assert yaml.safe_load(result.backup.read_text()) == _config("a", "QQ==")
 
 
 def test_write_through_a_symlink_updates_the_target(tmp_path):
     target = tmp_path / "real-config"
-    kubeconfig.write(target, _config("a", "A"), merge_into_existing=False)
+    kubeconfig.write(target, _config("a", "QQ=="), merge_into_existing=False)
     link = tmp_path / "config"
     link.symlink_to(target)
-    kubeconfig.write(link, _config("prod", "NEW"), merge_into_existing=True)
+    kubeconfig.write(link, _config("prod", "TkVX"), merge_into_existing=True)
     assert link.is_symlink()
     assert [c["name"] for c in yaml.safe_load(target.read_text())["clusters"]] == ["a", "prod"]
 
@@ -493,7 +493,7 @@ def test_write_refuses_to_clobber_a_file_that_is_not_a_kubeconfig(tmp_path, cont
     path.write_text(content)
     for merge_into_existing in (True, False):
         with pytest.raises(KubeconfigError) as err:
-            kubeconfig.write(path, _config("prod", "NEW"), merge_into_existing=merge_into_existing)
+            kubeconfig.write(path, _config("prod", "TkVX"), merge_into_existing=merge_into_existing)
         message = str(err.value)
         assert message.startswith(f"{path}:")  # path:line: for YAML errors
         assert expected in message
@@ -505,9 +505,9 @@ def test_write_refuses_to_clobber_a_file_that_is_not_a_kubeconfig(tmp_path, cont
 def test_write_treats_an_empty_file_as_no_config(tmp_path):
     path = tmp_path / "config"
     path.write_text("")
-    result = kubeconfig.write(path, _config("prod", "NEW"), merge_into_existing=True)
+    result = kubeconfig.write(path, _config("prod", "TkVX"), merge_into_existing=True)
     assert result.changed
-    assert yaml.safe_load(path.read_text()) == _config("prod", "NEW")
+    assert yaml.safe_load(path.read_text()) == _config("prod", "TkVX")
     assert result.backup.read_text() == ""
 
 
@@ -558,10 +558,10 @@ def test_rewrite_refusals_as_written():
         f"s: context 'default' refers to user 'u2', but the file's user is 'default'; {fix}"
     )
     assert _refusal(rewrite(_k3s_doc(clusters__cluster="x"))) == (
-        f"s: the entry in clusters needs a name and a cluster mapping; {fix} (the file is damaged)"
+        f"s: clusters[0] (default): cluster is str 'x', not a mapping; {fix} (the file is damaged)"
     )
     assert _refusal(rewrite(_k3s_doc(users__name=3))) == (
-        f"s: the entry in users needs a name and a user mapping; {fix} (the file is damaged)"
+        f"s: users[0] has name 3, not a name; {fix} (the file is damaged)"
     )
     assert (
         _refusal(rewrite("")) == "s: file is empty; fix: check that K3s is running and wrote /etc/rancher/k3s/k3s.yaml"
@@ -746,7 +746,7 @@ def test_a_name_holding_an_address_is_no_address():
 
 def test_the_merged_config_shares_nothing_with_either_input():
     existing = {"clusters": [{"name": "a", "cluster": {"server": "https://a:6443"}}]}
-    new = _config("prod", "NEW")
+    new = _config("prod", "TkVX")
     merged = kubeconfig.merge(existing, new)
     merged["clusters"][0]["cluster"]["server"] = "changed"
     merged["clusters"][1]["cluster"]["server"] = "changed"

@@ -136,6 +136,52 @@ def test_an_empty_metadata_is_one_problem_not_a_crash(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        ("apiVersion: v1\nkind: [ConfigMap]\nmetadata: {name: x}\n", "kind is a list ['ConfigMap'], not a name"),
+        ("apiVersion: 1\nkind: ConfigMap\nmetadata: {name: x}\n", "apiVersion is a number 1, not a name"),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: [x]}\n", "metadata.name is a list ['x'], not a name"),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: [a]}\n", "metadata.namespace is a list"),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: ''}\n", "metadata.namespace is empty"),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, labels: app}\n", "metadata.labels is 'app', not a map"),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, labels: [a]}\n", "metadata.labels is a list"),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, labels: {v: 1}}\n", "metadata.labels.v: a number 1"),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, annotations: {on: yes}}\n",
+            "annotations.True: a boolean",
+        ),
+        ("- a\n- b\n", "a document lacks apiVersion, kind or metadata.name"),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata: name\n", "a document lacks apiVersion, kind or metadata.name"),
+    ],
+    ids=[
+        "kind-list",
+        "apiversion-number",
+        "name-list",
+        "namespace-list",
+        "namespace-empty",
+        "labels-string",
+        "labels-list",
+        "label-number",
+        "annotation-yaml11-bool",
+        "document-list",
+        "metadata-string",
+    ],
+)
+def test_a_document_of_the_wrong_shape_is_one_problem_naming_file_line_and_fix(tmp_path, document, problem):
+    """Issue 15 kind 5: a k8s/ document whose identity has the wrong YAML type is one problem line
+    (file:line: what — fix: how), never a TypeError from deep inside deploy."""
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "x.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: fine}\n---\n" + document)
+    with pytest.raises(mf.RenderError) as caught:
+        mf.render({}, k8s_dir=tmp_path, targets=["t"])
+    assert caught.value.problems == [caught.value.problems[0]]
+    line = caught.value.problems[0]
+    assert line.startswith("k8s/t/x.yaml:5: "), line
+    assert problem in line, line
+    assert " — fix: " in line, line
+
+
+@pytest.mark.parametrize(
     ("reference", "tag"),
     [
         ("ghcr.io/open-webui/open-webui:v0.11.0", "v0.11.0"),
