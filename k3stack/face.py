@@ -213,8 +213,8 @@ def bootstrap_options(host, agent, user, port, trust_new_host_keys, **more):
     """bootstrap.Options from the host flags (shared by bootstrap, kubeconfig, reset and up)."""
     from .bootstrap import Options
 
-    if port and not str(port).isdigit():
-        raise usage(f"--port {port}: not a TCP port number")
+    if port and not (str(port).isdigit() and 1 <= int(port) <= 65535):
+        raise usage(f"--port {port}: not a TCP port number (1-65535)")
     return Options(
         hosts=tuple(host or ()),
         agents=tuple(agent or ()),

@@ -231,21 +231,35 @@ def rendered(loaded: settings.Settings, *, show_secrets: bool = False) -> list[m
 def write_rendered(objects: Iterable[mf.Manifest], directory: Path, *, private: bool) -> list[Path]:
     """One YAML file per target (llm-stack.yaml, monitoring.yaml, k3stack.yaml for generated
     objects) in `directory` (created). `private` (secrets shown): mode 0600 from the first byte,
-    even over an existing file with a looser mode; else 0644. Returns the files written."""
+    even over an existing file with a looser mode; else 0644. Returns the files written.
+    Raises K3stackError naming the path when the directory or a file cannot be written (a file
+    where the directory should be, no permission, a full disk)."""
     objects = list(objects)
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise K3stackError(
+            f"--out {directory}: is a file, not a directory",
+            "give a directory (created when missing); render writes one file per target into it",
+        )
     written = []
-    for target in [*mf.TARGETS, "k3stack"]:
-        chosen = [m for m in objects if m.source.split("/")[0] == target]
-        if not chosen:
-            continue
-        path = directory / f"{target}.yaml"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-        if private:
-            os.fchmod(fd, 0o600)  # O_CREAT's mode applies only to a new file
-        with os.fdopen(fd, "w") as out:
-            out.write(mf.to_yaml(chosen))
-        written.append(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for target in [*mf.TARGETS, "k3stack"]:
+            chosen = [m for m in objects if m.source.split("/")[0] == target]
+            if not chosen:
+                continue
+            path = directory / f"{target}.yaml"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+            if private:
+                os.fchmod(fd, 0o600)  # O_CREAT's mode applies only to a new file
+            with os.fdopen(fd, "w") as out:
+                out.write(mf.to_yaml(chosen))
+            written.append(path)
+    except OSError as exc:
+        where = exc.filename or directory
+        raise K3stackError(
+            f"--out {directory}: cannot write {where} ({exc.strerror or exc})",
+            "give a directory you can write to, with space left",
+        ) from None
     return written
 
 

@@ -81,16 +81,20 @@ def env_values(path: Path, *, shown: str | None = None) -> dict[str, str | None]
 
     shown = shown or str(path)
     values: dict[str, str | None] = {}
+    bad: list[int] = []  # every line that does not parse, not just the first
     for binding in parse_stream(io.StringIO(read_text(path, shown=shown))):
         if binding.error:
-            raise ReadError(
-                shown,
-                binding.original.line,
-                "cannot parse this line",
-                "write NAME=value, quote a value holding spaces, # or quotes ('...'), and close every quote",
-            )
-        if binding.key is not None:
+            bad.append(binding.original.line)
+        elif binding.key is not None:
             values[binding.key] = binding.value
+    if bad:
+        also = f" (also line{'s' if len(bad) > 2 else ''} {', '.join(map(str, bad[1:]))})" if len(bad) > 1 else ""
+        raise ReadError(
+            shown,
+            bad[0],
+            f"cannot parse this line{also}",
+            "write NAME=value, quote a value holding spaces, # or quotes ('...'), and close every quote",
+        )
     return values
 
 

@@ -127,6 +127,17 @@ def byte_quantity(v: str) -> str | None:
     return None
 
 
+def storage(v: str) -> str | None:
+    """A volume size: whole bytes (byte_quantity) and more than none. The API server refuses a
+    PersistentVolumeClaim whose storage request is not greater than zero (ValidatePositiveQuantityValue
+    in k8s.io/kubernetes pkg/apis/core/validation), which would stop deploy halfway."""
+    if problem := byte_quantity(v):
+        return problem
+    if parse_quantity(v) == 0:
+        return "a volume size above zero such as 1Gi (Kubernetes refuses an empty PersistentVolumeClaim)"
+    return None
+
+
 def dns_label(v: str) -> str | None:
     """A check: an RFC 1123 DNS label (Kubernetes' rule for namespace and object names)."""
     return None if _DNS_LABEL.match(v) else "a lower-case DNS label (a-z, 0-9, -)"
@@ -476,11 +487,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NETDATA_CHART_REPO", "https://netdata.github.io/helmchart/", "Netdata Helm repository", url),
     Setting("NETDATA_CHART_VERSION", "3.7.172", "Netdata chart version", version),
     # Storage
-    Setting("OLLAMA_STORAGE", "50Gi", "volume for Ollama models", byte_quantity),
-    Setting("OPEN_WEBUI_STORAGE", "5Gi", "volume for Open WebUI uploads and cache", byte_quantity),
-    Setting("POSTGRES_STORAGE", "10Gi", "volume for PostgreSQL", byte_quantity),
-    Setting("REDIS_STORAGE", "1Gi", "volume for Redis", byte_quantity),
-    Setting("NETDATA_STORAGE", "5Gi", "volume for Netdata's metrics database", byte_quantity),
+    Setting("OLLAMA_STORAGE", "50Gi", "volume for Ollama models", storage),
+    Setting("OPEN_WEBUI_STORAGE", "5Gi", "volume for Open WebUI uploads and cache", storage),
+    Setting("POSTGRES_STORAGE", "10Gi", "volume for PostgreSQL", storage),
+    Setting("REDIS_STORAGE", "1Gi", "volume for Redis", storage),
+    Setting("NETDATA_STORAGE", "5Gi", "volume for Netdata's metrics database", storage),
     # Resources
     *_resources("ollama", "1", "4Gi", "8", "16Gi"),
     *_resources("open-webui", "250m", "1Gi", "2", "2Gi"),
@@ -724,9 +735,13 @@ def _cross_check(values: Mapping[str, str], failed: set[str], problems: list[str
                     f"refuses a limit below its request (raise {limit} or lower {request})"
                 )
     if not {"CHAT_HOST", "MONITOR_HOST"} & failed and values["CHAT_HOST"] == values["MONITOR_HOST"]:
+        # Blame the one the user moved onto the other's name: its default differs from the value.
+        monitor_default = REF.sub(lambda m: values.get(m.group(1), ""), BY_NAME["MONITOR_HOST"].default)
+        moved = "CHAT_HOST" if values["MONITOR_HOST"] == monitor_default else "MONITOR_HOST"
+        other = "MONITOR_HOST" if moved == "CHAT_HOST" else "CHAT_HOST"
         problems.append(
-            f"MONITOR_HOST={values['MONITOR_HOST']!r}: expected a name other than CHAT_HOST's (both Ingresses "
-            f"would claim the same host; e.g. MONITOR_HOST=monitor.${{DOMAIN}})"
+            f"{moved}={values[moved]!r}: expected a name other than {other}'s (both Ingresses would claim the "
+            f"same host; e.g. {moved}={BY_NAME[moved].default})"
         )
     if not {"SERVERS", "AGENTS"} & failed:
         servers = [_address(e) for e in split_list(values["SERVERS"])]

@@ -5,11 +5,13 @@ reports means nothing has changed anywhere."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from k3stack import kubeconfig, reader, settings
+from k3stack import manifests as mf
 from k3stack.errors import K3stackError
 from k3stack.settings import SettingsError
 
@@ -57,6 +59,13 @@ REFUSED = [
         "MONITOR_HOST='chat.203.0.113.10.sslip.io': expected a name other than CHAT_HOST's",
         "monitor.${DOMAIN}",
     ),
+    (  # the one moved onto the other's name is blamed, and its hint is not the value it already has
+        {"CHAT_HOST": "monitor.${DOMAIN}"},
+        "CHAT_HOST='monitor.203.0.113.10.sslip.io': expected a name other than MONITOR_HOST's",
+        "CHAT_HOST=chat.${DOMAIN}",
+    ),
+    ({"OLLAMA_STORAGE": "0"}, "OLLAMA_STORAGE='0': expected a volume size above zero", "empty PersistentVolumeClaim"),
+    ({"POSTGRES_STORAGE": "0Gi"}, "POSTGRES_STORAGE='0Gi': expected a volume size above zero", ""),
     ({"SERVERS": "a.example.com,root@a.example.com:2222,b.example.com"}, "SERVERS: a.example.com listed twice", ""),
     ({"SERVERS": "a.example.com", "AGENTS": "b.example.com,B.example.com"}, "AGENTS: b.example.com listed twice", ""),
     ({"SERVERS": "a.example.com", "AGENTS": "ubuntu@a.example.com"}, "AGENTS: a.example.com also in SERVERS", ""),
@@ -348,3 +357,46 @@ def test_wrapped_base64_in_a_kubeconfig_is_accepted_as_client_go_accepts_it(tmp_
         f"    certificate-authority-data: |\n      {folded}\n"
     )
     assert kubeconfig.check_file(path)["clusters"][0]["name"] == "c"
+
+
+def test_every_line_of_an_env_file_that_does_not_parse_is_named_at_once(tmp_path):
+    """Not just the first: fixing one line only to meet the next is the loop issue 15 asks to end."""
+    path = tmp_path / "prod.env"
+    path.write_bytes(b"DOMAIN=x.example.com\nACME_EMAIL a@example.com\nOK=1\nWEBUI NAME=x\nALSO BAD\n")
+    with pytest.raises(SettingsError) as err:
+        settings.load("prod", env_dir=tmp_path, environ={})
+    (problem,) = err.value.problems
+    assert problem.startswith(f"{path}:2: cannot parse this line (also lines 4, 5) — fix: write NAME=value"), problem
+    path.write_bytes(b"DOMAIN=x.example.com\nACME_EMAIL a@example.com\nALSO BAD\n")
+    with pytest.raises(SettingsError) as err:
+        settings.load("prod", env_dir=tmp_path, environ={})
+    assert err.value.problems[0].startswith(f"{path}:2: cannot parse this line (also line 3) — fix:")
+
+
+def test_render_out_onto_a_file_or_an_unwritable_place_is_one_line(tmp_path):
+    from k3stack import pipeline
+    from k3stack.errors import K3stackError
+
+    objects = [mf.Manifest({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}, "llm-stack/x.yaml")]
+    taken = tmp_path / "objects.yaml"
+    taken.write_text("mine\n")
+    with pytest.raises(K3stackError, match=r"^--out .*objects.yaml: is a file, not a directory — fix: give a dir"):
+        pipeline.write_rendered(objects, taken, private=False)
+    assert taken.read_text() == "mine\n"  # never clobbered
+    (tmp_path / "ro").mkdir(mode=0o500)
+    if os.geteuid() != 0:  # root writes anywhere
+        with pytest.raises(K3stackError, match=r"^--out .*ro/out: cannot write .*ro/out \(Permission denied\)"):
+            pipeline.write_rendered(objects, tmp_path / "ro" / "out", private=False)
+    with pytest.raises(K3stackError, match=r"cannot write .*objects.yaml/x \(Not a directory\)"):
+        pipeline.write_rendered(objects, taken / "x", private=False)
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999", "22x", "-1"])
+def test_a_port_flag_out_of_range_is_a_usage_error(port):
+    from invoke import Exit
+
+    from k3stack import face
+
+    with pytest.raises(Exit) as caught:
+        face.bootstrap_options((), (), None, port, False)
+    assert caught.value.code == 2
