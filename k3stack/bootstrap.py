@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import ipaddress
 import os
+import re
 import secrets
 import socket
 import time
@@ -29,7 +31,7 @@ from . import manifests as mf
 from .console import Console
 from .errors import BootstrapError, KubeconfigError, command
 from .remote import k3s, preflight
-from .remote.connection import Host, RemoteError, SshOptions, Target
+from .remote.connection import Host, RemoteError, SshOptions, Target, load_key
 from .remote.facts import Facts, gather
 from .settings import CHANNELS, Settings, split_endpoint, split_list
 
@@ -73,27 +75,60 @@ class Report:
 
 
 # -- inventory ---------------------------------------------------------------------------------
+HOST_FORM = "write it as [user@]host[:port], e.g. {example}"
+_HOST_NAME = re.compile(r"(?=.{1,253}$)(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def parse_target(entry: str, *, user: str, port: int, role: str) -> Target:
-    """`[user@]host[:port]` (IPv6 as [addr]:port), or `local`."""
+    """`[user@]host[:port]` (IPv6 as [addr]:port, or bare without a port), or `local`. Raises
+    BootstrapError naming the entry and what in it is wrong (a URL scheme, a path, a port that is
+    not 1-65535, an address that is no host name or IP), with the form to write."""
     if entry == "local":
         return Target("local", os.environ.get("USER", "root"), 0, role)
-    if "@" in entry:
-        user, entry = entry.split("@", 1)
-    port_text = ""
-    if entry.startswith("["):
-        address, _, rest = entry[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif entry.count(":") == 1:
-        address, port_text = entry.split(":")
+
+    def bad(problem: str, example: str = "") -> BootstrapError:
+        return BootstrapError(f"host {entry!r}: {problem}", HOST_FORM.format(example=example or "10.0.0.2"))
+
+    text = entry
+    if scheme := _SCHEME.match(text):
+        text = text[scheme.end() :]
+        raise bad(f"a URL scheme ({scheme.group(0)}) has no place in a host entry", text.split("/")[0])
+    if "/" in text:
+        raise bad(f"a path ({text[text.index('/') :]!r}) has no place in a host entry", text.split("/")[0])
+    if "@" in text:
+        user, text = text.rsplit("@", 1)
+        if not user or any(c in user for c in "@: "):
+            raise bad(f"user {user!r} is not a login name")
+    port_text = None
+    if text.startswith("["):
+        address, closed, rest = text[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise bad("a bracketed address is written [address] or [address]:port", "[2001:db8::1]:22")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        address, port_text = text.split(":")
     else:
-        address = entry
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise BootstrapError(f"host {entry!r}: port {port_text!r} is not a TCP port; write [user@]host[:port]")
+        address = text
+    if port_text is not None:
+        if not (port_text.isascii() and port_text.isdigit()):
+            raise bad(f"port {port_text!r} is not a number")
+        if not 0 < int(port_text) < 65536:
+            raise bad(f"port {port_text} is out of range (1-65535)")
         port = int(port_text)
     if not address:
-        raise BootstrapError(f"host {entry!r}: no address; write [user@]host[:port]")
+        raise bad("no address")
+    if not (_is_ip(address) or (":" not in address and _HOST_NAME.fullmatch(address))):
+        raise bad(f"{address!r} is not a host name or IP address")
     return Target(address, user, port, role)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def inventory(settings: Settings, options: Options) -> tuple[list[Target], list[Target]]:
@@ -121,8 +156,10 @@ def inventory(settings: Settings, options: Options) -> tuple[list[Target], list[
 
 
 def ssh_options(settings: Settings, options: Options) -> SshOptions:
-    """SshOptions from the settings: key, known_hosts, pinned SHA256 fingerprints (SSH_HOST_KEYS),
-    jump host, connect timeout (s), sudo password. Raises BootstrapError for a malformed pin or a missing key file."""
+    """SshOptions from the settings: key (loaded here, before any connection), known_hosts, pinned
+    SHA256 fingerprints (SSH_HOST_KEYS), jump host, connect timeout (s), sudo password. Raises
+    BootstrapError for a malformed pin, and for a key file that is missing, is not a private key,
+    or is encrypted and neither SSH_KEY_PASSPHRASE nor a running ssh-agent can open it."""
     pinned = {}
     for item in split_list(settings["SSH_HOST_KEYS"]):
         host, _, print_ = item.partition("=")
@@ -133,14 +170,20 @@ def ssh_options(settings: Settings, options: Options) -> SshOptions:
     key = settings["SSH_KEY"]
     if key and not Path(key).expanduser().is_file():
         raise BootstrapError(f"SSH_KEY={key}: no such file; point it at your private key, or unset it to use ssh-agent")
+    passphrase = settings.secrets.get("SSH_KEY_PASSPHRASE", "")
+    try:
+        loaded = load_key(key, passphrase) if key else None
+    except RemoteError as exc:
+        raise BootstrapError(exc.what, exc.hint) from None
     return SshOptions(
-        key_file=settings["SSH_KEY"],
+        key_file=key,
+        key=loaded,
         known_hosts=settings["SSH_KNOWN_HOSTS"],
         pinned=pinned,
         jump=parse_target(jump, user=settings["SSH_USER"], port=22, role="jump") if jump else None,
         timeout=float(settings["SSH_TIMEOUT"]),
         sudo_password=settings.secrets.get("SUDO_PASSWORD", ""),
-        key_passphrase=settings.secrets.get("SSH_KEY_PASSPHRASE", ""),
+        key_passphrase=passphrase,
         trust_new_keys=options.trust_new_host_keys,
     )
 
@@ -153,6 +196,51 @@ def check_release(settings: Settings, *, ci: bool) -> None:
         raise BootstrapError(
             f"K3S_VERSION={settings['K3S_VERSION']} is a channel; CI must be reproducible: "
             "pin a release such as v1.35.8+k3s1"
+        )
+
+
+def kubeconfig_path(settings: Settings, options: Options) -> Path:
+    """Where the cluster's kubeconfig is merged: --kubeconfig, else KUBECONFIG_PATH (~ expanded)."""
+    return Path(options.kubeconfig_path or settings["KUBECONFIG_PATH"]).expanduser()
+
+
+def check_kubeconfig_target(settings: Settings, options: Options, *, create: bool = True) -> None:
+    """Refuse, before any host is touched, a kubeconfig target the last step could not write:
+    a directory, a file that is not a kubeconfig (not UTF-8, not YAML, a mapping without
+    `kind: Config` such as a values.yaml — never merged into), or one in a directory this user
+    cannot write (or under a file). `create`: a missing file will be created (bootstrap);
+    otherwise (reset) a missing file needs nothing. Raises KubeconfigError naming the file and
+    the setting (KUBECONFIG_PATH or --kubeconfig)."""
+    named = options.kubeconfig_path or settings["KUBECONFIG_PATH"]
+    setting = "--kubeconfig" if options.kubeconfig_path else "KUBECONFIG_PATH"
+    path = kubeconfig_path(settings, options)
+    fix = f"point {setting} at your kubeconfig, or at a file that does not exist yet ({command('bootstrap')} makes it)"
+    try:
+        real = path.resolve() if path.is_symlink() else path  # kubeconfig.write updates a link's target
+    except (OSError, RuntimeError):
+        raise KubeconfigError(f"{setting}={named}: a symbolic link that leads nowhere (a loop)", fix) from None
+    if real.is_dir():
+        raise KubeconfigError(
+            f"{setting}={named}: is a directory, not a file", f"name the file itself, e.g. {named.rstrip('/')}/config"
+        )
+    if real.exists():
+        kcfg.check_file(real, fix=fix)
+    elif not create:
+        return
+    parent = real.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise KubeconfigError(f"{setting}={named}: {parent} is a file, not a directory", fix)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(parent).f_flag & os.ST_RDONLY)
+        hint = f"point {setting} at a file in a directory you can write"
+        if not read_only and (parent == Path.home() or Path.home() in parent.parents):
+            hint += f", or make {parent} yours again (sudo chown $USER {parent})"  # a `sudo cp` left it root's
+        raise KubeconfigError(
+            f"{setting}={named}: cannot write in {parent} "
+            f"({'a read-only file system' if read_only else 'no permission to write there'})",
+            hint,
         )
 
 
@@ -413,6 +501,7 @@ def bootstrap(
     # Everything that can be checked here is, cheapest first, before any host is touched.
     check_release(settings, ci=options.ci)
     servers, agents = _hosts(settings, options)
+    check_kubeconfig_target(settings, options)  # the last step writes it: a bad target fails here, not after
     manifests = traefik_manifests(settings)
     airgap = load_airgap(settings)
     installer = fetch_installer(settings, trust=options.trust_installer, console=console)
@@ -435,24 +524,26 @@ def bootstrap(
 
         console.step("installing K3s")
         waves = [[servers[0]], *[[s] for s in servers[1:]], agents]  # etcd members join one at a time
-        failed = False
+        errors: dict[str, Exception] = {}
         for wave in waves:
-            if failed:
+            if errors:
                 report.nodes += [
                     k3s.NodeResult(h.name, h.target.role, "skipped", "an earlier host failed") for h in wave
                 ]
                 continue
             for name, outcome in _parallel(wave, run).items():
                 if isinstance(outcome, Exception):
-                    failed = True
+                    errors[name] = outcome
                     outcome = k3s.NodeResult(name, plan[name].spec.role, "failed", _reason(name, outcome))
                 report.nodes.append(outcome)
         console.table(
             "hosts", ["host", "role", "result", "detail"], [[n.host, n.role, n.action, n.detail] for n in report.nodes]
         )
-        if failed:
-            bad = next(n for n in report.nodes if n.action == "failed")
-            raise BootstrapError(f"{bad.host}: {bad.detail}")
+        if errors:
+            name, exc = next(iter(errors.items()))
+            raise _host_error(
+                name, exc, f"fix that, then run {command('bootstrap')} again (hosts that are done are not redone)"
+            )
         report.kubeconfig = fetch_kubeconfig(settings, servers[0], options, console)
     finally:
         for host in locked:
@@ -477,7 +568,8 @@ def _lock(hosts: list[Host], console: Console) -> list[Host]:
         for host in locked:
             with contextlib.suppress(Exception):
                 k3s.unlock(host)
-        raise BootstrapError(str(refused[0]))
+        name = next(h.name for h in hosts if isinstance(taken[h.name], Exception))
+        raise _host_error(name, refused[0], "check that the host is reachable over SSH, then run again")
     for host in locked:
         if taken[host.name]:
             console.warn(f"{host.name}: took over a stale bootstrap lock held by {taken[host.name]}")
@@ -516,8 +608,7 @@ def fetch_kubeconfig(settings: Settings, first: Host, options: Options, console:
     dial_url = f"https://{f'[{dial}]' if ':' in dial else dial}:{k3s.API_PORT}"
     cert = kcfg.server_certificate(dial_url, kcfg.ca_pem(config, source=source), timeout=10, source=source)
     kcfg.check_sans(cert, address, source=source)
-    path = Path(options.kubeconfig_path or settings["KUBECONFIG_PATH"]).expanduser()
-    written = kcfg.write(path, config, merge_into_existing=True)
+    written = kcfg.write(kubeconfig_path(settings, options), config, merge_into_existing=True)
     console.result(
         f"kubeconfig {written.path} (context {settings['KUBECONFIG_CONTEXT']})",
         "changed" if written.changed else "unchanged",
@@ -559,7 +650,10 @@ def wait_for_cluster(kubeconfig: Path, context: str, nodes: int, timeout: float,
         if time.monotonic() > deadline:
             names = ", ".join(sorted(n["metadata"]["name"] for n in listed)) or "none"
             raise BootstrapError(
-                f"only {len(ready)} of {nodes} node(s) Ready after {timeout:.0f}s (registered: {names})"
+                f"only {len(ready)} of {nodes} node(s) Ready after {timeout:.0f}s (registered: {names})",
+                f"see why with kubectl --context {context} describe nodes, and on a host that is missing or "
+                "not Ready: journalctl -u k3s (servers) or -u k3s-agent (agents); then run "
+                f"{command('bootstrap')} again (with a longer --timeout if it was only slow)",
             )
         time.sleep(1)
     console.result(f"{len(ready)} node(s)", "ready")
@@ -576,6 +670,13 @@ def wait_for_cluster(kubeconfig: Path, context: str, nodes: int, timeout: float,
         raise BootstrapError(f"the cluster did not become ready: {exc}") from None
     for workload in [traefik, *core]:
         console.result(workload.describe(), "ready")
+
+
+def _host_error(name: str, exc: Exception, otherwise: str) -> BootstrapError:
+    """A host's failure as one line that keeps the error's own fix (K3stackError.hint), else
+    `otherwise`: a failed command's stderr says what broke, not what to do about it."""
+    what = getattr(exc, "what", None) or str(exc) or type(exc).__name__
+    return BootstrapError(f"{name}: {what.removeprefix(f'{name}: ')}", getattr(exc, "hint", "") or otherwise)
 
 
 def _reason(host: str, exc: Exception) -> str:
@@ -599,6 +700,7 @@ def _hosts(settings: Settings, options: Options) -> tuple[list[Host], list[Host]
 def kubeconfig_only(settings: Settings, options: Options, console: Console) -> kcfg.WriteResult:
     """Just the kubeconfig step of bootstrap (after a reinstall, or on a new laptop)."""
     servers, _ = _hosts(settings, options)
+    check_kubeconfig_target(settings, options)
     try:
         servers[0].connect()
         return fetch_kubeconfig(settings, servers[0], options, console)
@@ -608,25 +710,29 @@ def kubeconfig_only(settings: Settings, options: Options, console: Console) -> k
 
 def reset(settings: Settings, options: Options, console: Console) -> list[k3s.NodeResult]:
     """Uninstall K3s everywhere (agents first, so none keeps knocking at a vanished server), then
-    remove the cluster's context from KUBECONFIG_PATH."""
+    remove the cluster's context from KUBECONFIG_PATH (checked first: a file that step could not
+    write stops the reset before any host is touched)."""
     servers, agents = _hosts(settings, options)
+    check_kubeconfig_target(settings, options, create=False)
     results: list[k3s.NodeResult] = []
+    errors: dict[str, Exception] = {}
     try:
         for wave in (agents, servers[1:], servers[:1]):
             for name, outcome in _parallel(wave, lambda h: (h.connect(), k3s.reset(h, h.target.role))[1]).items():
                 if isinstance(outcome, Exception):
+                    errors[name] = outcome
                     role = next(h.target.role for h in wave if h.name == name)
                     outcome = k3s.NodeResult(name, role, "failed", _reason(name, outcome))
                 results.append(outcome)
                 console.result(outcome.host, outcome.action, f"({outcome.role}) {outcome.detail}")
     finally:
         _close(servers + agents)
-    path = Path(options.kubeconfig_path or settings["KUBECONFIG_PATH"]).expanduser()
+    path = kubeconfig_path(settings, options)
     forgotten = kcfg.forget(path, settings["KUBECONFIG_CONTEXT"])
     console.result(
         f"context {settings['KUBECONFIG_CONTEXT']} in {path}", "removed" if forgotten.changed else "unchanged"
     )
-    failed = [r for r in results if r.action == "failed"]
-    if failed:
-        raise BootstrapError(f"{failed[0].host}: {failed[0].detail}")
+    if errors:
+        name, exc = next(iter(errors.items()))
+        raise _host_error(name, exc, f"fix that, then run {command('reset --yes')} again (a reset host stays reset)")
     return results

@@ -27,6 +27,7 @@ from ..errors import RemoteError
 from ..retry import retrying
 
 ROOT_UNKNOWN, ROOT_DIRECT, ROOT_SUDO_NOPASS, ROOT_SUDO_PASSWORD = range(4)
+LOGIN_FIX = "check SSH_USER/SSH_KEY (key file or ssh-agent) and that the key is in the user's authorized_keys"
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,13 @@ class Target:
 
 @dataclass(frozen=True)
 class SshOptions:
-    """How to reach hosts: key file (else ssh-agent), known_hosts or pinned fingerprints, a jump host,
-    timeouts in seconds, the sudo password (never printed), and whether unknown keys may be trusted."""
+    """How to reach hosts: key file (then only it and ssh-agent's keys are offered; without one,
+    ssh-agent and the ~/.ssh defaults), known_hosts or pinned fingerprints, a jump host, timeouts in
+    seconds, the sudo password (never printed), and whether unknown keys may be trusted. `key` is
+    key_file already loaded by `load_key` (bootstrap loads it once, before any connection)."""
 
     key_file: str = ""
+    key: paramiko.PKey | None = field(default=None, repr=False, compare=False)
     known_hosts: str = "~/.ssh/known_hosts"
     pinned: dict[str, str] = field(default_factory=dict)  # address → "SHA256:..."
     jump: Target | None = None
@@ -84,6 +88,89 @@ class CommandResult:
 def https_url(address: str, port: int) -> str:
     """https://address:port, with an IPv6 address in brackets."""
     return f"https://[{address}]:{port}" if ":" in address else f"https://{address}:{port}"
+
+
+# Key types paramiko can load, the usual one first: each class is tried in turn, as paramiko's own
+# SSHClient does (a file's type is only known once one of them parses it).
+KEY_TYPES = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
+# Modules whose code loads and decrypts key files: an SSHException raised in them is about a key.
+_KEY_MODULES = frozenset(kind.__module__ for kind in (paramiko.PKey, *KEY_TYPES))
+
+
+def load_key(path: str, passphrase: str = "", *, agent: bool | None = None) -> paramiko.PKey | None:
+    """The private key at `path` (SSH_KEY), decrypted with `passphrase` (SSH_KEY_PASSPHRASE) when it
+    is encrypted. None for an encrypted key without a passphrase while an ssh-agent runs (`agent`;
+    None: SSH_AUTH_SOCK is set): the agent is asked for it instead. Raises RemoteError, final
+    (another try reads the same file), for a file that cannot be read or is not a private key,
+    and for an encrypted key that no passphrase here opens."""
+    file = str(Path(path).expanduser())
+    encrypted = False
+    for kind in KEY_TYPES:
+        try:
+            return kind.from_private_key_file(file)
+        except paramiko.PasswordRequiredException:
+            encrypted = True
+            break
+        except OSError as exc:
+            raise RemoteError(
+                f"SSH_KEY={path}: cannot read it ({exc.strerror or exc})",
+                "make it readable to this user, or point SSH_KEY at your private key",
+            ) from None
+        except (paramiko.SSHException, ValueError):
+            continue  # another type's file (or not a key at all): the next class may read it
+    if not encrypted:
+        raise RemoteError(
+            f"SSH_KEY={path}: not a private key k3stack can use (Ed25519, ECDSA or RSA)",
+            "point SSH_KEY at the private key file (not the .pub), in OpenSSH or PEM format",
+        )
+    if not passphrase:
+        if agent if agent is not None else bool(os.environ.get("SSH_AUTH_SOCK")):
+            return None
+        raise RemoteError(
+            f"SSH_KEY={path}: the key is encrypted and no passphrase is available here (k3stack never prompts)",
+            f"load it into ssh-agent (ssh-add {path}), or set SSH_KEY_PASSPHRASE in the environment",
+        )
+    for kind in KEY_TYPES:
+        try:
+            return kind.from_private_key_file(file, password=passphrase)
+        except (paramiko.SSHException, ValueError):
+            continue  # a wrong passphrase decrypts to garbage, which no class parses
+    raise RemoteError(
+        f"SSH_KEY={path}: SSH_KEY_PASSPHRASE does not open this key (it is encrypted with another passphrase)",
+        f"set SSH_KEY_PASSPHRASE to this key's passphrase (check it with ssh-keygen -y -f {path}), "
+        f"or unset it and load the key into ssh-agent (ssh-add {path})",
+    )
+
+
+def connect_kwargs(options: SshOptions) -> dict:
+    """paramiko's connect arguments for `options`: the loaded SSH_KEY as `pkey` (paramiko then
+    loads no key file itself, so a key it cannot open never passes for a network fault); only
+    ssh-agent when that key is encrypted and the agent is to unlock it; without SSH_KEY, the
+    agent and ~/.ssh's default keys (opened with SSH_KEY_PASSPHRASE when set). Raises RemoteError
+    as `load_key` does."""
+    kwargs: dict = {}
+    if options.key_file:
+        key = options.key or load_key(options.key_file, options.key_passphrase)
+        kwargs["look_for_keys"] = False  # SSH_KEY names the key: no ~/.ssh default stands in for it
+        if key is not None:
+            kwargs["pkey"] = key
+    elif options.key_passphrase:
+        kwargs["passphrase"] = options.key_passphrase
+    return kwargs
+
+
+def _key_file_failing(exc: BaseException) -> str | None:
+    """The key file paramiko failed to load or decrypt when it raised `exc`, else None. Such an
+    error's traceback passes through paramiko's key code reading that file (SSHClient keeps it and
+    raises it when no other key got in); a network or protocol error's never does."""
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__") in _KEY_MODULES:
+            name = tb.tb_frame.f_locals.get("filename")
+            found = name if isinstance(name, str) else found
+        tb = tb.tb_next
+    return found
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -152,11 +239,7 @@ class Host:
         config = Config(overrides={"run": {"in_stream": False, "hide": True, "warn": True}, "sudo": {"password": ""}})
         if self.options.sudo_password:
             config.sudo.password = self.options.sudo_password
-        connect_kwargs: dict = (
-            {"key_filename": [str(Path(self.options.key_file).expanduser())]} if self.options.key_file else {}
-        )
-        if self.options.key_passphrase:
-            connect_kwargs["passphrase"] = self.options.key_passphrase
+        kwargs = connect_kwargs(self.options)  # the key is loaded (or refused) before any connection
         gateway = None
         if self.options.jump is not None:
             # Same host-key rules for the bastion; a key trusted there is reported like any other.
@@ -168,7 +251,7 @@ class Host:
             port=self.target.port,
             config=config,
             connect_timeout=self.options.timeout,
-            connect_kwargs=connect_kwargs,
+            connect_kwargs=kwargs,
             gateway=gateway,
         )
         known = Path(self.options.known_hosts).expanduser()
@@ -176,7 +259,7 @@ class Host:
             conn.client.load_host_keys(str(known))
         policy = _HostKeyPolicy(self.target, self.options)
         conn.client.set_missing_host_key_policy(policy)
-        self._open(conn)
+        self._open(conn, agent_only=bool(self.options.key_file) and "pkey" not in kwargs)
         self.trusted_key = policy.trusted
         if self._jump is not None and self._jump.trusted_key:
             self.trusted_key = f"{self.trusted_key or 'known'}; jump host {self._jump.name}: {self._jump.trusted_key}"
@@ -186,10 +269,11 @@ class Host:
         self.connect()
         return self._conn
 
-    def _open(self, conn) -> None:
+    def _open(self, conn, *, agent_only: bool = False) -> None:
         """Open the SSH connection: up to `options.attempts` tries for what another try can fix
-        (refused, reset, timed out: the host may be booting), with backoff; a changed host key,
-        an encrypted key without passphrase and a refused login are final (RemoteError at once)."""
+        (refused, reset, timed out: the host may be booting), with backoff; a changed host key, a
+        key file that cannot be loaded or decrypted and a refused login are final (RemoteError at
+        once). `agent_only`: SSH_KEY is encrypted and left to ssh-agent (a refusal says so)."""
 
         def once():
             try:
@@ -200,19 +284,17 @@ class Host:
                     f"{fingerprint(exc.expected_key)}; if the host was reinstalled, verify the new key and remove "
                     f"the old line (ssh-keygen -R {self.target.address}); otherwise someone may be intercepting"
                 ) from None
-            except paramiko.PasswordRequiredException:
-                raise RemoteError(
-                    f"{self.name}: the SSH key {self.options.key_file or '(default key)'} is encrypted and no "
-                    "passphrase is available here (k3stack never prompts)",
-                    f"load it into ssh-agent first (ssh-add {self.options.key_file or '~/.ssh/id_ed25519'}) and "
-                    "unset SSH_KEY so the agent is used, or set SSH_KEY_PASSPHRASE in the environment"
-                    + (" (the one set does not open this key)" if self.options.key_passphrase else ""),
-                ) from None
-            except paramiko.AuthenticationException:
-                raise RemoteError(
-                    f"{self.name}: SSH login refused for user {self.target.user}",
-                    "check SSH_USER/SSH_KEY (key file or ssh-agent) and that the key is in the user's authorized_keys",
-                ) from None
+            except paramiko.SSHException as exc:
+                # PasswordRequiredException is an AuthenticationException: the key comes first.
+                file = _key_file_failing(exc)
+                if file is not None:
+                    raise self._key_error(file, exc) from None
+                if not isinstance(exc, paramiko.AuthenticationException):
+                    raise  # the network or sshd: another try may do
+                hint = LOGIN_FIX
+                if agent_only:  # the key file was encrypted and no passphrase set: the agent had to hold it
+                    hint = f"ssh-add {self.options.key_file} (it is encrypted), or set SSH_KEY_PASSPHRASE; {hint}"
+                raise RemoteError(f"{self.name}: SSH login refused for user {self.target.user}", hint) from None
             # A host that vanishes mid-run (power, network black hole) is noticed, not waited on forever.
             conn.transport.set_keepalive(max(1, int(self.options.keepalive)))
 
@@ -232,6 +314,26 @@ class Host:
                 f"after {self.options.attempts} attempts",
                 "check the address, SSH_PORT and that sshd runs and the firewall lets you in",
             ) from None
+
+    def _key_error(self, file: str, exc: paramiko.SSHException) -> RemoteError:
+        """A key file paramiko itself could not open (without SSH_KEY: ~/.ssh's defaults, or one
+        from ~/.ssh/config) as a final error naming it: the same file fails the same way next time."""
+        if isinstance(exc, paramiko.PasswordRequiredException):
+            return RemoteError(
+                f"{self.name}: the SSH key {file} is encrypted and no passphrase is available here "
+                "(k3stack never prompts)",
+                f"load it into ssh-agent (ssh-add {file}), or set SSH_KEY_PASSPHRASE in the environment",
+            )
+        if self.options.key_passphrase:
+            return RemoteError(
+                f"{self.name}: SSH_KEY_PASSPHRASE does not open the SSH key {file} ({exc})",
+                f"set SSH_KEY_PASSPHRASE to that key's passphrase (check it with ssh-keygen -y -f {file}), "
+                "or set SSH_KEY to the key you mean",
+            )
+        return RemoteError(
+            f"{self.name}: cannot load the SSH key {file} ({exc})",
+            "point SSH_KEY at your private key (Ed25519, ECDSA or RSA, in OpenSSH or PEM format)",
+        )
 
     def _abandon(self) -> None:
         """Drop a connection whose peer stopped answering: close the socket under it (which
@@ -400,6 +502,9 @@ class Host:
             else:
                 made = self._raw("umask 077 && mktemp -d /tmp/k3stack.XXXXXXXX")
                 if not made.ok:
-                    raise RemoteError(f"{self.name}: cannot create a private temp directory: {made.stderr.strip()}")
+                    raise RemoteError(
+                        f"{self.name}: cannot create a private temp directory: {made.stderr.strip()}",
+                        "check that /tmp on the host exists, is writable and has space (df -h /tmp), then run again",
+                    )
                 self._staging_dir = made.stdout.strip()
         return self._staging_dir

@@ -5,9 +5,11 @@ systemctl shim, and a REAL kube-apiserver behind each server's address)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import io
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -154,19 +156,46 @@ def test_wrong_key_unreachable_host_and_sudo_problems_are_one_line_each(bed, bed
     assert "not-the-password" not in b.output.getvalue()
 
 
-def test_an_encrypted_key_without_agent_names_ssh_agent(bed, monkeypatch):
+def test_an_encrypted_key_is_named_with_the_way_to_open_it_and_never_retried(bed, monkeypatch):
     b = bed(1)
+    host = b.hosts[0]
     locked = b.tmp / "locked"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(locked)], check=True)
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    encrypted = r"the SSH key \S+locked is encrypted .*; fix: load it into ssh-agent"
+    # SSH_KEY is loaded before any connection: one line, the file and the fix.
+    encrypted = rf"^SSH_KEY={locked}: the key is encrypted .* — fix: load it into ssh-agent \(ssh-add {locked}\)"
     with pytest.raises(boot.BootstrapError, match=encrypted):
         b.run(SSH_KEY=str(locked))
+    started = time.monotonic()
+    wrong = rf"^SSH_KEY={locked}: SSH_KEY_PASSPHRASE does not open this key .* — fix: set SSH_KEY_PASSPHRASE to"
+    # (it was: "cannot connect on port 22 (Invalid key) after 3 attempts; fix: check the address, SSH_PORT ...")
+    with pytest.raises(boot.BootstrapError, match=wrong):
+        b.run(SSH_KEY=str(locked), SSH_KEY_PASSPHRASE="not the passphrase")
+    assert time.monotonic() - started < 10  # no retries, no backoff
     # With its passphrase the key opens: the host then refuses it (not in authorized_keys), as it should.
     with pytest.raises(boot.BootstrapError, match=r"SSH login refused for user root"):
         b.run(SSH_KEY=str(locked), SSH_KEY_PASSPHRASE="a passphrase")
+    # Without SSH_KEY paramiko opens ~/.ssh's default keys itself: the same errors, named, not retried.
+    home = b.tmp / "home"
+    (home / ".ssh").mkdir(parents=True)
+    default = home / ".ssh" / "id_ed25519"
+    default.write_bytes(locked.read_bytes())
+    default.chmod(0o600)
+    monkeypatch.setenv("HOME", str(home))
+    started = time.monotonic()
+    with pytest.raises(
+        boot.BootstrapError,
+        match=rf"preflight failed on root@{host.ip}: connect: SSH_KEY_PASSPHRASE does not open the SSH key "
+        rf"{default} \(.*\); fix: set SSH_KEY_PASSPHRASE to that key's passphrase",
+    ):
+        b.run(SSH_KEY="", SSH_KEY_PASSPHRASE="not the passphrase")
+    assert time.monotonic() - started < 10
+    with pytest.raises(
+        boot.BootstrapError, match=rf"connect: the SSH key {default} is encrypted .*; fix: load it into ssh-agent"
+    ):
+        b.run(SSH_KEY="")
     assert "a passphrase" not in b.output.getvalue()
-    assert untouched(b.hosts[0])
+    assert untouched(host)
 
 
 def test_a_host_that_stops_answering_is_named_as_stalled_not_waited_on(bed):
@@ -220,6 +249,81 @@ def test_settings_and_installer_problems_stop_before_any_connection(bed, monkeyp
     with pytest.raises(boot.BootstrapError, match=r"2 servers: embedded etcd needs an odd number"):
         b.run(SERVERS=f"{b.hosts[0].ip},203.0.113.9")
     assert untouched(b.hosts[0])
+
+
+def test_a_host_that_fails_to_install_is_one_line_with_a_fix_and_the_rest_is_skipped(bed):
+    b = bed(2)
+    server, agent = b.hosts
+    failing = b.tmp / "failing-install.sh"
+    failing.write_bytes(b"#!/bin/sh\necho 'curl: (6) Could not resolve host: get.k3s.io' >&2\nexit 6\n")
+    with pytest.raises(boot.BootstrapError) as caught:
+        b.run(
+            [server],
+            [agent],
+            K3S_INSTALL_URL=failing.as_uri(),
+            K3S_INSTALL_SHA256=hashlib.sha256(failing.read_bytes()).hexdigest(),
+        )
+    # (it was `host: detail` with no fix: the command's stderr says what broke, not what to do)
+    assert caught.value.what == (
+        f"root@{server.ip}: the K3s installer (v1.35.8+k3s1) failed (exit 6): "
+        "curl: (6) Could not resolve host: get.k3s.io"
+    )
+    assert caught.value.hint == "fix that, then run `inv bootstrap` again (hosts that are done are not redone)"
+    assert re.search(rf"root@{re.escape(agent.ip)}\W+agent\W+skipped\W+an earlier host failed", b.output.getvalue())
+    assert agent.exec("ls -d /etc/rancher /usr/local/bin/k3s 2>/dev/null || true").strip() == ""  # (only its lock)
+
+
+@contextlib.contextmanager
+def read_only(directory: Path):
+    """`directory` as a read-only file system (root writes anywhere else)."""
+    subprocess.run(["mount", "--bind", str(directory), str(directory)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(directory)], check=True)
+        yield directory
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
+def test_a_kubeconfig_target_bootstrap_could_not_write_stops_it_before_any_host(bed):
+    """The kubeconfig is the last step: a target it cannot be merged into used to leave K3s
+    installed on every host and then fail."""
+    b = bed(1)
+    values = b.tmp / "values.yaml"
+    values.write_text("replicaCount: 1\nimage:\n  tag: latest\n")
+    broken = b.tmp / "broken"
+    broken.write_text("apiVersion: v1\nclusters: [\n")
+    locked = b.tmp / "readonly"
+    locked.mkdir()
+    cases = [
+        (values, None, r"values\.yaml: not a kubeconfig \(expected kind: Config\); fix: point KUBECONFIG_PATH at"),
+        (broken, None, r"broken:\d+: not valid YAML .* — fix: point KUBECONFIG_PATH at your kubeconfig"),
+        (b.kubeconfig, str(b.tmp), r"^--kubeconfig=\S+: is a directory, not a file — fix: name the file itself"),
+        (
+            locked / "config",
+            None,
+            rf"^KUBECONFIG_PATH=\S+: cannot write in {locked} \(a read-only file system\) — fix: point KUBECONFIG",
+        ),
+    ]
+    with read_only(locked):
+        for target, flag, message in cases:
+            options = boot.Options(timeout=120, kubeconfig_path=flag)
+            with pytest.raises(KubeconfigError, match=message) as caught:
+                b.run(options=options, KUBECONFIG_PATH=str(target))
+            assert "\n" not in str(caught.value)
+    assert untouched(b.hosts[0])
+    assert values.read_text() == "replicaCount: 1\nimage:\n  tag: latest\n"  # never merged into
+    assert not list(b.tmp.glob("*.bak"))
+
+
+def test_reset_refuses_a_kubeconfig_it_could_not_edit_before_uninstalling_anything(bed):
+    b = bed(1)
+    host = b.hosts[0]
+    host.exec("mkdir -p /var/lib/k3stack && echo kept > /var/lib/k3stack/marker")  # reset removes the directory
+    values = b.tmp / "values.yaml"
+    values.write_text("replicaCount: 1\n")
+    with pytest.raises(KubeconfigError, match=r"values\.yaml: not a kubeconfig .*; fix: point KUBECONFIG_PATH at"):
+        boot.reset(b.settings(SERVERS=host.ip, KUBECONFIG_PATH=str(values)), boot.Options(), b.console)
+    assert host.exec("cat /var/lib/k3stack/marker").strip() == "kept"
 
 
 # -- installs ----------------------------------------------------------------------------------------

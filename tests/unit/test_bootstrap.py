@@ -27,6 +27,11 @@ def load(**environ):
         ("ubuntu@node1.example.com:2222", Target("node1.example.com", "ubuntu", 2222)),
         ("[2001:db8::1]:2200", Target("2001:db8::1", "root", 2200)),
         ("2001:db8::1", Target("2001:db8::1", "root", 22)),
+        # at the edges
+        ("10.0.0.1:1", Target("10.0.0.1", "root", 1)),
+        ("10.0.0.1:65535", Target("10.0.0.1", "root", 65535)),
+        ("[10.0.0.1]:2200", Target("10.0.0.1", "root", 2200)),
+        ("deploy@node_1.Example.com.", Target("node_1.Example.com.", "deploy", 22)),
     ],
 )
 def test_host_entries(entry, expected):
@@ -219,10 +224,40 @@ def test_desired_state_parts_decide_what_changed():
     assert k3s.changed_parts(upgraded, applied) == ["release"]
 
 
-@pytest.mark.parametrize("entry", ["10.0.0.1:22x", "[2001:db8::1]:99999", "root@:22"])
-def test_bad_host_entries_are_one_line_errors(entry):
-    with pytest.raises(boot.BootstrapError, match=r"write \[user@\]host\[:port\]"):
+@pytest.mark.parametrize(
+    ("entry", "problem", "example"),
+    [
+        ("10.0.0.1:22x", "port '22x' is not a number", "10.0.0.2"),
+        ("10.0.0.1:²", "port '²' is not a number", "10.0.0.2"),  # isdigit() says yes, int() says no
+        ("10.0.0.1:", "port '' is not a number", "10.0.0.2"),
+        ("[2001:db8::1]:99999", "port 99999 is out of range (1-65535)", "10.0.0.2"),
+        ("10.0.0.1:0", "port 0 is out of range (1-65535)", "10.0.0.2"),
+        ("10.0.0.1:65536", "port 65536 is out of range (1-65535)", "10.0.0.2"),
+        ("root@:22", "no address", "10.0.0.2"),
+        ("https://10.0.0.2", "a URL scheme (https://) has no place in a host entry", "10.0.0.2"),
+        ("ssh://ubuntu@10.0.0.2:2222", "a URL scheme (ssh://) has no place in a host entry", "ubuntu@10.0.0.2:2222"),
+        ("10.0.0.2/24", "a path ('/24') has no place in a host entry", "10.0.0.2"),
+        ("@10.0.0.2", "user '' is not a login name", "10.0.0.2"),
+        ("[2001:db8::1", "a bracketed address is written [address] or [address]:port", "[2001:db8::1]:22"),
+        ("node one", "'node one' is not a host name or IP address", "10.0.0.2"),
+        ("-oProxyCommand=x", "'-oProxyCommand=x' is not a host name or IP address", "10.0.0.2"),
+    ],
+)
+def test_bad_host_entries_are_one_line_errors_naming_the_problem_and_the_form(entry, problem, example):
+    """A --host entry is parsed here (SERVERS/AGENTS are also checked with the settings): each
+    wrong part is named, never mistaken for another (`https://h` once gave "port '//h'")."""
+    with pytest.raises(boot.BootstrapError) as caught:
         boot.parse_target(entry, user="root", port=22, role="server")
+    assert caught.value.what == f"host {entry!r}: {problem}"
+    assert caught.value.hint == f"write it as [user@]host[:port], e.g. {example}"
+    assert "\n" not in str(caught.value)
+
+
+def test_a_url_given_as_host_is_refused_with_the_inventory():
+    with pytest.raises(boot.BootstrapError, match=r"^host 'https://10\.0\.0\.2': a URL scheme .* e\.g\. 10\.0\.0\.2$"):
+        boot.inventory(load(), boot.Options(hosts=("https://10.0.0.2",)))
+    with pytest.raises(boot.BootstrapError, match=r"^host '10\.0\.0\.3:0': port 0 is out of range"):
+        boot.inventory(load(), boot.Options(hosts=("10.0.0.2",), agents=("10.0.0.3:0",)))
 
 
 def test_joining_an_ipv6_first_server_brackets_the_address():
@@ -266,3 +301,149 @@ def test_a_channel_is_refused_in_ci_only_and_the_face_reads_ci(monkeypatch):
     for value, expected in (("true", True), ("1", True), ("", False), ("false", False)):
         monkeypatch.setenv("CI", value)
         assert face.bootstrap_options((), (), None, None, False).ci is expected
+
+
+# -- the kubeconfig target is checked before any host is touched (issue 15) -----------------------
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: []
+users: []
+contexts: []
+"""
+
+
+def bad_targets(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Kubeconfig targets the last step of bootstrap could not write, and what their error says."""
+    values = tmp_path / "values.yaml"
+    values.write_text("replicaCount: 1\nimage:\n  tag: latest\n")
+    broken = tmp_path / "broken"
+    broken.write_text("apiVersion: v1\nclusters: [\n")
+    directory = tmp_path / "kube"
+    directory.mkdir()
+    not_a_dir = tmp_path / "plain-file"
+    not_a_dir.write_text("x")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    return {
+        "values.yaml": (values, r"values\.yaml: not a kubeconfig \(expected kind: Config\); fix: point {setting} at"),
+        "invalid YAML": (broken, r"broken:\d+: not valid YAML .*point {setting} at your kubeconfig"),
+        "a directory": (directory, r"{setting}=\S+/kube: is a directory, not a file — fix: name the file itself"),
+        "under a file": (not_a_dir / "config", r"{setting}=\S+: \S+/plain-file is a file, not a directory — fix:"),
+        "a symlink loop": (loop, r"{setting}=\S+/loop: a symbolic link that leads nowhere .* — fix: point"),
+    }
+
+
+@pytest.mark.parametrize("case", ["values.yaml", "invalid YAML", "a directory", "under a file", "a symlink loop"])
+@pytest.mark.parametrize("setting", ["KUBECONFIG_PATH", "--kubeconfig"])
+def test_a_kubeconfig_target_that_cannot_be_written_is_refused_naming_file_and_setting(tmp_path, case, setting):
+    path, message = bad_targets(tmp_path)[case]
+    if setting == "KUBECONFIG_PATH":
+        loaded, options = load(KUBECONFIG_PATH=str(path)), boot.Options()
+    else:
+        loaded, options = load(), boot.Options(kubeconfig_path=str(path))
+    before = path.read_bytes() if path.is_file() else None
+    with pytest.raises(boot.KubeconfigError, match=message.format(setting=setting)) as caught:
+        boot.check_kubeconfig_target(loaded, options)
+    assert "\n" not in str(caught.value)
+    assert (path.read_bytes() if path.is_file() else None) == before  # never written, never "repaired"
+
+
+def test_an_unwritable_kubeconfig_directory_is_refused(tmp_path, monkeypatch):
+    # (root may write anywhere: a real read-only directory is in tests/integration/test_bootstrap.py)
+    monkeypatch.setattr(boot.os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(boot.KubeconfigError) as caught:
+        boot.check_kubeconfig_target(load(KUBECONFIG_PATH=str(tmp_path / "new" / "config")), boot.Options())
+    assert caught.value.what == (
+        f"KUBECONFIG_PATH={tmp_path}/new/config: cannot write in {tmp_path} (no permission to write there)"
+    )
+    assert caught.value.hint == "point KUBECONFIG_PATH at a file in a directory you can write"
+    # Under the home directory it is usually a ~/.kube that `sudo cp` left to root: give it back.
+    monkeypatch.setenv("HOME", str(tmp_path.parent))
+    with pytest.raises(boot.KubeconfigError, match=rf"or make {tmp_path} yours again \(sudo chown \$USER {tmp_path}\)"):
+        boot.check_kubeconfig_target(load(KUBECONFIG_PATH=str(tmp_path / "config")), boot.Options())
+
+
+def test_a_kubeconfig_or_a_new_file_is_a_good_target(tmp_path):
+    existing = tmp_path / "config"
+    existing.write_text(KUBECONFIG)
+    link = tmp_path / "link"
+    link.symlink_to(existing)
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    for path in (existing, link, tmp_path / "new" / "dir" / "config", empty):
+        boot.check_kubeconfig_target(load(KUBECONFIG_PATH=str(path)), boot.Options())
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+
+
+def test_reset_needs_no_kubeconfig_but_refuses_one_it_could_not_edit(tmp_path):
+    (tmp_path / "plain-file").write_text("x")
+    missing = load(KUBECONFIG_PATH=str(tmp_path / "plain-file" / "config"))
+    boot.check_kubeconfig_target(missing, boot.Options(), create=False)  # nothing to forget: fine
+    with pytest.raises(boot.KubeconfigError, match="plain-file is a file, not a directory"):
+        boot.check_kubeconfig_target(missing, boot.Options())  # bootstrap would have to create it
+    values = tmp_path / "values.yaml"
+    values.write_text("replicaCount: 1\n")
+    with pytest.raises(boot.KubeconfigError, match=r"values\.yaml: not a kubeconfig"):
+        boot.check_kubeconfig_target(load(KUBECONFIG_PATH=str(values)), boot.Options(), create=False)
+
+
+@pytest.fixture
+def no_connections(monkeypatch):
+    """Any attempt to reach a host fails the test (the bad input must be caught before)."""
+
+    def refuse(self):
+        raise AssertionError(f"connected to {self.name} before the bad input was refused")
+
+    monkeypatch.setattr(boot.Host, "connect", refuse)
+
+
+def quiet_console():
+    import io
+
+    from k3stack.console import Console
+
+    return Console(stream=io.StringIO(), err_stream=io.StringIO(), interactive=False)
+
+
+@pytest.mark.parametrize("task", ["bootstrap", "kubeconfig", "reset"])
+def test_bootstrap_kubeconfig_and_reset_check_the_target_before_any_host(tmp_path, no_connections, task):
+    values = tmp_path / "values.yaml"
+    values.write_text("replicaCount: 1\n")
+    loaded = load(SERVERS="203.0.113.9", KUBECONFIG_PATH=str(values), K3S_INSTALL_SHA256="0" * 64)
+    run = {"bootstrap": boot.bootstrap, "kubeconfig": boot.kubeconfig_only, "reset": boot.reset}[task]
+    with pytest.raises(boot.KubeconfigError, match=r"values\.yaml: not a kubeconfig .*fix: point KUBECONFIG_PATH"):
+        run(loaded, boot.Options(), quiet_console())
+    with pytest.raises(boot.KubeconfigError, match=r"--kubeconfig=\S+: is a directory"):
+        run(loaded, boot.Options(kubeconfig_path=str(tmp_path)), quiet_console())
+
+
+# -- a host's failure keeps its fix; none is without one ------------------------------------------
+def test_a_failed_host_keeps_the_errors_own_fix_or_gets_one():
+    from k3stack.errors import RemoteError
+
+    hinted = boot._host_error("root@h", RemoteError("root@h: another bootstrap holds it", "wait for it"), "other")
+    assert (hinted.what, hinted.hint) == ("root@h: another bootstrap holds it", "wait for it")
+    command_failed = RemoteError("root@h: the K3s installer failed (exit 1): no space left on device")
+    plain = boot._host_error("root@h", command_failed, "fix that, then run again")
+    assert str(plain) == (
+        "root@h: the K3s installer failed (exit 1): no space left on device — fix: fix that, then run again"
+    )
+    assert boot._host_error("root@h", EOFError(), "then run again").what == "root@h: EOFError"
+
+
+def test_nodes_not_ready_in_time_say_where_to_look(monkeypatch):
+    from k3stack import kube
+
+    class NotReady:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def list(self, api_version, kind, namespace=None):
+            return [{"metadata": {"name": "n1"}, "status": {"conditions": [{"type": "Ready", "status": "False"}]}}]
+
+    monkeypatch.setattr(kube, "Kube", NotReady)
+    with pytest.raises(boot.BootstrapError) as caught:
+        boot.wait_for_cluster(Path("/nonexistent"), "k3stack", 2, 0, quiet_console())
+    assert caught.value.what == "only 0 of 2 node(s) Ready after 0s (registered: n1)"
+    assert "kubectl --context k3stack describe nodes" in caught.value.hint
+    assert "journalctl -u k3s" in caught.value.hint

@@ -22,8 +22,6 @@ IMPERATIVE = "the message ends in what to do"
 WRAPS = "wraps a K3stackError (or a finding) whose text carries its own fix"
 INTERNAL = "internal: caught and retried or re-raised with a fix, never shown as it is"
 ALLOWED: list[tuple[str, str, str]] = [
-    ("bootstrap.py", "no address; write [user@]host[:port]", IMPERATIVE),
-    ("bootstrap.py", "is not a TCP port; write [user@]host[:port]", IMPERATIVE),
     ("bootstrap.py", "no hosts: set SERVERS", IMPERATIVE),
     ("bootstrap.py", "--host local stands alone", "says what --host local is for: the fix is to use it alone"),
     ("bootstrap.py", "embedded etcd needs an odd number (1, 3, 5)", "the fix is the odd count it names"),
@@ -36,10 +34,8 @@ ALLOWED: list[tuple[str, str, str]] = [
     ("bootstrap.py", "expected host=SHA256:<fingerprint> (ssh-keygen -lf)", "the expected form and the command"),
     ("bootstrap.py", "cannot fetch the installer", IMPERATIVE),
     ("bootstrap.py", "K3S_INSTALL_SHA256 is not set: review", IMPERATIVE),
-    ("bootstrap.py", "node(s) Ready after", "KNOWN GAP: no fix (bootstrap.py is not this change's; see the report)"),
     ("bootstrap.py", "the cluster did not become ready: ", WRAPS),
     ("bootstrap.py", "cannot read it (", IMPERATIVE),
-    ("bootstrap.py", "", "KNOWN GAP: `{host}: {detail}` drops the finding's fix; str(refused[0]) of a lock wraps"),
     ("backup.py", "unknown here", "KNOWN GAP: no fix (backup.py is not this change's)"),
     ("backup.py", "stdin ended after", INTERNAL),
     ("backup.py", "sent nothing for", INTERNAL),
@@ -63,7 +59,6 @@ ALLOWED: list[tuple[str, str, str]] = [
     ("remote/connection.py", "if the host was reinstalled, verify the new", IMPERATIVE),
     ("remote/connection.py", "sshd there must offer the sftp subsystem", IMPERATIVE),
     ("remote/connection.py", "failed (exit ", "the failing command's own stderr is the detail; callers add the fix"),
-    ("remote/connection.py", "cannot create a private temp directory", "KNOWN GAP: no fix (connection.py)"),
     ("remote/k3s.py", "; its log ends: ", "shows the unit's log, which says what failed"),
 ]
 
