@@ -104,7 +104,11 @@ def decrypt(token: bytes, passphrase: str, kdf: dict, archive: str = "the archiv
     from cryptography.fernet import InvalidToken
 
     if kdf.get("kdf") != "scrypt" or kdf.get("cipher") != "fernet":
-        raise BackupError(f"{archive}: Secrets encrypted with {kdf.get('kdf')}/{kdf.get('cipher')}, unknown here")
+        raise BackupError(
+            f"{archive}: Secrets encrypted with {kdf.get('kdf')}/{kdf.get('cipher')}, unknown here",
+            "restore it with the k3stack version that wrote it (its manifest names the version), "
+            "or use an archive this version wrote (scrypt/fernet)",
+        )
     try:
         return _fernet(passphrase, kdf).decrypt(token)
     except InvalidToken:

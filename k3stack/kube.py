@@ -446,7 +446,9 @@ class Kube:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise KubeError(
                 f"cannot reach {service}:{port} in {namespace} through the Kubernetes API at {self.server} "
-                f"({_root_cause(exc)})"
+                f"({_root_cause(exc)})",
+                f"is the API server up (kubectl get --raw /readyz) and the Service's pod ready "
+                f"(kubectl -n {namespace} get endpoints {service})?",
             ) from None
         raw = response.response
         finished = False

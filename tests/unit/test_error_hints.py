@@ -36,7 +36,6 @@ ALLOWED: list[tuple[str, str, str]] = [
     ("bootstrap.py", "K3S_INSTALL_SHA256 is not set: review", IMPERATIVE),
     ("bootstrap.py", "the cluster did not become ready: ", WRAPS),
     ("bootstrap.py", "cannot read it (", IMPERATIVE),
-    ("backup.py", "unknown here", "KNOWN GAP: no fix (backup.py is not this change's)"),
     ("backup.py", "stdin ended after", INTERNAL),
     ("backup.py", "sent nothing for", INTERNAL),
     ("deploy.py", "still there after", "the hint is in the variable part (`hint`)"),
@@ -44,7 +43,6 @@ ALLOWED: list[tuple[str, str, str]] = [
     ("kube.py", "no data for the read timeout", INTERNAL),
     ("kube.py", "but has no kind", INTERNAL + " (apply.py catches NotServedError)"),
     ("kube.py", "is its CRD installed?", IMPERATIVE),
-    ("kube.py", "through the Kubernetes API at", "KNOWN GAP: no fix (kube.py is not this change's)"),
     ("manifests.py", "", "RenderError(problems): each problem is `k8s/file:line: ...` naming what to correct"),
     (
         "pipeline.py",
