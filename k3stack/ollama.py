@@ -33,7 +33,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from tenacity import RetryCallState, Retrying
@@ -471,9 +472,12 @@ class Ollama:
 
     def wait_ready(self, timeout: float = 60, interval: float = 1) -> str:
         """Ollama's version once it answers through the proxy (right after a rollout the Service
-        may have no endpoints for a moment); raises OllamaError with the last answer at `timeout`."""
+        may have no endpoints for a moment); raises OllamaError with the last answer at `timeout`,
+        or at once when `cancel` was called (a deploy whose rollout failed)."""
         deadline = time.monotonic() + timeout
         while True:
+            if self._cancelled.is_set():
+                raise OllamaError(f"Ollama ({self.where}): cancelled", retry=False)
             try:
                 return str(self._get("api/version", attempts=1).get("version", ""))
             except OllamaError:
@@ -661,25 +665,50 @@ class Ollama:
 
 
 # -- for the tasks ---------------------------------------------------------------------------------
-def pull_models(ollama: Ollama, names: Iterable[str], console: Console) -> PullReport:
+def progress_names(names: Iterable[str], namespace: str = "") -> list[str]:
+    """The names `pull_models` shows progress under, once each: the listed form (`normalise`),
+    followed by ` (namespace)` when given (several stacks pulling at once)."""
+    return list(dict.fromkeys(normalise(n) + (f" ({namespace})" if namespace else "") for n in names))
+
+
+def pull_models(
+    ollama: Ollama,
+    names: Iterable[str],
+    console: Console,
+    *,
+    on_progress: OnProgress | None = None,
+    namespace: str = "",
+) -> PullReport:
     """`inv models.pull`: pull with a progress bar per model (plain lines when not interactive),
-    then one line per model. The caller exits non-zero when `report.ok` is False."""
+    then one line per model. The caller exits non-zero when `report.ok` is False. Raises
+    OllamaError when Ollama cannot be asked (not ready in time, or `cancel`led before it was).
+
+    For a deploy, whose pulls run while rollouts are still shown: `on_progress` is progress the
+    caller already shows (console.pull_progress of `progress_names`), used instead of bars of its
+    own; `namespace` (several stacks pulling at once) names the stack in every line, as
+    `llama3.1:8b (ns): …` and `ns/model llama3.1:8b created …`. Results keep the plain names."""
     names = list(names)
     console.step(f"pulling {len(names)} model(s) through {ollama.where}")
     ollama.wait_ready()
-    with console.pull_progress(list(dict.fromkeys(normalise(n) for n in names))) as on_progress:
-        report = ollama.pull_all(names, on_progress)
+    given = nullcontext(on_progress) if on_progress is not None else None
+    with given or console.pull_progress(progress_names(names, namespace)) as show:
+        if namespace:
+            label = f" ({namespace})"
+            report = ollama.pull_all(names, lambda p: show(replace(p, model=p.model + label)))
+        else:
+            report = ollama.pull_all(names, show)
+    where = f"{namespace}/" if namespace else ""
     for result in report.results:
         if result.action == "present":
-            console.result(f"model {result.model}", "unchanged", f"(already present, {human_size(result.size)})")
+            console.result(f"{where}model {result.model}", "unchanged", f"(already present, {human_size(result.size)})")
         elif result.ok:
             console.result(
-                f"model {result.model}",
+                f"{where}model {result.model}",
                 "created",
                 f"({human_size(result.size)} in {result.seconds:.1f}s, {result.attempts} attempt(s))",
             )
         else:
-            console.result(f"model {result.model}", "failed", f"— {result.error}")
+            console.result(f"{where}model {result.model}", "failed", f"— {result.error}")
             if result.hint:
                 console.line(f"  hint: {result.hint}")
     return report

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ if TYPE_CHECKING:  # the kubernetes client loads only where a cluster is talked 
     from .console import Console
     from .kube import Cluster, Kube
     from .ollama import PullReport, PullResult
+    from .rollout import Status, Target
 
 # Secret data shown by `render`: still valid base64, plainly not a secret.
 REDACTED = base64.b64encode(b"<redacted>").decode()
@@ -162,12 +165,14 @@ def deploy_stacks(
     ci: bool = False,
 ) -> DeployOutcome:
     """Apply every stack (deploy.deploy_many: server-side apply, prune, rollout waits of `timeout`
-    seconds) and, once the workloads are ready, pull each stack's OLLAMA_MODELS. Pulls run only
-    when waited for and not a dry run. Raises ApplyError/RolloutError (K3stackError) or OllamaError
-    when Ollama cannot be asked at all; a failed pull is in `failed_models`, not raised."""
+    seconds) and pull each stack's OLLAMA_MODELS: a stack's pulls start as soon as its Ollama
+    Deployment is Ready, while the other workloads are still waited on (Pulls), and the run ends
+    when the rollouts and the pulls are all done. Pulls run only when waited for and not a dry run.
+    A rollout that fails (or Ctrl-C) cancels the pulls under way and its error is raised, whatever
+    the pulls did. Raises ApplyError/RolloutError (K3stackError), or OllamaError when Ollama cannot
+    be asked at all (once the rollouts are done); a failed pull is in `failed_models`, not raised."""
     from . import backup as bk
-    from .ollama import Ollama, pull_models
-    from .rollout import RolloutError
+    from .rollout import RolloutError, on_done
 
     guarded: dict[str, tuple[list[str], Path | None]] = {}
 
@@ -187,31 +192,99 @@ def deploy_stacks(
     common = set.intersection(*(set(s.listed) for s in stacks)) if cluster is not None else set()
     listed = {kind: [obj for s in stacks for obj in s.listed[kind]] for kind in common}
     try:
-        report = deploy.deploy_many(
-            kube,
-            [s.plan for s in stacks],
-            console,
-            cluster=cluster,
-            listed=listed,
-            force=force,
-            dry_run=dry_run,
-            prune=prune,
-            wait=wait,
-            timeout=timeout,
-            guard=guard,
-        )
+        # The pulls' progress is opened before the rollouts' (which shows inside it and ends first).
+        with Pulls(kube, stacks if pull and wait and not dry_run else [], console) as pulls:
+            with on_done(pulls.ready):
+                report = deploy.deploy_many(
+                    kube,
+                    [s.plan for s in stacks],
+                    console,
+                    cluster=cluster,
+                    listed=listed,
+                    force=force,
+                    dry_run=dry_run,
+                    prune=prune,
+                    wait=wait,
+                    timeout=timeout,
+                    guard=guard,
+                )
+            outcome = DeployOutcome(report, pulls.finish())
     except RolloutError:
         for reasons, archive in guarded.values():
             console.error(bk.rollback_hint(reasons, archive))
         raise
-    outcome = DeployOutcome(report)
-    if pull and wait and not dry_run:
-        for stack in stacks:
-            if stack.settings.models:
-                ollama = Ollama.from_settings(kube, stack.settings)
-                outcome.pulled.append(pull_models(ollama, stack.settings.models, console))
     outcome.requests = sum(kube.requests.values())
     return outcome
+
+
+class Pulls:
+    """The model pulls of a deploy run, one task per stack with OLLAMA_MODELS, each started by
+    `ready` as soon as its stack's Ollama Deployment is done rolling out (a rollout.on_done
+    callback) while the other workloads are still waited on; `finish` starts any not started
+    yet (an Ollama that was not waited on) and waits for all. As a context manager: the pulls'
+    progress is shown from entering on (it must enclose the rollouts' progress bar: one live
+    display at a time, the inner one ending first), and leaving on an exception (a failed
+    rollout, Ctrl-C) cancels every pull (Ollama.cancel) and waits until each has stopped."""
+
+    def __init__(self, kube: Kube, stacks: list[Stack], console: Console):
+        from .ollama import Ollama
+
+        self.console = console
+        self.stacks = [s for s in stacks if s.settings.models]
+        self.clients = [Ollama.from_settings(kube, s.settings) for s in self.stacks]
+        self.several = len(stacks) > 1  # lines name the stack when several may pull at once
+        self.feeds: list = []
+        self.started: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.stacks)), thread_name_prefix="models")
+        self._shown = ExitStack()
+
+    def __enter__(self) -> Pulls:
+        from .ollama import progress_names
+
+        for stack, client in zip(self.stacks, self.clients, strict=True):
+            names = progress_names(stack.settings.models, client.namespace if self.several else "")
+            self.feeds.append(self._shown.enter_context(self.console.pull_progress(names)))
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            if error is not None:
+                for client in self.clients:
+                    client.cancel()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self._shown.close()
+
+    def ready(self, target: Target, status: Status) -> None:
+        """rollout.on_done: start the pulls of the stack whose Ollama Deployment `target` is."""
+        for index, client in enumerate(self.clients):
+            if (target.kind, target.namespace, target.name) == ("Deployment", client.namespace, client.service):
+                self._start(index)
+
+    def _start(self, index: int) -> None:
+        from .ollama import pull_models
+
+        with self._lock:
+            if index in self.started:
+                return
+            stack, client = self.stacks[index], self.clients[index]
+            self.started[index] = self._pool.submit(
+                pull_models,
+                client,
+                stack.settings.models,
+                self.console,
+                on_progress=self.feeds[index],
+                namespace=client.namespace if self.several else "",
+            )
+
+    def finish(self) -> list[PullReport]:
+        """Every stack's PullReport, in the stacks' order, once all pulls are done; raises the first
+        stack's OllamaError (Ollama not answering) after the others have finished."""
+        for index in range(len(self.stacks)):
+            self._start(index)
+        futures.wait(self.started.values())
+        return [self.started[index].result() for index in range(len(self.stacks))]
 
 
 def rendered(loaded: settings.Settings, *, show_secrets: bool = False) -> list[mf.Manifest]:

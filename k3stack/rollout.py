@@ -5,7 +5,9 @@ its failing pods."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from .errors import K3stackError
@@ -36,6 +38,26 @@ class RolloutError(K3stackError):
     def __init__(self, report: str, statuses: dict[Target, Status]):
         self.statuses = statuses
         super().__init__(report)
+
+
+OnDone = Callable[[Target, Status], None]
+# Callbacks of `on_done` blocks around this context's waits (deploy's model pulls, started when
+# Ollama is Ready, while the other workloads are still waited on).
+_on_done: ContextVar[tuple[OnDone, ...]] = ContextVar("k3stack_rollout_on_done", default=())
+
+
+@contextmanager
+def on_done(callback: OnDone) -> Iterator[None]:
+    """While the block runs, every Waiter.wait made in this context (this thread) calls
+    `callback(target, status)` once per target, in the round it is first seen done, after that
+    round's progress: the caller starts what needs that workload (the model pulls need Ollama)
+    while the others are still waited on. The callback runs in the waiting thread, so it must
+    return at once (hand long work to a thread); an exception from it ends the wait."""
+    token = _on_done.set((*_on_done.get(), callback))
+    try:
+        yield
+    finally:
+        _on_done.reset(token)
 
 
 def targets(manifests: Iterable[Manifest]) -> list[Target]:
@@ -88,21 +110,29 @@ class Waiter:
         timeout: float,
         on_progress: Callable[[dict[Target, Status]], None] = lambda s: None,
         known: dict[Target, dict] | None = None,
+        on_done: OnDone | None = None,
     ) -> dict[Target, Status]:
         """Poll every pending target every `interval` seconds until all are done; `timeout` in seconds.
         `on_progress` gets a copy of every target's latest Status after each round. Returns the final
         statuses. `known`: objects already read (the answers of the apply that just ran, status included),
         judged in the first round instead of a GET, so a workload already rolled out costs no request.
+        `on_done(target, status)` (and the callbacks of the `on_done` blocks around this wait) once per
+        target, in the round it is done, after `on_progress`.
         Raises RolloutError (report from `explain`) as soon as a pending target has failed, or once
         `timeout` has passed; KubeError when the API fails."""
         deadline = time.monotonic() + timeout
         statuses: dict[Target, Status] = {}
         pending = list(items)
         known = dict(known or {})  # the first round judges these as given (an apply's answer): no GET
+        callbacks = (*_on_done.get(), *([on_done] if on_done is not None else []))
         while True:
             for target in pending:
                 statuses[target] = self.status(target, known.pop(target, None))
             on_progress(dict(statuses))
+            for target in pending:
+                if statuses[target].done:
+                    for callback in callbacks:
+                        callback(target, statuses[target])
             pending = [t for t in pending if not statuses[t].done]
             failed = [t for t in pending if statuses[t].failed]
             if not pending:

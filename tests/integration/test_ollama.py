@@ -8,13 +8,15 @@ from __future__ import annotations
 import io
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
+from k3stack import deploy, pipeline, settings
 from k3stack import ollama as ol
 from k3stack.console import Console
 from k3stack.kube import Kube
-from tests.testbed.fake_ollama import MLX_ERROR, NOT_FOUND, FakeOllama
+from tests.testbed.fake_ollama import MLX_ERROR, NOT_FOUND, FakeOllama, JsonHandler, serve
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -375,3 +377,57 @@ def test_ollama_without_endpoints_is_a_clear_error(bed):
     with pytest.raises(ol.OllamaError, match=r"Ollama \(service no-ollama:11434 in namespace t-ollama-\w+\).*HTTP 404"):
         client.models()
     assert pauses == []  # a 404 is final: no retry
+
+
+class StartingWebUI(JsonHandler):
+    """Open WebUI still starting: its probes (/health, /health/db) fail until the test Ollama has
+    been asked for a model, then pass."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        pulling = bool(self.server.app.pull_requests)  # type: ignore[attr-defined]
+        self.send_json(200 if pulling else 503, {"status": pulling})
+
+
+def test_a_deploy_pulls_the_models_while_open_webui_is_still_starting(kube):
+    """Issue 16: a stack's pulls start as soon as its Ollama is Ready, alongside the other rollouts,
+    through the real deploy (apply, rollout.Waiter, the bed's API server and node). Open WebUI
+    passes its probes only once a pull has begun: pulls made after every rollout never come."""
+    suffix = uuid.uuid4().hex[:6]
+    namespace, monitoring = f"t-pulls-{suffix}", f"t-pullm-{suffix}"
+    fake = FakeOllama({"tinyllama": [2 * MB], "nomic-embed-text:v1.5": [1 * MB]}, rate=20 * MB, tick=0.02)
+    servers = [fake.serve(kube.serve_behind_pods(namespace, {"app.kubernetes.io/name": "ollama"}, 11434))]
+    webui = {"app.kubernetes.io/name": "open-webui"}
+    sock = kube.serve_behind_pods(namespace, webui, 8080)
+    kube.sim.route(namespace, webui, sock.getsockname()[0], probe=True)
+    servers.append(serve(sock, StartingWebUI, fake))
+    loaded = settings.load(
+        env_dir=Path("/nonexistent"),
+        environ={
+            "DOMAIN": "203.0.113.10.sslip.io",
+            "ACME_EMAIL": "ops@example.com",
+            "STACK_NAMESPACE": namespace,
+            "MONITORING_NAMESPACE": monitoring,
+            "OLLAMA_MODELS": "tinyllama,nomic-embed-text:v1.5",
+        },
+    )
+    kube_client = Kube(str(kube.kubeconfig))
+    out = io.StringIO()
+    console = Console(stream=out, interactive=False, plain_interval=0)
+    stacks = pipeline.plan_all([loaded], kube_client, console)
+    try:
+        outcome = pipeline.deploy_stacks(kube_client, stacks, console, timeout=90)
+        text = out.getvalue()
+        assert [(r.model, r.action) for r in outcome.pulled[0].results] == [
+            ("tinyllama:latest", "pulled"),
+            ("nomic-embed-text:v1.5", "pulled"),
+        ], text
+        assert all(status.done for status in outcome.report.rollouts.values())
+        ollama_ready = text.index(f"deployment.apps/ollama ({namespace}): successfully rolled out")
+        pulling = text.index(f"==> pulling 2 model(s) through service ollama:11434 in namespace {namespace}")
+        webui_ready = text.index(f"deployment.apps/open-webui ({namespace}): successfully rolled out")
+        assert ollama_ready < pulling < webui_ready, text
+        assert "model tinyllama:latest created (2.0 MB in" in text
+    finally:
+        for server in servers:
+            server.shutdown()
+        deploy.destroy(kube_client, stacks[0].plan, Console(stream=io.StringIO(), interactive=False), purge=True)

@@ -545,6 +545,23 @@ def test_a_read_that_fails_on_a_reused_connection_is_tried_again():
     assert (kube.gets, len(pauses)) == (3, 1)
 
 
+def test_a_cancelled_client_stops_waiting_for_ollama():
+    """A deploy whose rollout failed cancels its pulls: one still waiting for Ollama to answer stops."""
+    kube = ScriptedKube([], {})
+    kube.get_failures = [(503, b'{"message":"no endpoints available for service \\"ollama\\""}')] * 1000
+    client = ol.Ollama(kube, "ns")  # type: ignore[arg-type]  # pauses wait on the cancel
+    threading.Timer(0.2, client.cancel).start()
+    started = time.monotonic()
+    with pytest.raises(ol.OllamaError, match=r"Ollama \(service ollama:11434 in namespace ns\): cancelled"):
+        client.wait_ready(timeout=60, interval=0.05)
+    assert time.monotonic() - started < 5
+    client.cancel()
+    asked = kube.gets
+    with pytest.raises(ol.OllamaError, match="cancelled"):
+        client.wait_ready()
+    assert kube.gets == asked  # not asked again once cancelled
+
+
 class Endless:
     """A pull stream that sends a progress line every 50 ms for ever, until the connection is
     dropped (then reading it fails, as a shut-down socket does)."""

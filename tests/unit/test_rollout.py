@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from k3stack.rollout import RolloutError, Target, Waiter
+from k3stack.rollout import RolloutError, Target, Waiter, on_done
 
 WEB = Target("apps/v1", "Deployment", "ns", "web")
 CHART = Target("helm.cattle.io/v1", "HelmChart", "mon", "netdata")
@@ -107,3 +107,37 @@ def test_a_failure_stops_the_wait_at_once_and_a_timeout_names_what_is_pending():
     assert str(error.value).startswith("timed out after 0s waiting for deployment.apps/web")
     assert "deployment.apps/web (ns): 0 of 1 updated replicas are available" in str(error.value)
     assert not error.value.statuses[WEB].done
+
+
+def test_on_done_is_told_of_each_target_once_in_the_round_it_is_done():
+    """The hook deploy starts the model pulls from (Ollama Ready) while other targets are pending."""
+    kube = ScriptedKube(
+        {
+            ("Deployment", "web"): [deployment(False), deployment(False), deployment(True)],
+            ("HelmChart", "netdata"): [chart()],
+            ("Job", "helm-install-netdata"): [job("2026-11-30T10:06:00Z")],
+        }
+    )
+    seen: list[tuple[str, int]] = []
+    rounds: list[int] = []
+    told: list[tuple[str, bool, int]] = []
+    with on_done(lambda target, status: told.append((target.name, status.done, len(rounds)))):
+        Waiter(kube, interval=0).wait(
+            [WEB, CHART],
+            5,
+            on_progress=lambda statuses: rounds.append(len(rounds)),
+            on_done=lambda target, status: seen.append((target.name, len(rounds))),
+        )
+    # netdata in the first round (after its progress), web in the third; each once, to both callbacks
+    assert seen == [("netdata", 1), ("web", 3)]
+    assert told == [("netdata", True, 1), ("web", True, 3)]
+    Waiter(ScriptedKube({}), interval=0).wait([WEB], 5, known={WEB: deployment(True)})
+    assert len(told) == 2  # outside the block: not told
+
+
+def test_on_done_hears_nothing_of_a_wait_that_fails():
+    kube = ScriptedKube({("Deployment", "web"): [deployment(False)]})
+    told: list[Target] = []
+    with on_done(lambda target, status: told.append(target)), pytest.raises(RolloutError):
+        Waiter(kube, interval=0.01).wait([WEB], 0.05)
+    assert told == []
