@@ -463,7 +463,10 @@ class Ollama:
             )
         data = response.json()
         if not isinstance(data, dict):
-            raise OllamaError(f"Ollama ({self.where}) GET /{path}: not JSON: {response.message()}")
+            raise OllamaError(
+                f"Ollama ({self.where}) GET /{path}: not JSON: {response.message()}",
+                "is OLLAMA_BASE_URL (or the Service ollama) Ollama's API, not another server or a proxy page?",
+            )
         return data
 
     def version(self) -> str:
@@ -648,7 +651,11 @@ class Ollama:
             raise OllamaError(f"{name}: cancelled", retry=False)
         if stalled.is_set():
             raise stall
-        raise OllamaError(f"{name}: the pull stream ended without success (last status: {status or 'none'})")
+        raise OllamaError(
+            f"{name}: the pull stream ended without success (last status: {status or 'none'})",
+            f"pull it again ({command('models.pull')} resumes finished layers); `kubectl logs deploy/ollama` "
+            "tells why Ollama stopped",
+        )
 
     def _verify(self, name: str) -> int:
         """The model's size as /api/tags lists it, once it is listed there. Not compared with the

@@ -50,8 +50,6 @@ ALLOWED: list[tuple[str, str, str]] = [
         "RenderError(problems): render --validate lists every schema problem, each naming object and field",
     ),
     ("ollama.py", "(stalled download)", INTERNAL),
-    ("ollama.py", "the pull stream ended without success", "KNOWN GAP: no fix (ollama.py is not this change's)"),
-    ("ollama.py", "not JSON: ", "KNOWN GAP: no fix (ollama.py is not this change's)"),
     ("ollama.py", ": ", WRAPS),
     ("remote/connection.py", "verify it on the host (ssh-keygen", IMPERATIVE),
     ("remote/connection.py", "if the host was reinstalled, verify the new", IMPERATIVE),
