@@ -9,6 +9,7 @@ parallel → kubeconfig (rewritten, certificate SANs checked, merged) → wait f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import http.client
 import ipaddress
@@ -30,7 +31,7 @@ from . import kubeconfig as kcfg
 from . import manifests as mf
 from .console import Console
 from .errors import BootstrapError, KubeconfigError, command
-from .remote import k3s, preflight
+from .remote import k3s, preflight, upgrade
 from .remote.connection import Host, RemoteError, SshOptions, Target, load_key
 from .remote.facts import Facts, gather
 from .settings import CHANNELS, Settings, split_endpoint, split_list
@@ -522,8 +523,11 @@ def bootstrap(
 
         locked = _lock(servers + agents, console)  # after preflight: a refused run leaves nothing behind
 
-        console.step("installing K3s")
-        waves = [[servers[0]], *[[s] for s in servers[1:]], agents]  # etcd members join one at a time
+        waves = install_waves(servers, agents, plan)
+        if rolling(plan):
+            run = _upgrade_step(servers[0], servers + agents, plan, facts, options, console)
+        else:
+            console.step("installing K3s")
         errors: dict[str, Exception] = {}
         for wave in waves:
             if errors:
@@ -555,6 +559,69 @@ def bootstrap(
     )
     report.seconds = time.monotonic() - started
     return report
+
+
+def rolling(plan: dict[str, k3s.NodePlan]) -> bool:
+    """Some host's installed release changes: the run is an upgrade (one host at a time)."""
+    return any(node.upgrade_from for node in plan.values())
+
+
+def install_waves(servers: list[Host], agents: list[Host], plan: dict[str, k3s.NodePlan]) -> list[list[Host]]:
+    """Hosts in the order they are brought to their plan, each wave finished before the next starts.
+    A fresh install or a configuration change: first server, other servers one by one (etcd members join
+    one at a time), agents all at once. An upgrade (some host's release changes): every host alone,
+    servers first in their order, then agents, so never two nodes are down at once."""
+    if rolling(plan):
+        return [[host] for host in servers + agents]
+    return [[servers[0]], *[[s] for s in servers[1:]], agents]
+
+
+def _upgrade_step(
+    first: Host,
+    hosts: list[Host],
+    plan: dict[str, k3s.NodePlan],
+    facts: dict[str, Facts],
+    options: Options,
+    console: Console,
+) -> Callable[[Host], k3s.NodeResult]:
+    """Take the datastore snapshot on the first server (a failure stops the run before any host is
+    touched), then return the step that brings one host to its plan: cordon + drain its Node (not on a
+    single-node cluster: there is nowhere for its pods to go), install and restart, wait until the Node
+    is Ready at the new release, uncordon. Every request goes through the first server's `k3s kubectl`."""
+    upgrading = [plan[h.name] for h in hosts if plan[h.name].upgrade_from]
+    before, after = upgrading[0].upgrade_from or "", upgrading[0].spec.version
+    console.step(f"upgrading K3s {before} → {after}: datastore snapshot first, then one host at a time")
+    name = upgrade.snapshot_name(before, after)
+    try:
+        path = upgrade.snapshot(first, name, _node_name(first.target), timeout=options.timeout)
+    except RemoteError as exc:
+        raise _host_error(first.name, exc, f"fix that, then run {command('bootstrap')} again") from None
+    console.result(f"datastore snapshot {first.name}:{path}", "saved")
+    single = len(hosts) == 1
+    if single:
+        console.warn(f"{first.name}: a single-node cluster is not drained (no other node for its pods to go to)")
+
+    def step(host: Host) -> k3s.NodeResult:
+        node = plan[host.name]
+        if not node.changed:
+            return k3s.act(node, facts[host.name], timeout=options.timeout)
+        started = time.monotonic()
+        name = _node_name(host.target)
+        drained = bool(node.upgrade_from) and not single
+        evicted: list[str] = []
+        if drained:
+            upgrade.cordon(first, name)
+            evicted = upgrade.drain(first, name, timeout=options.timeout)
+        result = k3s.act(node, facts[host.name], timeout=options.timeout)
+        upgrade.wait_ready(first, name, node.spec.version, timeout=options.timeout)
+        if drained:
+            upgrade.uncordon(first, name)
+        how = f"drained ({len(evicted)} pod(s) evicted), Ready, uncordoned" if drained else "Ready"
+        detail = f"{result.detail} ({how}; {time.monotonic() - started:.0f}s)"
+        console.result(host.name, result.action, detail)
+        return dataclasses.replace(result, detail=detail)
+
+    return step
 
 
 def _lock(hosts: list[Host], console: Console) -> list[Host]:

@@ -139,6 +139,7 @@ class NodePlan:
     install: bool  # run the installer (release/installer/binary changed, or K3s absent)
     restart: bool  # restart the unit once (K3s applies a manifests-only change itself)
     first: bool  # k3stack never applied this host before
+    upgrade_from: str | None = None  # the release installed now, when the run changes it (an upgrade)
 
     @property
     def action(self) -> str:
@@ -155,6 +156,8 @@ class NodePlan:
         if self.restart:
             steps.append(f"restart {self.spec.unit}")
         why = "not installed" if self.first else "changed: " + ", ".join(self.changed)
+        if self.upgrade_from:
+            why = f"upgrade {self.upgrade_from} → {self.spec.version} (snapshot, then one host at a time); {why}"
         return f"{why}; would " + ", then ".join(steps)
 
 
@@ -169,7 +172,19 @@ def plan(spec: NodeSpec, facts: Facts) -> NodePlan:
     install = bool({"release", "installer", "binary"} & set(changed)) or not facts.k3s_version
     # K3s applies changed files in its manifests directory itself: no restart for those alone.
     restart = changed != ["manifests"] or spec.unit not in facts.active_units
-    return NodePlan(spec, tuple(changed), tuple(uploads), install, restart, not facts.state)
+    return NodePlan(
+        spec, tuple(changed), tuple(uploads), install, restart, not facts.state, upgrade_from(spec, facts, install)
+    )
+
+
+def upgrade_from(spec: NodeSpec, facts: Facts, install: bool) -> str | None:
+    """The release a host runs now when this run installs another pinned one over it (an upgrade or a
+    downgrade: the rolling path either way), else None: a fresh install, the same release again, or a
+    channel (whose release is only known once installed)."""
+    installed = facts.k3s_version
+    if not (install and installed and spec.version.startswith("v")) or installed == spec.version:
+        return None
+    return installed
 
 
 def act(node: NodePlan, facts: Facts, *, timeout: float = 120) -> NodeResult:
@@ -190,6 +205,8 @@ def act(node: NodePlan, facts: Facts, *, timeout: float = 120) -> NodeResult:
     host.upload(json.dumps(state, sort_keys=True).encode(), STATE_FILE, 0o600)
     how = " (restarted once)" if node.restart else " (applied by K3s, no restart)"
     detail = "installed" if node.first else "changed: " + ", ".join(node.changed) + how
+    if node.upgrade_from:
+        detail = f"upgraded {node.upgrade_from} → {spec.version}"
     return NodeResult(host.name, spec.role, "changed", detail)
 
 

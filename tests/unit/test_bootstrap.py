@@ -447,3 +447,225 @@ def test_nodes_not_ready_in_time_say_where_to_look(monkeypatch):
     assert caught.value.what == "only 0 of 2 node(s) Ready after 0s (registered: n1)"
     assert "kubectl --context k3stack describe nodes" in caught.value.hint
     assert "journalctl -u k3s" in caught.value.hint
+
+
+# -- rolling upgrades: plan, order, the per-host step -----------------------------------------------
+A, B = "v1.35.8+k3s1", "v1.36.4+k3s1"
+
+
+def upgrade_plan(role: str = "server", installed: str = A, wanted: str = B, host=None) -> k3s.NodePlan:
+    spec = k3s.NodeSpec(host, role, wanted, b"installer", b"config", {"a.yaml": b"x"} if role == "server" else {})
+    old = dataclasses.replace(spec, version=installed)
+    unit = "k3s" if role == "server" else "k3s-agent"
+    return k3s.plan(spec, facts(k3s_version=installed, state={"parts": old.parts()}, active_units=(unit,)))
+
+
+def test_a_changed_release_over_an_installed_one_is_an_upgrade_and_says_so():
+    node = upgrade_plan()
+    assert node.upgrade_from == A
+    assert node.changed == ("release",)
+    assert node.describe().startswith(f"upgrade {A} → {B} (snapshot, then one host at a time); changed: release")
+    # a fresh install, the same release, or a channel: not an upgrade (today's waves)
+    spec = k3s.NodeSpec(None, "server", B, b"installer", b"config")
+    assert k3s.plan(spec, facts()).upgrade_from is None
+    assert upgrade_plan(installed=B).upgrade_from is None
+    assert upgrade_plan(wanted="stable").upgrade_from is None
+    assert "upgrade" not in k3s.plan(spec, facts()).describe()
+    # a config change alone on a host at the wanted release: no installer run, no upgrade
+    same = k3s.NodeSpec(None, "server", A, b"installer", b"other config")
+    old = dataclasses.replace(same, config=b"config")
+    assert (
+        k3s.plan(same, facts(k3s_version=A, state={"parts": old.parts()}, active_units=("k3s",))).upgrade_from is None
+    )
+
+
+class FakeHost:
+    """A host that records the commands run on it and answers `k3s kubectl get node` from a script."""
+
+    def __init__(self, name: str, address: str, role: str, log: list, answers=None):
+        self.name, self.log, self.answers = name, log, answers or {}
+        self.target = boot.Target(address, "root", 22, role)
+
+    def run(self, command, *, check=True, what="", timeout=None):
+        from k3stack.remote.connection import CommandResult
+
+        self.log.append((self.name, command))
+        for needle, reply in self.answers.items():
+            if needle in command:
+                out = reply() if callable(reply) else reply
+                return CommandResult(out, "", 0)
+        return CommandResult("", "", 0)
+
+
+def node_json(ready: bool, version: str) -> str:
+    import json
+
+    return json.dumps(
+        {
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+                "nodeInfo": {"kubeletVersion": version},
+            }
+        }
+    )
+
+
+def test_install_waves_one_host_at_a_time_for_an_upgrade_servers_first():
+    log: list = []
+    servers = [FakeHost(f"root@10.0.0.{i}", f"10.0.0.{i}", "server", log) for i in (1, 2, 3)]
+    agents = [FakeHost(f"root@10.0.0.{i}", f"10.0.0.{i}", "agent", log) for i in (4, 5)]
+    fresh = {h.name: k3s.plan(k3s.NodeSpec(h, h.target.role, B, b"i", b"c"), facts()) for h in servers + agents}
+    assert [[h.name for h in w] for w in boot.install_waves(servers, agents, fresh)] == [
+        ["root@10.0.0.1"],
+        ["root@10.0.0.2"],
+        ["root@10.0.0.3"],
+        ["root@10.0.0.4", "root@10.0.0.5"],
+    ]
+    upgraded = dict(fresh, **{"root@10.0.0.5": upgrade_plan("agent", host=agents[1])})
+    assert boot.rolling(upgraded)
+    assert not boot.rolling(fresh)
+    assert [[h.name for h in w] for w in boot.install_waves(servers, agents, upgraded)] == [
+        ["root@10.0.0.1"],
+        ["root@10.0.0.2"],
+        ["root@10.0.0.3"],
+        ["root@10.0.0.4"],
+        ["root@10.0.0.5"],
+    ]
+
+
+def upgrade_run(monkeypatch, hosts_count: int):
+    """The snapshot + per-host step on fake hosts; returns (commands, step, hosts, console output)."""
+    log: list = []
+    versions = {}
+    first_answers = {
+        "etcd-snapshot": "/var/lib/rancher/k3s/server/db/snapshots/pre-upgrade-x\n",
+        "get node": lambda: node_json(True, versions.get("now", A)),
+    }
+    hosts = [FakeHost("root@10.0.0.1", "10.0.0.1", "server", log, first_answers)]
+    hosts += [FakeHost(f"root@10.0.0.{i}", f"10.0.0.{i}", "agent", log) for i in range(2, hosts_count + 1)]
+    plan = {h.name: upgrade_plan(h.target.role, host=h) for h in hosts}
+
+    def act(node, found, *, timeout):
+        log.append((node.spec.host.name, "act"))
+        versions["now"] = node.spec.version
+        return k3s.NodeResult(node.spec.host.name, node.spec.role, "changed", f"upgraded {A} → {B}")
+
+    monkeypatch.setattr(k3s, "act", act)
+    monkeypatch.setattr(boot.upgrade, "POLL_SECONDS", 0)
+    import io
+
+    from k3stack.console import Console
+
+    output = io.StringIO()
+    console = Console(stream=output, interactive=False)
+    options = boot.Options(timeout=5)
+    step = boot._upgrade_step(hosts[0], hosts, plan, {h.name: facts() for h in hosts}, options, console)
+    return log, step, hosts, output
+
+
+def test_an_upgrade_snapshots_first_then_drains_installs_waits_for_ready_at_the_release_and_uncordons(monkeypatch):
+    log, step, hosts, _ = upgrade_run(monkeypatch, 2)
+    assert len(log) == 1
+    assert "k3s etcd-snapshot save --name pre-upgrade-v1.35.8-k3s1-v1.36.4-k3s1" in log[0][1]
+    log.clear()
+    result = step(hosts[1])
+    kinds = [
+        c if c == "act" else next(k for k in ("cordon", "drain", "get node", "uncordon") if f"kubectl {k}" in c)
+        for _, c in log
+    ]
+    assert kinds == ["cordon", "drain", "act", "get node", "uncordon"]
+    assert all(name == "root@10.0.0.1" for name, c in log if c != "act")  # everything through the first server
+    assert "drain 10-0-0-2 --ignore-daemonsets --delete-emptydir-data --timeout=5s" in log[1][1]
+    assert result.detail.startswith(f"upgraded {A} → {B} (drained (0 pod(s) evicted), Ready, uncordoned; ")
+
+
+def test_a_single_node_cluster_is_not_drained_and_says_so(monkeypatch):
+    log, step, hosts, output = upgrade_run(monkeypatch, 1)
+    log.clear()
+    step(hosts[0])
+    assert not [c for _, c in log if "cordon" in c or "drain" in c]
+    assert "single-node cluster is not drained (no other node for its pods to go to)" in output.getvalue()
+
+
+def test_a_node_not_ready_at_the_new_release_stops_the_upgrade_naming_what_it_reports(monkeypatch):
+    log: list = []
+    first = FakeHost("root@10.0.0.1", "10.0.0.1", "server", log, {"get node": node_json(True, A)})
+    ticks = iter(range(100))
+    with pytest.raises(boot.RemoteError) as caught:
+        boot.upgrade.wait_ready(first, "n1", B, timeout=3, clock=lambda: next(ticks), sleep=lambda s: None)
+    assert caught.value.what.startswith(f"node n1 is not Ready at {B} after 3s (Ready at {A})")
+    ready = FakeHost("root@10.0.0.1", "10.0.0.1", "server", log, {"get node": node_json(True, B)})
+    boot.upgrade.wait_ready(ready, "n1", B, timeout=3, clock=lambda: 0, sleep=lambda s: None)
+
+
+def test_a_drain_that_cannot_finish_names_the_pods_that_hold_it():
+    import json
+
+    from k3stack.remote import upgrade
+    from k3stack.remote.connection import CommandResult
+
+    pods = {
+        "items": [
+            {"metadata": {"namespace": "llm", "name": "postgres-0"}, "status": {"phase": "Running"}},
+            {
+                "metadata": {"namespace": "kube-system", "name": "svclb-1", "ownerReferences": [{"kind": "DaemonSet"}]},
+                "status": {"phase": "Running"},
+            },
+            {
+                "metadata": {
+                    "namespace": "kube-system",
+                    "name": "m",
+                    "annotations": {"kubernetes.io/config.mirror": "x"},
+                },
+                "status": {"phase": "Running"},
+            },
+            {"metadata": {"namespace": "kube-system", "name": "helm-install-x"}, "status": {"phase": "Succeeded"}},
+        ]
+    }
+
+    class Stuck:
+        name = "root@10.0.0.1"
+        stuck = True
+
+        def run(self, command, *, check=True, what="", timeout=None):
+            if "drain" in command and self.stuck:
+                return CommandResult("", "error: global timeout reached: 5s", 1)
+            if "drain" in command:
+                return CommandResult("node/n2 cordoned\nevicting pod llm/a\npod/a evicted\npod/b evicted\n", "", 0)
+            return CommandResult(json.dumps(pods), "", 0)
+
+    with pytest.raises(upgrade.RemoteError) as caught:
+        upgrade.drain(Stuck(), "n2", timeout=5)
+    assert caught.value.what.startswith("could not drain node n2 in 5s; pods still on it: llm/postgres-0 (kubectl:")
+    assert "PodDisruptionBudget" in caught.value.hint
+    assert "kubectl uncordon n2" in caught.value.hint
+    Stuck.stuck = False
+    assert upgrade.drain(Stuck(), "n2", timeout=5) == ["pod/a", "pod/b"]
+
+
+def test_snapshot_names_keep_to_file_name_characters_and_a_failed_snapshot_is_one_line():
+    from k3stack.remote import upgrade
+    from k3stack.remote.connection import CommandResult
+
+    assert upgrade.snapshot_name(A, B) == "pre-upgrade-v1.35.8-k3s1-v1.36.4-k3s1"
+    command = upgrade.snapshot_command("n", "node-1")
+    assert "sqlite3 /var/lib/rancher/k3s/server/db/state.db \".backup '$dest'\"" in command
+    assert command.index("db/etcd") < command.index("state.db")
+
+    class Answer:
+        name = "root@h"
+
+        def __init__(self, exited, out="", err=""):
+            self.result = CommandResult(out, err, exited)
+
+        def run(self, command, **kwargs):
+            return self.result
+
+    for exited, text in ((3, "no datastore to snapshot"), (4, "neither sqlite3 nor python3"), (1, "snapshot failed")):
+        with pytest.raises(upgrade.RemoteError, match=text):
+            upgrade.snapshot(Answer(exited, err="disk full"), "n", "node-1", timeout=5)
+    with pytest.raises(upgrade.RemoteError, match="snapshot failed"):
+        upgrade.snapshot(Answer(0, out="somewhere else\n"), "n", "node-1", timeout=5)
+    assert upgrade.snapshot(Answer(0, out=f"{upgrade.SNAPSHOT_DIR}/n-node-1-1\n"), "n", "node-1", timeout=5).endswith(
+        "n-node-1-1"
+    )

@@ -830,6 +830,42 @@ def agent(cfg: dict) -> None:
         log("info", "k3s agent stopped")
 
 
+# -- etcd-snapshot -----------------------------------------------------------------------------------
+def etcd_snapshot(args: list[str]) -> None:
+    """`k3s etcd-snapshot save [--name N] [--etcd-snapshot-dir D]` as K3s documents it: the embedded
+    etcd's snapshot written to ${data-dir}/server/db/snapshots/<name>-<node name>-<unix time> (name
+    default `on-demand`), the path logged. Taken through etcd's v3 Maintenance.Snapshot API (its JSON
+    gateway on the client URL: no etcdctl in the bed); fails like K3s when this server runs no etcd."""
+    sub, flags = (args[0] if args else "save"), parse_flags(args[1:])
+    if sub != "save":
+        print(f"k3s stand-in: etcd-snapshot {sub} is not modelled (only save)", file=sys.stderr)
+        sys.exit(1)
+    if not (SERVER / "db" / "etcd").is_dir():
+        fatal(f"etcd database not found in {SERVER / 'db'}")
+    cfg = load_config([])
+    name = f"{flags.get('name') or 'on-demand'}-{cfg.get('node-name') or socket.gethostname()}-{int(time.time())}"
+    directory = Path(flags.get("etcd-snapshot-dir") or flags.get("dir") or SERVER / "db" / "snapshots")
+    path = directory / name
+    log("info", f"Saving etcd snapshot to {path}")
+    request = urllib.request.Request("http://127.0.0.1:2379/v3/maintenance/snapshot", data=b"{}", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            raw = reply.read().decode()
+    except OSError as exc:
+        fatal(f"failed to save snapshot {name}: etcd at 127.0.0.1:2379: {exc}")
+    blob, decoder, at = bytearray(), json.JSONDecoder(), 0
+    while at < len(raw.rstrip()):
+        message, at = decoder.raw_decode(raw, at)
+        while at < len(raw) and raw[at].isspace():
+            at += 1
+        if "error" in message:
+            fatal(f"failed to save snapshot {name}: {message['error']}")
+        blob += base64.b64decode(message.get("result", {}).get("blob", ""))
+    _write(path, bytes(blob))
+    log("info", f"Snapshot {name} saved.")
+    print(path)
+
+
 # -- entry --------------------------------------------------------------------------------------------
 def main(argv: list[str]) -> None:
     argv0 = os.environ.get("K3S_STANDIN_ARGV0", "k3s")
@@ -846,6 +882,9 @@ def main(argv: list[str]) -> None:
     if command in ("crictl", "ctr"):
         print(f"{command}: not available in the k3stack stand-in (no container runtime)", file=sys.stderr)
         sys.exit(1)
+    if command == "etcd-snapshot":
+        etcd_snapshot(rest)
+        return
     if command not in ("server", "agent"):
         print(f"k3s stand-in: unsupported command {command!r}", file=sys.stderr)
         sys.exit(1)

@@ -1,0 +1,167 @@
+"""Rolling K3s upgrades, run through the first server (`k3s kubectl` over SSH, so the API need not be
+reachable from here): the datastore snapshot taken first, each host's Node cordoned and drained before
+its K3s is replaced, Ready again at the new release (its kubelet version) before the next host, then
+uncordoned.
+
+Drain follows `kubectl drain`'s rules because it IS `kubectl drain` (K3s ships kubectl): pods are
+evicted through the Eviction API, so PodDisruptionBudgets are respected; DaemonSet pods are left
+alone (`--ignore-daemonsets`: their controller ignores cordons and would recreate them at once);
+mirror pods cannot be evicted and are left alone; emptyDir data is scratch and goes with its pod
+(`--delete-emptydir-data`); a pod no controller would recreate stops the drain (no `--force`).
+
+Snapshot: embedded etcd (cluster-init) → `k3s etcd-snapshot save --name …` (K3s's own, into
+/var/lib/rancher/k3s/server/db/snapshots); SQLite (a single server) → SQLite's online backup of
+state.db (`sqlite3 .backup`, or Python's sqlite3 module), which is consistent while K3s writes —
+a plain copy of state.db beside its -wal/-shm files while K3s runs is not.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+
+from .connection import Host, RemoteError
+
+KUBECTL = "k3s kubectl"
+DB_DIR = "/var/lib/rancher/k3s/server/db"
+SNAPSHOT_DIR = f"{DB_DIR}/snapshots"
+POLL_SECONDS = 2.0
+
+
+def snapshot_name(from_version: str, to_version: str) -> str:
+    """`pre-upgrade-<from>-<to>` in the characters a snapshot file name keeps (`+` → `-`)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", f"pre-upgrade-{from_version}-{to_version}")
+
+
+def snapshot_command(name: str, node: str) -> str:
+    """The shell that takes the datastore snapshot on the first server and prints the file's path:
+    etcd when db/etcd exists, else SQLite's online backup of db/state.db; exit 3 when there is neither
+    (an external datastore), 4 when no SQLite tool is there."""
+    quoted = shlex.quote(name)
+    sqlite_dest = f"{SNAPSHOT_DIR}/{name}-{node}-$(date +%s).db"
+    backup_py = (
+        "import sqlite3, sys; d = sqlite3.connect(sys.argv[2]); sqlite3.connect(sys.argv[1]).backup(d); d.close()"
+    )
+    return (
+        f"set -e; if [ -d {DB_DIR}/etcd ]; then "
+        f"k3s etcd-snapshot save --name {quoted} >&2; "
+        f"ls -t {SNAPSHOT_DIR}/{quoted}-* | head -n 1; "
+        f"elif [ -f {DB_DIR}/state.db ]; then mkdir -p {SNAPSHOT_DIR}; dest={sqlite_dest}; "
+        f"if command -v sqlite3 >/dev/null 2>&1; then sqlite3 {DB_DIR}/state.db \".backup '$dest'\"; "
+        f'elif command -v python3 >/dev/null 2>&1; then python3 -c {shlex.quote(backup_py)} {DB_DIR}/state.db "$dest"; '
+        f'else exit 4; fi; chmod 600 "$dest"; echo "$dest"; '
+        f"else exit 3; fi"
+    )
+
+
+def snapshot(host: Host, name: str, node: str, *, timeout: float) -> str:
+    """Take the datastore snapshot on `host` (the first server); returns the file's path there.
+    Raises RemoteError naming why, with the fix."""
+    result = host.run(snapshot_command(name, node), check=False, what="the datastore snapshot", timeout=timeout)
+    path = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    if result.exited == 3:
+        raise RemoteError(
+            f"{host.name}: no datastore to snapshot in {DB_DIR} (neither embedded etcd nor SQLite: an external "
+            "datastore?); the upgrade was not started",
+            "back up the external database yourself, then upgrade K3s by hand (one server at a time)",
+        )
+    if result.exited == 4:
+        raise RemoteError(
+            f"{host.name}: cannot snapshot {DB_DIR}/state.db: neither sqlite3 nor python3 is installed; "
+            "the upgrade was not started",
+            "install sqlite3 on the host (apt-get install sqlite3), then run again",
+        )
+    if not result.ok or not path.startswith(SNAPSHOT_DIR):
+        detail = " | ".join((result.stderr.strip() or result.stdout.strip()).splitlines()[-3:]) or "no output"
+        raise RemoteError(
+            f"{host.name}: the datastore snapshot failed (exit {result.exited}): {detail}; the upgrade was not started",
+            f"see journalctl -u k3s on {host.name}; free disk space in {SNAPSHOT_DIR} if it is full; then run again",
+        )
+    return path
+
+
+def node_state(node: dict) -> tuple[bool, str, bool]:
+    """(Ready, kubelet version, unschedulable) of a Node object."""
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in node.get("status", {}).get("conditions", [])
+    )
+    version = node.get("status", {}).get("nodeInfo", {}).get("kubeletVersion", "")
+    return ready, version, bool(node.get("spec", {}).get("unschedulable"))
+
+
+def blocking_pods(pods: list[dict]) -> list[str]:
+    """`namespace/name` of the pods a drain still waits for: running ones that are neither DaemonSet
+    pods nor mirror pods (kubectl drain leaves both; finished pods hold nothing)."""
+    left = []
+    for pod in pods:
+        meta = pod.get("metadata", {})
+        if any(o.get("kind") == "DaemonSet" for o in meta.get("ownerReferences") or []):
+            continue
+        if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
+            continue
+        if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        left.append(f"{meta.get('namespace')}/{meta.get('name')}")
+    return sorted(left)
+
+
+def cordon(first: Host, node: str) -> None:
+    first.run(f"{KUBECTL} cordon {shlex.quote(node)}", what=f"cordoning node {node}")
+
+
+def uncordon(first: Host, node: str) -> None:
+    first.run(f"{KUBECTL} uncordon {shlex.quote(node)}", what=f"uncordoning node {node}")
+
+
+def drain(first: Host, node: str, *, timeout: float) -> list[str]:
+    """Evict the node's pods (kubectl drain's rules, see the module's doc) within `timeout` seconds;
+    returns the pods evicted (`pod/<name>` as kubectl names them). A drain that cannot finish raises
+    RemoteError naming the pods still there. The node stays cordoned."""
+    seconds = max(int(timeout), 1)
+    result = first.run(
+        f"{KUBECTL} drain {shlex.quote(node)} --ignore-daemonsets --delete-emptydir-data --timeout={seconds}s",
+        check=False,
+        timeout=seconds + 120,
+    )
+    if result.ok:
+        return re.findall(r"^(pod/\S+) evicted$", f"{result.stdout}\n{result.stderr}", re.MULTILINE)
+    listed = first.run(f"{KUBECTL} get pods -A --field-selector spec.nodeName={shlex.quote(node)} -o json", check=False)
+    try:
+        pods = blocking_pods(json.loads(listed.stdout).get("items", []))
+    except ValueError:
+        pods = []
+    why = " | ".join((result.stderr.strip() or result.stdout.strip()).splitlines()[-2:])
+    raise RemoteError(
+        f"could not drain node {node} in {seconds}s; pods still on it: {', '.join(pods) or 'none listed'}"
+        f" (kubectl: {why or 'no output'}); the upgrade stopped before touching it",
+        f"a PodDisruptionBudget allowing no disruption or a pod no controller recreates holds it: scale up or "
+        f"relax the budget, or move the pod, then run again (node {node} stays cordoned meanwhile; "
+        f"`kubectl uncordon {node}` gives it back as it was)",
+    )
+
+
+def wait_ready(first: Host, node: str, version: str, *, timeout: float, clock=time.monotonic, sleep=time.sleep) -> None:
+    """Until Node `node` is Ready reporting kubelet `version` (asked through the first server, whose API may be
+    restarting: no answer counts as not yet). RemoteError after `timeout` seconds with what it last reported."""
+    deadline = clock() + timeout
+    last = "no answer from the API server"
+    while True:
+        result = first.run(f"{KUBECTL} get node {shlex.quote(node)} -o json", check=False, timeout=60)
+        if result.ok:
+            try:
+                ready, reported, _ = node_state(json.loads(result.stdout))
+            except ValueError:
+                ready, reported = False, ""
+            if ready and reported == version:
+                return
+            last = f"{'Ready' if ready else 'not Ready'} at {reported or 'an unknown version'}"
+        if clock() > deadline:
+            raise RemoteError(
+                f"node {node} is not Ready at {version} after {timeout:.0f}s ({last}); "
+                "the hosts after it were not touched",
+                f"see journalctl -u k3s / k3s-agent on that host and kubectl describe node {node}; then run again "
+                "(with a longer --timeout if it was only slow)",
+            )
+        sleep(POLL_SECONDS)
