@@ -775,6 +775,52 @@ def kubeconfig_only(settings: Settings, options: Options, console: Console) -> k
         servers[0].close()
 
 
+@dataclass(frozen=True)
+class ClusterBackup:
+    """`inv backup --cluster`: the snapshot's path here and on the first server, its size and sha256."""
+
+    path: Path
+    remote: str
+    size: int
+    sha256: str
+
+    def to_json(self) -> dict:
+        """For `--json`: path, remote (host:path), size, sha256."""
+        return {"path": str(self.path), "remote": self.remote, "size": self.size, "sha256": self.sha256}
+
+
+def cluster_backup(settings: Settings, options: Options, console: Console, *, to: str | None = None) -> ClusterBackup:
+    """The K3s datastore snapshot taken on the first server over SSH (as before an upgrade: K3s's
+    etcd-snapshot, or SQLite's online backup) and brought here: `to` is a directory (the snapshot's own
+    name) or a file; default the current directory. Written atomically, mode 0600. Raises BootstrapError."""
+    servers, _ = _hosts(settings, options)
+    first = servers[0]
+    destination = Path(to).expanduser() if to else Path.cwd()
+    if not destination.is_dir() and not destination.parent.is_dir():
+        raise BootstrapError(f"--to {to}: {destination.parent} is not a directory", "create it, or name another place")
+    try:
+        first.connect()
+        console.step(f"cluster datastore snapshot on {first.name}")
+        try:
+            remote = upgrade.snapshot(first, "on-demand", _node_name(first.target), timeout=options.timeout)
+        except RemoteError as exc:
+            raise _host_error(first.name, exc, "fix that, then run again") from None
+        data = first.read(remote)
+    finally:
+        first.close()
+    if data is None:
+        raise BootstrapError(f"{first.name}:{remote} vanished before it could be copied; run again")
+    path = destination / Path(remote).name if destination.is_dir() else destination
+    kcfg._atomic_write(path, data)  # kubeconfig's writer: mode 0600 from the start, never half-written
+    result = ClusterBackup(path, f"{first.name}:{remote}", len(data), hashlib.sha256(data).hexdigest())
+    console.result(f"cluster snapshot {path} ({len(data)} bytes, from {result.remote})", "saved")
+    console.warn(
+        f"restoring it needs the cluster's token too (K3S_TOKEN, else {k3s.TOKEN_FILE} on {first.name}): "
+        "keep it with your secrets, apart from the snapshot"
+    )
+    return result
+
+
 def reset(settings: Settings, options: Options, console: Console) -> list[k3s.NodeResult]:
     """Uninstall K3s everywhere (agents first, so none keeps knocking at a vanished server), then
     remove the cluster's context from KUBECONFIG_PATH (checked first: a file that step could not

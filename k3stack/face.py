@@ -295,11 +295,22 @@ def run_smoke(out, env, kubeconfig, context, *, json=False, junit=None, only=(),
     return result
 
 
-def run_backup(out, env, kubeconfig, context, *, to=None, json=False):
-    """`inv backup`: the passphrase first (a missing one costs no connection), then one archive."""
+def run_backup(out, env, kubeconfig, context, *, to=None, json=False, cluster=False):
+    """`inv backup`: the passphrase first (a missing one costs no connection), then one archive.
+    `cluster`: the K3s datastore snapshot instead, over SSH from the first server (bootstrap.cluster_backup)."""
     from . import backup as bk
     from . import settings
 
+    if cluster:
+        from . import bootstrap as boot
+
+        with reported(out):
+            loaded = settings.load(env)
+            out.add_secrets(loaded.secrets.values())
+            snapshot = boot.cluster_backup(loaded, bootstrap_options(None, None, None, None, False), out, to=to)
+        if json:
+            out.json(snapshot.to_json())
+        return snapshot
     with reported(out):
         passphrase = bk.passphrase_from_env()
         loaded = settings.load(env)

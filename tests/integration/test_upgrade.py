@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import re
 import threading
 import time
@@ -264,3 +265,34 @@ def test_a_drain_that_cannot_finish_stops_the_upgrade_naming_the_pod(bed):
     assert agent.exec("k3s --version").split()[2] == A
     assert re.search(rf"root@{re.escape(agent.ip)}\W+agent\W+skipped\W+an earlier host failed", b.output.getvalue())
     assert len(ready_pods(kube, "solo")) == 1  # the budget held
+
+
+def test_backup_cluster_brings_the_datastore_snapshot_home_private(bed, tmp_path, monkeypatch):
+    from k3stack import face
+
+    b = bed(1)
+    host = b.hosts[0]
+    b.run(K3S_VERSION=A)
+    here = tmp_path / "snapshots"
+    here.mkdir()
+    taken = boot.cluster_backup(b.settings(SERVERS=host.ip), boot.Options(), b.console, to=str(here))
+    remote = taken.remote.split(":", 1)[1]
+    assert taken.path.parent == here
+    assert taken.path.name == remote.rsplit("/", 1)[1]
+    assert re.fullmatch(rf"on-demand-{node_name(host)}-\d+", taken.path.name)
+    assert oct(taken.path.stat().st_mode & 0o777) == "0o600"
+    assert taken.sha256 == host.exec(f"sha256sum {remote}").split()[0]
+    assert taken.size == taken.path.stat().st_size > 0
+    assert "restoring it needs the cluster's token too" in b.output.getvalue()
+    # through the task's face: --cluster --to FILE --json, SERVERS from the environment
+    monkeypatch.setenv("K3STACK_ENV_DIR", str(tmp_path / "no-env-files"))
+    for key, value in {**b.environ, "SERVERS": host.ip}.items():
+        monkeypatch.setenv(key, value)
+    target = tmp_path / "cluster.db"
+    got = face.run_backup(b.console, None, None, None, to=str(target), json=True, cluster=True)
+    assert got.path == target
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == got.sha256
+    assert oct(target.stat().st_mode & 0o777) == "0o600"
+    assert f'"sha256": "{got.sha256}"' in b.output.getvalue()
+    with pytest.raises(boot.BootstrapError, match=r"--to .*/nowhere/x\.db: .*/nowhere is not a directory"):
+        boot.cluster_backup(b.settings(SERVERS=host.ip), boot.Options(), b.console, to=str(tmp_path / "nowhere/x.db"))
