@@ -613,7 +613,13 @@ def _upgrade_step(
             upgrade.cordon(first, name)
             evicted = upgrade.drain(first, name, timeout=options.timeout)
         result = k3s.act(node, facts[host.name], timeout=options.timeout)
-        upgrade.wait_ready(first, name, node.spec.version, timeout=options.timeout)
+        try:
+            upgrade.wait_ready(first, name, node.spec.version, timeout=options.timeout)
+        except RemoteError as exc:
+            if not drained:
+                raise
+            # The host is at the release now: a re-run finds it `ok` and would not uncordon it.
+            raise RemoteError(exc.what, f"{exc.hint}; once it is Ready, kubectl uncordon {name}") from None
         if drained:
             upgrade.uncordon(first, name)
         how = f"drained ({len(evicted)} pod(s) evicted), Ready, uncordoned" if drained else "Ready"

@@ -669,3 +669,18 @@ def test_snapshot_names_keep_to_file_name_characters_and_a_failed_snapshot_is_on
     assert upgrade.snapshot(Answer(0, out=f"{upgrade.SNAPSHOT_DIR}/n-node-1-1\n"), "n", "node-1", timeout=5).endswith(
         "n-node-1-1"
     )
+
+
+def test_a_node_not_ready_after_its_upgrade_says_to_uncordon_it_once_ready(monkeypatch):
+    log, step, hosts, _ = upgrade_run(monkeypatch, 2)
+    hosts[0].answers["get node"] = node_json(False, B)
+    monkeypatch.setattr(boot.upgrade, "wait_ready", _never_ready)
+    with pytest.raises(boot.RemoteError) as caught:
+        step(hosts[1])
+    assert caught.value.what == "node 10-0-0-2 is not Ready"
+    assert caught.value.hint == "see its log; once it is Ready, kubectl uncordon 10-0-0-2"
+    assert not [c for _, c in log if "uncordon" in c]
+
+
+def _never_ready(first, node, version, *, timeout):
+    raise boot.RemoteError(f"node {node} is not Ready", "see its log")
