@@ -296,3 +296,33 @@ def test_backup_cluster_brings_the_datastore_snapshot_home_private(bed, tmp_path
     assert f'"sha256": "{got.sha256}"' in b.output.getvalue()
     with pytest.raises(boot.BootstrapError, match=r"--to .*/nowhere/x\.db: .*/nowhere is not a directory"):
         boot.cluster_backup(b.settings(SERVERS=host.ip), boot.Options(), b.console, to=str(tmp_path / "nowhere/x.db"))
+
+
+def stopped_at(host, unit: str, version: str) -> float:
+    """When the stand-in's K3s `unit` on `host` stopped for the last time before starting at `version`."""
+    lines = host.exec(f"cat /var/log/{unit}.log").splitlines()
+    starting = re.compile(rf'msg="Starting k3s (?:agent )?{re.escape(version)} ')
+    start = max(i for i, line in enumerate(lines) if starting.search(line))
+    stops = [line for line in lines[:start] if 'msg="k3s stopped"' in line or 'msg="k3s agent stopped"' in line]
+    assert stops, f"{unit} on {host.ip} never stopped before starting at {version}"
+    stamp = re.search(r'time="([^"]+)"', stops[-1]).group(1)
+    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC).timestamp()
+
+
+def test_three_servers_upgrade_one_at_a_time_never_two_down_at_once(bed):
+    b = bed(3)
+    servers = list(b.hosts)
+    b.run(servers, K3S_VERSION=A)
+    with watching(b.kubeconfig) as (samples, _):
+        report = b.run(servers, K3S_VERSION=B)
+        time.sleep(0.5)
+    assert [n.action for n in report.nodes] == ["changed"] * 3
+    server_names = [node_name(h) for h in servers]
+    # each server Ready at B (seen through the API) before the next one's K3s stopped
+    for i in range(2):
+        ready = first(samples, server_names[i], ready=True, version=B, unschedulable=False)
+        assert ready is not None
+        next_down = stopped_at(servers[i + 1], "k3s", B)
+        assert ready < next_down, f"{server_names[i + 1]} went down before {server_names[i]} was back"
+        assert started_at(servers[i], "k3s", B) < stopped_at(servers[i + 1], "k3s", B)
+    assert all(first(samples, n, ready=True, version=B, unschedulable=False) for n in server_names)
