@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from . import kinds as kinds_
 from . import manifests as mf
@@ -27,8 +28,9 @@ from .apply import (
 from .console import Console
 from .errors import command
 from .kube import Cluster, Kube, KubeError
+from .readiness import cronjob_status
 from .rollout import Status, Target, Waiter, targets
-from .settings import Settings
+from .settings import Settings, cron_interval
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ def make_plan(
     render every manifest; raises SecretsError/RenderError/SettingsError before anything is written."""
     stack_secrets = sec.resolve(settings, read_secret, volume_exists)
     variables = {**settings.render_vars(), **stack_secrets.checksums}
-    rendered = mf.render(variables, gpu=settings.flag("GPU_ENABLED"))
+    rendered = for_version(mf.render(variables, gpu=settings.flag("GPU_ENABLED")), settings["K8S_VERSION"])
     ordered = sorted([*rendered, *stack_secrets.objects], key=lambda m: m.phase)
     return Plan(settings, stamp_instance(ordered, settings["STACK_NAMESPACE"]), stack_secrets)
 
@@ -104,13 +106,37 @@ OLDEST_HELMCHART_FIELDS = frozenset(
 TIMEOUT_PARSED_WITH = "backOffLimit"
 
 
+# CronJob is served as batch/v1 from Kubernetes 1.21 and as batch/v1beta1 up to 1.24 (removed in 1.25):
+# k8s/ writes batch/v1; a cluster older than 1.21 gets batch/v1beta1, the same fields.
+CRONJOB_APIS = ("batch/v1", "batch/v1beta1")
+CRONJOB_V1_SINCE = (1, 21)
+
+
+def cronjob_api(minor: tuple[int, int]) -> str:
+    """The apiVersion a CronJob is written with for Kubernetes `minor` (1, 20): batch/v1 from 1.21."""
+    return CRONJOB_APIS[0] if minor >= CRONJOB_V1_SINCE else CRONJOB_APIS[1]
+
+
+def _with_api(m: mf.Manifest, api: str) -> mf.Manifest:
+    return m if m.obj["apiVersion"] == api else mf.Manifest({**m.obj, "apiVersion": api}, m.source)
+
+
+def for_version(manifests: list[mf.Manifest], k8s_version: str) -> list[mf.Manifest]:
+    """The manifests as Kubernetes `k8s_version` (K8S_VERSION, "1.35") serves them, for `inv render`
+    without a cluster: a CronJob under cronjob_api. A deploy renders for the cluster (for_cluster)."""
+    major, _, minor = k8s_version.partition(".")
+    api = cronjob_api((int(major), int(minor)))
+    return [_with_api(m, api) if m.kind == "CronJob" and m.obj["apiVersion"] in CRONJOB_APIS else m for m in manifests]
+
+
 class ClusterError(KubeError):
     """The cluster cannot run the stack as it is (a missing API, an unsupported version)."""
 
 
 def for_cluster(plan: Plan, cluster: Cluster) -> Plan:
-    """The plan rendered for THIS cluster: Middleware under the Traefik group it serves, HelmChart
-    specs with only the fields its helm-controller knows. Raises ClusterError (one line: what is
+    """The plan rendered for THIS cluster: Middleware under the Traefik group it serves, a CronJob
+    under the batch version its Kubernetes serves CronJobs in (cronjob_api), HelmChart specs with
+    only the fields its helm-controller knows. Raises ClusterError (one line: what is
     missing, and the fix) when the cluster cannot run the stack; nothing has been written then."""
     if cluster.minor < MIN_VERSION:
         raise ClusterError(
@@ -129,6 +155,15 @@ def for_cluster(plan: Plan, cluster: Cluster) -> Plan:
                     f"needed for {m.describe()} (k8s/{m.source}): Traefik is disabled or older than 2.x — fix: "
                     f"enable K3s's bundled Traefik (drop `traefik` from K3S_DISABLE / --disable and restart K3s) "
                     f"or install Traefik 2.x/3.x with its CRDs, then deploy again"
+                )
+            obj = {**obj, "apiVersion": api}
+        elif m.kind == "CronJob" and obj["apiVersion"] in CRONJOB_APIS:
+            api = cronjob_api(cluster.minor)
+            if not cluster.serves(api):
+                raise ClusterError(
+                    f"the cluster serves no {api} (CronJob on Kubernetes {cluster.version}), needed for "
+                    f"{m.describe()} (k8s/{m.source}) — fix: enable that API group version on the API server "
+                    f"(--runtime-config), then deploy again"
                 )
             obj = {**obj, "apiVersion": api}
         elif m.kind == "NetworkPolicy" and FROM_NODES in (obj["metadata"].get("annotations") or {}):
@@ -546,9 +581,14 @@ def healthy(rows: list[list[str]]) -> bool:
     return all(row[3] == HEALTHY for row in rows)
 
 
-def status_rows(kube: Kube, plan: Plan) -> list[list[str]]:
+STALE_FALLBACK = 24 * 3600  # a schedule status cannot read (edited by hand): runs expected daily (48 h stale)
+
+
+def status_rows(kube: Kube, plan: Plan, now: datetime | None = None) -> list[list[str]]:
     """One row per workload: ready/desired, state (ready, not ready, FAILED, missing, terminating),
-    image tag, volumes (bound + size), URL."""
+    image tag, volumes (bound + size), URL; then one per CronJob, whose ready column is its last
+    success's age ("5h ago", "never yet") or "suspended", and whose state says why it is not ready
+    (readiness.cronjob_status at `now`, default the current time)."""
     waiter = Waiter(kube)
     claims = {
         (c["metadata"]["namespace"], c["metadata"]["name"]): c
@@ -563,18 +603,9 @@ def status_rows(kube: Kube, plan: Plan) -> list[list[str]]:
     for target in targets(plan.manifests):
         status = waiter.status(target)
         manifest = next(m for m in plan.manifests if m.kind == target.kind and m.name == target.name)
-        pod = manifest.obj.get("spec", {}).get("template", {}).get("spec", {})
-        images = ", ".join(mf.image_tag(c["image"]) or c["image"] for c in pod.get("containers", []))
+        images, volumes = _pod_columns(manifest.obj.get("spec", {}).get("template", {}).get("spec", {}), claims, target)
         if target.kind == "HelmChart":
             images = f"chart {manifest.obj['spec'].get('version', '')}"
-        volumes = []
-        for volume in pod.get("volumes", []):
-            claim_name = (volume.get("persistentVolumeClaim") or {}).get("claimName")
-            if claim_name:
-                claim = claims.get((target.namespace, claim_name))
-                phase = (claim or {}).get("status", {}).get("phase", "missing")
-                size = ((claim or {}).get("status", {}).get("capacity") or {}).get("storage", "")
-                volumes.append(f"{claim_name} {phase} {size}".strip())
         if status.missing:
             state = "missing"
         elif status.terminating:
@@ -588,8 +619,48 @@ def status_rows(kube: Kube, plan: Plan) -> list[list[str]]:
                 "-" if status.missing else f"{status.ready}/{status.desired}",
                 state,
                 images,
-                "; ".join(volumes) or "-",
+                volumes,
                 urls.get(target.name, "-"),
             ]
         )
+    for manifest in (m for m in plan.manifests if m.kind == "CronJob"):
+        rows.append(cronjob_row(kube, manifest, claims, now or datetime.now(UTC)))
     return rows
+
+
+def _pod_columns(pod: dict, claims: dict[tuple[str, str], dict], target: Target) -> tuple[str, str]:
+    """(image tags, volumes: `claim phase size` each) of a pod template in status_rows."""
+    images = ", ".join(mf.image_tag(c["image"]) or c["image"] for c in pod.get("containers", []))
+    volumes = []
+    for volume in pod.get("volumes", []):
+        claim_name = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+        if claim_name:
+            claim = claims.get((target.namespace, claim_name))
+            phase = (claim or {}).get("status", {}).get("phase", "missing")
+            size = ((claim or {}).get("status", {}).get("capacity") or {}).get("storage", "")
+            volumes.append(f"{claim_name} {phase} {size}".strip())
+    return images, "; ".join(volumes) or "-"
+
+
+def cronjob_row(kube: Kube, manifest: mf.Manifest, claims: dict[tuple[str, str], dict], now: datetime) -> list[str]:
+    """status_rows' row of a CronJob: read under the batch version the cluster serves it in (the
+    manifest's first, then the other: two GETs only on a cluster older than the render), its Jobs
+    with one LIST (by its job template's labels), judged by readiness.cronjob_status against twice
+    the longest gap of its live schedule (settings.cron_interval; one it cannot read: a day)."""
+    namespace = manifest.namespace or ""
+    apis = sorted(CRONJOB_APIS, key=lambda api: api != manifest.obj["apiVersion"])
+    live = next((obj for api in apis if (obj := kube.get(api, "CronJob", manifest.name, namespace))), None)
+    target = Target(live["apiVersion"] if live else apis[0], "CronJob", namespace, manifest.name)
+    job = manifest.obj["spec"]["jobTemplate"]
+    images, volumes = _pod_columns(job["spec"]["template"]["spec"], claims, target)
+    if live is None:
+        return [namespace, target.describe(), "-", "missing", images, volumes, "-"]
+    if live["metadata"].get("deletionTimestamp"):
+        return [namespace, target.describe(), "-", "terminating", images, volumes, "-"]
+    labels = (job.get("metadata") or {}).get("labels") or {}
+    selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    jobs = kube.list("batch/v1", "Job", namespace, label_selector=selector)
+    interval = cron_interval(str((live.get("spec") or {}).get("schedule", ""))) or STALE_FALLBACK
+    last, status = cronjob_status(live, jobs, now, interval)
+    state = HEALTHY if status.done else ("FAILED: " if status.failed else "not ready: ") + status.message
+    return [namespace, target.describe(), last, state, images, volumes, "-"]

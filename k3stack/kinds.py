@@ -149,6 +149,11 @@ KINDS: tuple[Kind, ...] = (
         status=readiness.daemonset_status,
     ),
     Kind("batch/v1", "Job", _group("batch/v1", "jobs"), 4, prunable=True, status=readiness.plain_job_status),
+    # The scheduled backup (k8s/llm-stack/backup.yaml): batch/v1 from Kubernetes 1.21, batch/v1beta1
+    # before (served until 1.25); deploy renders the one the cluster serves (deploy.cronjob_api). Not
+    # waited: a CronJob has no rollout; `inv status` judges it by its Jobs (readiness.cronjob_status).
+    Kind("batch/v1", "CronJob", _group("batch/v1", "cronjobs"), 4, prunable=True),
+    Kind("batch/v1beta1", "CronJob", _group("batch/v1beta1", "cronjobs"), 4, prunable=True),
     Kind("networking.k8s.io/v1", "Ingress", _group("networking.k8s.io/v1", "ingresses"), 5, prunable=True),
     Kind("networking.k8s.io/v1", "NetworkPolicy", _group("networking.k8s.io/v1", "networkpolicies"), 5, prunable=True),
     # Traefik's CRDs: traefik.io since Traefik v3 (K3s >= 1.30), traefik.containo.us before.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import ipaddress
+import itertools
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -393,6 +394,154 @@ def seconds(v: str) -> str | None:
     return None if re.match(r"^[0-9]+(\.[0-9]+)?$", v) and float(v) > 0 else "a number of seconds"
 
 
+# -- cron schedules (BACKUP_SCHEDULE) ------------------------------------------------------------
+# Kubernetes' CronJob controller parses spec.schedule with robfig/cron's standard parser
+# (cron.ParseStandard, github.com/robfig/cron/v3 parser.go; the API server validates with the same
+# call): five fields — minute (0-59), hour (0-23), day of month (1-31), month (1-12 or JAN-DEC),
+# day of week (0-6 or SUN-SAT, names in any case) — each a comma-separated list of `*` (or `?`),
+# N, N-M, with an optional /STEP (N/STEP runs from N to the field's end), or one of the descriptors
+# below. Refused here although robfig reads them: a seconds field (6 fields), `@every <duration>`
+# (not a calendar schedule), and a TZ=/CRON_TZ= prefix (the API server refuses it since 1.25: a
+# CronJob's zone is spec.timeZone; before, the controller's own zone applies), and a schedule that
+# never comes (0 0 30 2 *).
+BACKUP_OFF = "off"  # BACKUP_SCHEDULE=off: the CronJob is kept, suspended
+CRON_DESCRIPTORS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+_MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_MONTHS = {name: number for number, name in enumerate(_MONTH_NAMES, 1)}
+_WEEKDAYS = {name: number for number, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
+# (name, lowest, highest, names) of the five fields, in order
+_CRON_FIELDS = (
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day of month", 1, 31, {}),
+    ("month", 1, 12, _MONTHS),
+    ("day of week", 0, 6, _WEEKDAYS),
+)
+CRON_EXAMPLE = (
+    "a cron schedule such as 17 3 * * * (minute hour day-of-month month day-of-week), @daily or @weekly, or off"
+)
+_CRON_YEARS = 8  # how far ahead a schedule's runs are looked for (a 29 February comes every 4 years)
+
+
+@dataclass(frozen=True)
+class CronSchedule:
+    """A parsed schedule: the values each field admits, and whether day of month / day of week were
+    `*` (robfig: a day matches when both fields do if either is `*`, else when either does)."""
+
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]  # 0 = Sunday
+    any_day: bool
+    any_weekday: bool
+
+    def runs_on(self, day) -> bool:
+        """Whether the schedule has runs on `day` (a datetime.date)."""
+        if day.month not in self.months:
+            return False
+        in_month, in_week = day.day in self.days, (day.weekday() + 1) % 7 in self.weekdays
+        if self.any_day or self.any_weekday:
+            return in_month and in_week
+        return in_month or in_week
+
+    def longest_gap(self) -> int | None:
+        """The longest time between two runs, in seconds (the interval a run is expected within);
+        None when it never runs in the next _CRON_YEARS years from a fixed date (a pure function)."""
+        from datetime import date, timedelta
+
+        times = sorted(h * 60 + m for h in self.hours for m in self.minutes)
+        start = date(2024, 1, 1)
+        days = [n for n in range(366 * _CRON_YEARS) if self.runs_on(start + timedelta(days=n))]
+        if not days:
+            return None
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        gaps += [(b - a) * 1440 - times[-1] + times[0] for a, b in itertools.pairwise(days)]
+        return 60 * max(gaps or [366 * _CRON_YEARS * 1440])
+
+
+def _cron_value(text: str, name: str, names: dict[str, int]) -> int:
+    if text.lower() in names:
+        return names[text.lower()]
+    if not text.isascii() or not text.isdigit():
+        kinds = f"a number or a name ({', '.join(n.upper() for n in names)})" if names else "a number"
+        raise ValueError(f"{name} {text!r} is not {kinds}")
+    return int(text)
+
+
+def _cron_field(text: str, name: str, low: int, high: int, names: dict[str, int]) -> tuple[set[int], bool]:
+    """The values one field admits and whether it was a plain `*`/`?` (robfig's getRange, per item)."""
+    values, star = set(), False
+    for item in text.split(","):
+        span, slash, step_text = item.partition("/")
+        if "/" in step_text:
+            raise ValueError(f"{name} {item!r} has two /")
+        step = 1
+        if slash:
+            if not step_text.isascii() or not step_text.isdigit() or int(step_text) == 0:
+                raise ValueError(f"{name} {item!r}: the step after / must be a positive number")
+            step = int(step_text)
+        if span in ("*", "?"):
+            first, last = low, high
+            star = star or step == 1
+        else:
+            first_text, dash, last_text = span.partition("-")
+            first = _cron_value(first_text, name, names)
+            last = _cron_value(last_text, name, names) if dash else (high if slash else first)
+            if first < low or last > high:
+                raise ValueError(f"{name} {item!r} is outside {low}-{high}")
+            if first > last:
+                raise ValueError(f"{name} {item!r} runs backwards")
+        values.update(range(first, last + 1, step))
+    return values, star
+
+
+def parse_cron(v: str) -> CronSchedule:
+    """BACKUP_SCHEDULE as Kubernetes reads it (see above). Raises ValueError saying what is wrong."""
+    text = CRON_DESCRIPTORS.get(v.strip(), v)
+    if v.startswith(("TZ=", "CRON_TZ=")):
+        raise ValueError("no TZ=/CRON_TZ= prefix (Kubernetes refuses it; the cluster's time zone applies)")
+    if text.startswith("@"):
+        raise ValueError(f"{text.split()[0]} is not one of {', '.join(CRON_DESCRIPTORS)}")
+    fields = text.split()
+    if len(fields) != 5:
+        extra = " (Kubernetes reads no seconds field)" if len(fields) == 6 else ""
+        raise ValueError(f"{len(fields)} fields, not 5{extra}")
+    parsed = [_cron_field(f, *spec) for f, spec in zip(fields, _CRON_FIELDS, strict=True)]
+    (minutes, _), (hours, _), (days, any_day), (months, _), (weekdays, any_weekday) = parsed
+    return CronSchedule(*map(frozenset, (minutes, hours, days, months, weekdays)), any_day, any_weekday)
+
+
+def cron_interval(v: str) -> int | None:
+    """The longest time between two runs of schedule `v`, in seconds; None when `v` is not a schedule
+    Kubernetes reads (parse_cron) or never runs."""
+    try:
+        return parse_cron(v).longest_gap()
+    except ValueError:
+        return None
+
+
+def backup_schedule(v: str) -> str | None:
+    """A check: BACKUP_SCHEDULE is `off` or a schedule Kubernetes' CronJob reads that runs (parse_cron)."""
+    if v.lower() == BACKUP_OFF:
+        return None
+    try:
+        schedule = parse_cron(v)
+    except ValueError as exc:
+        return f"{CRON_EXAMPLE}; {exc}"
+    if schedule.longest_gap() is None:
+        return f"{CRON_EXAMPLE}; this one never runs (no such date)"
+    return None
+
+
 def split_list(v: str) -> list[str]:
     """A comma-separated setting as its items, blanks dropped: 'a, b,,c' -> ['a', 'b', 'c']."""
     return [item.strip() for item in v.split(",") if item.strip()]
@@ -430,7 +579,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ACME_RESOLVER", "letsencrypt", "Traefik certificate resolver name used by the ingresses", dns_label),
     # Cluster
     Setting("KUBE_CONTEXT", "", "kubeconfig context to use (empty: the current context)"),
-    Setting("K8S_VERSION", "1.35", "Kubernetes minor the manifests are validated against (the pinned K3s)", k8s_minor),
+    Setting(
+        "K8S_VERSION",
+        "1.35",
+        "Kubernetes minor `render` renders for (CronJob API) and validates against; deploy asks the cluster",
+        k8s_minor,
+    ),
     Setting("STACK_NAMESPACE", "llm-stack", "namespace of Open WebUI, Ollama, PostgreSQL, Redis", namespace),
     Setting("MONITORING_NAMESPACE", "monitoring", "namespace of Netdata", namespace),
     Setting("STORAGE_CLASS", "local-path", "StorageClass of every volume (K3s ships local-path)", dns_label),
@@ -492,6 +646,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTGRES_STORAGE", "10Gi", "volume for PostgreSQL", storage),
     Setting("REDIS_STORAGE", "1Gi", "volume for Redis", storage),
     Setting("NETDATA_STORAGE", "5Gi", "volume for Netdata's metrics database", storage),
+    # Scheduled backups: a CronJob dumps PostgreSQL onto a volume of its own (k8s/llm-stack/backup.yaml)
+    Setting(
+        "BACKUP_SCHEDULE",
+        "17 3 * * *",
+        "when the PostgreSQL dump runs, cron in the cluster's time zone (or @daily ...); off suspends it",
+        backup_schedule,
+    ),
+    Setting("BACKUP_KEEP", "7", "dumps kept on the backup volume: the oldest beyond this are deleted", count),
+    Setting("BACKUP_STORAGE", "5Gi", "volume for the scheduled dumps (PVC postgres-backups)", storage),
     # Resources
     *_resources("ollama", "1", "4Gi", "8", "16Gi"),
     *_resources("open-webui", "250m", "1Gi", "2", "2Gi"),
@@ -591,8 +754,15 @@ class Settings:
         return split_list(self.values["OLLAMA_MODELS"])
 
     def render_vars(self) -> dict[str, str]:
-        """What ${VARS} in k8s/ may use: every non-secret setting (secrets live in Secret objects)."""
-        return dict(self.values)
+        """What ${VARS} in k8s/ may use: every non-secret setting (secrets live in Secret objects),
+        and what k3stack computes from them: BACKUP_CRONJOB_SCHEDULE and BACKUP_SUSPEND (the CronJob's
+        schedule and suspend: BACKUP_SCHEDULE=off keeps the default schedule, suspended)."""
+        off = self.values["BACKUP_SCHEDULE"].lower() == BACKUP_OFF
+        return {
+            **self.values,
+            "BACKUP_CRONJOB_SCHEDULE": BY_NAME["BACKUP_SCHEDULE"].default if off else self.values["BACKUP_SCHEDULE"],
+            "BACKUP_SUSPEND": "true" if off else "false",
+        }
 
 
 def env_file(env_name: str, env_dir: Path = ENV_DIR) -> Path:

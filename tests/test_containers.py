@@ -129,6 +129,10 @@ TABLE: dict[tuple[str, str], Row] = {
     ("Deployment/postgres", "postgres"): hardened(S("POSTGRES_IMAGE"), from_settings("postgres"), uid=999),
     ("Deployment/redis", "redis"): hardened(S("REDIS_IMAGE"), from_settings("redis"), uid=999),
     ("Job/ollama-pull", "pull"): hardened(S("OLLAMA_IMAGE"), resources("50m", "64Mi", "500m", "256Mi"), uid=65534),
+    # The scheduled backup (backup.yaml): PostgreSQL's image for its pg_dump, as PostgreSQL's user.
+    ("CronJob/postgres-backup", "backup"): hardened(
+        S("POSTGRES_IMAGE"), resources("50m", "64Mi", "1", "512Mi"), uid=999
+    ),
     # Netdata's chart: k3stack sets images and resources; the containers' securityContexts (and the
     # child's hostPID/hostIPC/SYS_PTRACE/SYS_ADMIN, justified in netdata.yaml) are the chart's.
     ("HelmChart/netdata", "parent"): chart(

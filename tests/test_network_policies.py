@@ -1,5 +1,6 @@
 """Who can reach whom, computed from the NetworkPolicies deploy would apply (tests/netpol.py),
-against the intended matrix: only Open WebUI reaches PostgreSQL:5432 and Redis:6379; Ollama:11434
+against the intended matrix: only Open WebUI reaches PostgreSQL:5432 and Redis:6379 (and the scheduled
+backup's pods PostgreSQL, nothing else; nothing reaches them); Ollama:11434
 only from Open WebUI and the in-cluster pull Job; Open WebUI:8080 only from Traefik; the Netdata
 parent's :19999 (the dashboard, no login of its own) only from Traefik and Netdata's own pods;
 nothing else. A policy widened (a `from` to every pod, a namespace instead of Traefik) fails here."""
@@ -25,6 +26,7 @@ SETTINGS = {
 SERVICES = {"postgres": 5432, "redis": 6379, "ollama": 11434, "open-webui": 8080, "netdata-parent": 19999}
 INTENDED = {
     ("open-webui", "postgres"),
+    ("postgres-backup", "postgres"),
     ("open-webui", "redis"),
     ("open-webui", "ollama"),
     ("ollama-pull", "ollama"),
@@ -39,6 +41,12 @@ NETDATA = {
 }
 
 
+def pod_template(workload: dict) -> dict:
+    """The pod template of a workload (a CronJob's inside its job template)."""
+    spec = workload["spec"]
+    return (spec["jobTemplate"]["spec"] if workload["kind"] == "CronJob" else spec)["template"]
+
+
 @pytest.fixture(scope="module")
 def cluster():
     loaded = settings.load(env_dir=Path("/nonexistent"), environ=SETTINGS)
@@ -49,10 +57,11 @@ def cluster():
         Pod.of(
             o["metadata"]["labels"].get("app.kubernetes.io/name", o["metadata"]["name"]),
             o["metadata"]["namespace"],
-            o["spec"]["template"]["metadata"]["labels"],
+            pod_template(o)["metadata"]["labels"],
         )
         for o in objects
-        if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job") and o["metadata"]["namespace"] == STACK
+        if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
+        and o["metadata"]["namespace"] == STACK
     ]
     others = [
         Pod.of(
@@ -74,7 +83,7 @@ def cluster():
 
 def test_the_stack_pods_are_all_known(cluster):
     _, pods, _ = cluster
-    assert {p.name for p in pods} >= {"postgres", "redis", "ollama", "open-webui", "ollama-pull"}
+    assert {p.name for p in pods} >= {"postgres", "redis", "ollama", "open-webui", "ollama-pull", "postgres-backup"}
 
 
 def test_who_reaches_whom_is_exactly_the_intended_matrix(cluster):
@@ -96,6 +105,12 @@ def test_other_ports_are_closed_even_for_allowed_peers(cluster):
     assert not allowed(policies, by_name["open-webui"], by_name["postgres"], 22, namespaces=namespaces)
     assert not allowed(policies, by_name["traefik"], by_name["open-webui"], 9090, namespaces=namespaces)
     assert not allowed(policies, by_name["traefik"], by_name["netdata-parent"], 8125, namespaces=namespaces)
+    # the backup reaches PostgreSQL's port only; nothing reaches the backup's pods
+    assert not allowed(policies, by_name["postgres-backup"], by_name["redis"], 6379, namespaces=namespaces)
+    assert not allowed(policies, by_name["postgres-backup"], by_name["postgres"], 22, namespaces=namespaces)
+    for source in ("open-webui", "postgres", "traefik", "stranger"):
+        for port in (22, 5432, 8080):
+            assert not allowed(policies, by_name[source], by_name["postgres-backup"], port, namespaces=namespaces)
     # the rest of the monitoring namespace takes nothing (default deny), not even from Traefik
     assert not allowed(policies, by_name["traefik"], by_name["netdata-k8s-state"], 19999, namespaces=namespaces)
 

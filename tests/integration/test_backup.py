@@ -9,6 +9,9 @@ import base64
 import gzip
 import io
 import json
+import os
+import pwd
+import shutil
 import tarfile
 import time
 
@@ -247,3 +250,167 @@ def test_an_open_webui_image_change_takes_a_backup_before_anything_is_applied(re
     assert kube.get("apps/v1", "Deployment", "open-webui", real_stack.namespace)["spec"]["template"]["spec"][
         "containers"
     ][0]["image"].endswith(":v0.11.0")
+
+
+# -- the scheduled backup's script, for real (issue 17: k8s/llm-stack/backup.yaml) ------------------
+class CronBackup:
+    """The CronJob's container as deploy renders it, run where the bed can run it: its command with
+    /bin/sh in the PostgreSQL pod (the image's pg_dump, the pod's /etc/hosts: PGHOST=postgres is the
+    Service's endpoint, over TCP with the password as the Job would), with exactly its environment
+    (`env -i`, plus the image's PATH) and its volumes at directories of its own — /backups, /tmp,
+    the postgres Secret's password file — as a kubelet would mount them."""
+
+    def __init__(self, real_stack, root, keep: int):
+        from pathlib import Path
+
+        from k3stack import settings as st
+        from tests.testbed.real.exec import IMAGE_PATH
+        from tests.testbed.real.pods import hosts_file
+
+        self.real_stack, self.runner = real_stack, bk.PodExec(real_stack.kube)
+        loaded = st.load(env_dir=Path("/nonexistent"), environ={**real_stack.environ, "BACKUP_KEEP": str(keep)})
+        plan = stack.make_plan(loaded, stack.read_secret_from(real_stack.kube))
+        [cronjob] = [m.obj for m in plan.manifests if m.kind == "CronJob"]
+        pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        [self.container] = pod["containers"]
+        self.volumes = {v["name"]: v for v in pod["volumes"]}
+        self.mounts = {m["mountPath"]: root / m["name"] for m in self.container["volumeMounts"]}
+        owner = pwd.getpwnam(real_stack.components["postgres"].user)
+        for local in [root, *self.mounts.values()]:
+            local.mkdir(exist_ok=True)
+            os.chown(local, owner.pw_uid, owner.pw_gid)
+        self.backups, self.tmp = self.mounts["/backups"], self.mounts["/tmp"]
+        self.password = self.mounts["/run/secrets/postgres"] / "POSTGRES_PASSWORD"
+        self.write_password(real_stack.plan.secrets.values["POSTGRES_PASSWORD"])
+        self.path = IMAGE_PATH["postgres"]()
+        # Cluster DNS as it answers now: the pod's /etc/hosts was written when PostgreSQL started,
+        # before its own Service had a ready endpoint (the bed writes a pod's hosts file once).
+        component = real_stack.components["postgres"]
+        hosts_file(real_stack.kube, [real_stack.namespace, real_stack.monitoring], component.workdir / "hosts")
+
+    def write_password(self, value: str) -> None:
+        self.password.write_text(value)
+        os.chmod(self.password, 0o440)  # the Secret volume's defaultMode
+        os.chown(self.password, self.backups.stat().st_uid, self.backups.stat().st_gid)
+
+    def local(self, value: str) -> str:
+        """A container path in the environment, at its directory here (what the bed's kubelet does)."""
+        for mount in sorted(self.mounts, key=len, reverse=True):
+            if value == mount or value.startswith(mount + "/"):
+                return str(self.mounts[mount]) + value[len(mount) :]
+        return value
+
+    def run(self) -> str:
+        env = [f"{e['name']}={self.local(e['value'])}" for e in self.container["env"]]
+        argv = ["env", "-i", f"PATH={self.path}", *env, *self.container["command"]]
+        pod = pod_name(self.real_stack, "postgres")
+        return self.runner.run(self.real_stack.namespace, pod, "postgres", argv).decode()
+
+    def dumps(self) -> list[str]:
+        return sorted(p.name for p in self.backups.iterdir() if p.name.endswith(".dump"))
+
+
+def next_second() -> None:
+    """Wait for the next UTC second: each run's dump gets a name of its own."""
+    time.sleep(1.05 - time.time() % 1)
+
+
+def test_the_scheduled_backup_script_dumps_keeps_the_newest_and_leaves_nothing_half_done(real_stack, kubelet):
+    import re
+    import subprocess
+    import uuid
+
+    from tests.testbed.real import PG_BIN
+
+    keep = 3
+    root = real_stack.components["postgres"].workdir / f"cron-{uuid.uuid4().hex[:6]}"
+    cron = CronBackup(real_stack, root, keep)
+    # What the container gets: the command is /bin/sh -c SCRIPT; no secret in its environment.
+    assert cron.container["command"][:2] == ["/bin/sh", "-c"]
+    assert all("valueFrom" not in e for e in cron.container["env"])
+    assert cron.volumes["password"]["secret"]["secretName"] == "postgres"
+    assert cron.volumes["backups"]["persistentVolumeClaim"]["claimName"] == "postgres-backups"
+    # Files that are not the CronJob's: never touched, whatever their names.
+    others = {"notes.txt": "mine", "openwebui-manual.dump": "mine too", "openwebui-20200101T000000Z.dump.bak": "x"}
+    for name, text in others.items():
+        (cron.backups / name).write_text(text)
+    (cron.backups / "a-directory").mkdir()
+    # An older dump of the CronJob's own (by its name, though its file is the newest): the first to go.
+    (cron.backups / "openwebui-20200101T000000Z.dump").write_bytes(b"an old dump")
+
+    written = []
+    for run in range(keep + 2):
+        next_second()
+        output = cron.run()
+        found = re.search(r"^wrote (\S+/(openwebui-\d{8}T\d{6}Z\.dump)) \(\s*(\d+) bytes\)$", output, re.M)
+        assert found, output
+        written.append(found.group(2))
+        if run < keep - 1:
+            assert "removed" not in output  # the old one and this run's: no more than kept
+        if run == keep - 1:
+            assert output.endswith(f"removed {cron.backups}/openwebui-20200101T000000Z.dump (keeping the newest 3)\n")
+    assert len(set(written)) == keep + 2
+    assert cron.dumps() == sorted([*written[-keep:], "openwebui-manual.dump"])
+    assert {p.name for p in cron.backups.iterdir()} == {*written[-keep:], *others, "a-directory"}
+    assert all((cron.backups / name).read_text() == text for name, text in others.items())
+    assert oct((cron.tmp / "pgpass").stat().st_mode & 0o777) == "0o600"
+    for name in written[-keep:]:
+        path = cron.backups / name
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+        listed = subprocess.run([str(PG_BIN / "pg_restore"), "--list", str(path)], capture_output=True, text=True)
+        assert listed.returncode == 0, listed.stderr
+        tables = set(re.findall(r"TABLE public (\w+) ", listed.stdout))
+        assert {"user", "auth", "chat", "config"} <= tables, sorted(tables)
+
+    # The newest dump restores: into a database of its own, it holds the admin Open WebUI created.
+    ns, pod = real_stack.namespace, pod_name(real_stack, "postgres")
+    user = real_stack.plan.settings["POSTGRES_USER"]
+    local = ["-h", bk.PG_SOCKET, "-U", user]
+    cron.runner.run(ns, pod, "postgres", ["dropdb", *local, "--if-exists", "restore_check"])
+    cron.runner.run(ns, pod, "postgres", ["createdb", *local, "restore_check"])
+    try:
+        # (fed on stdin: the exec maps argv paths under the pod's mounts, and the bed's /tmp is one)
+        newest = cron.backups / written[-1]
+        restore = [*bk.feed(newest.stat().st_size), "pg_restore", *local, "-d", "restore_check", "--exit-on-error"]
+        with open(newest, "rb") as dump:
+            cron.runner.run(ns, pod, "postgres", restore, stdin=dump, stdin_size=newest.stat().st_size)
+        emails = cron.runner.run(
+            ns, pod, "postgres", ["psql", *local, "-d", "restore_check", "-tAc", 'SELECT email FROM "user"']
+        )
+        assert real_stack.plan.settings["WEBUI_ADMIN_EMAIL"] in emails.decode().split()
+    finally:
+        cron.runner.run(ns, pod, "postgres", ["dropdb", *local, "--if-exists", "restore_check"])
+
+    # README's in-place restore, its very command, from PostgreSQL's own /backups (the CronJob's volume,
+    # read-only there): the live database comes back as dumped, Open WebUI's users and all.
+    from tests.testbed.real.exec import volume_paths
+    from tests.testbed.real.pods import container_of
+
+    component = real_stack.components["postgres"]
+    mounted = volume_paths(component, component.template, container_of(component.template, "postgres"))
+    there = shutil.copy(cron.backups / written[-1], mounted.path(f"/backups/{written[-1]}"))
+    os.chown(there, (cron.backups / written[-1]).stat().st_uid, (cron.backups / written[-1]).stat().st_gid)
+    count = ["psql", *local, "-d", real_stack.plan.settings["POSTGRES_DB"], "-tAc", 'SELECT count(*) FROM "user"']
+    users = cron.runner.run(ns, pod, "postgres", count)
+    readme = ["pg_restore", "--clean", "--if-exists", "--no-owner", "--single-transaction", "--exit-on-error"]
+    readme += ["-h", "/var/run/postgresql", "-U", user, "-d", real_stack.plan.settings["POSTGRES_DB"]]
+    cron.runner.run(ns, pod, "postgres", [*readme, f"/backups/{written[-1]}"])
+    assert cron.runner.run(ns, pod, "postgres", count) == users
+
+    # A dump that fails (the server refuses the password) exits non-zero and leaves no dump, no
+    # .partial: the dumps already there stay as they were.
+    before = {p.name: p.stat().st_mtime_ns for p in cron.backups.iterdir()}
+    cron.write_password("not the password at all")
+    next_second()
+    # (libpq's last line after "password authentication failed": where the password came from)
+    with pytest.raises(bk.ExecError, match=r"failed \(exit 1\): password retrieved from file \S+/tmp/pgpass"):
+        cron.run()
+    assert {p.name: p.stat().st_mtime_ns for p in cron.backups.iterdir()} == before
+    assert not list(cron.backups.glob("*.partial"))
+    # A .partial a killed run left behind (its EXIT trap never ran) goes with the next run.
+    cron.write_password(real_stack.plan.secrets.values["POSTGRES_PASSWORD"])
+    (cron.backups / "openwebui-20300101T000000Z.dump.partial").write_bytes(b"cut")
+    next_second()
+    cron.run()
+    assert not list(cron.backups.glob("*.partial"))
+    assert len([n for n in cron.dumps() if n != "openwebui-manual.dump"]) == keep

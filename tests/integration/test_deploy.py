@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 import uuid
 from pathlib import Path
@@ -70,6 +71,9 @@ def at_rest(kube: Kube, plan, timeout: float = 60) -> None:
 
 
 def resource_versions(kube: Kube, plan) -> dict:
+    """Every object's resourceVersion, read under the API version deploy applied it with (the plan
+    rendered for this cluster: the CronJob is batch/v1beta1 on the bed's Kubernetes 1.20)."""
+    plan, _ = stack.prepare(kube, plan)
     return {
         m.key: kube.get(m.obj["apiVersion"], m.kind, m.name, m.namespace)["metadata"]["resourceVersion"]
         for m in plan.manifests
@@ -87,10 +91,21 @@ def test_first_deploy_creates_everything_and_second_changes_nothing(stack_env):
     claims = kube.list("v1", "PersistentVolumeClaim", plan.settings["STACK_NAMESPACE"])
     assert {c["metadata"]["name"]: c["status"]["phase"] for c in claims} == {
         "postgres-data": "Bound",
+        "postgres-backups": "Bound",  # bound as PostgreSQL, which mounts it read-only, starts
         "redis-data": "Bound",
         "ollama-data": "Bound",
         "open-webui-data": "Bound",
     }
+    # The scheduled backup: the bed's Kubernetes 1.20 serves CronJob as batch/v1beta1 only.
+    ns = plan.settings["STACK_NAMESPACE"]
+    cronjob = kube.get("batch/v1beta1", "CronJob", "postgres-backup", ns)
+    assert kube.get("batch/v1", "CronJob", "postgres-backup", ns) is None
+    assert cronjob["spec"]["schedule"] == "17 3 * * *"
+    assert cronjob["spec"]["suspend"] is False
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    assert "cronjob.batch/postgres-backup created" in stack_env.output.getvalue()
+    namespace = kube.get("v1", "Namespace", ns)
+    assert "batch/v1beta1/CronJob" in namespace["metadata"]["annotations"]["k3stack.dev/prunable-kinds"]
 
     # Netdata's children on other nodes reach the parent from the nodes' addresses (the bed's node:
     # its InternalIP; it has no pod CIDR allocated), and from nothing else.
@@ -324,6 +339,35 @@ def test_status_rows_show_readiness_images_volumes_and_urls(stack_env):
     assert ollama[5].startswith("ollama-data Bound")
     assert rows["deployment.apps/open-webui"][6] == "https://chat.203.0.113.10.sslip.io"
     assert rows["helmchart.helm.cattle.io/netdata"][3] == "ready"
+    assert rows["deployment.apps/postgres"][5].endswith("; postgres-backups Bound 5Gi")
+    # The scheduled backup: no run yet; then one (a Job from its template, as `kubectl create job
+    # --from=cronjob/postgres-backup` makes it), which the node completes: its age is shown.
+    shown = rows["cronjob.batch/postgres-backup"]
+    assert shown == [
+        plan.instance,
+        "cronjob.batch/postgres-backup",
+        "never yet",
+        "ready",
+        "17.6",
+        "postgres-backups Bound 5Gi",
+        "-",
+    ]
+    kube = stack_env.kube_client
+    cronjob = kube.get("batch/v1beta1", "CronJob", "postgres-backup", plan.instance)
+    template = cronjob["spec"]["jobTemplate"]
+    owner = {"apiVersion": "batch/v1beta1", "kind": "CronJob", "name": "postgres-backup"}
+    metadata = {"name": "postgres-backup-manual", "namespace": plan.instance, **template["metadata"]}
+    metadata["ownerReferences"] = [{**owner, "uid": cronjob["metadata"]["uid"]}]
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": template["spec"]}
+    kube.request("POST", f"/apis/batch/v1/namespaces/{plan.instance}/jobs", body=job)
+    for _ in range(120):
+        rows = {row[1]: row for row in stack.status_rows(kube, plan)}
+        if rows["cronjob.batch/postgres-backup"][2] != "never yet":
+            break
+        time.sleep(0.5)
+    assert re.fullmatch(r"\d+s ago", rows["cronjob.batch/postgres-backup"][2]), rows["cronjob.batch/postgres-backup"]
+    assert rows["cronjob.batch/postgres-backup"][3] == "ready"
+    assert stack.healthy(list(rows.values()))
 
 
 def test_forbidden_user_gets_an_explained_error(kube):

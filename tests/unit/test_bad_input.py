@@ -106,6 +106,20 @@ REFUSED = [
     ({"SUDO_PASSWORD": "two\nlines"}, "SUDO_PASSWORD=<redacted>: expected one line", ""),
     ({"REDIS_PASSWORD": "undecodable-\udcff-byte"}, "REDIS_PASSWORD=<redacted>: expected text that is valid UTF-8", ""),
     ({"WEBUI_ADMIN_NAME": "Ad\x00min"}, "WEBUI_ADMIN_NAME='Ad\\x00min': expected text without NUL", ""),
+    # a schedule Kubernetes' CronJob would refuse, or never run (issue 17)
+    (
+        {"BACKUP_SCHEDULE": "0 17 3 * * *"},
+        "BACKUP_SCHEDULE='0 17 3 * * *': expected a cron schedule such as 17 3 * * *",
+        "6 fields, not 5 (Kubernetes reads no seconds field)",
+    ),
+    ({"BACKUP_SCHEDULE": "TZ=Europe/Berlin 17 3 * * *"}, "BACKUP_SCHEDULE=", "no TZ=/CRON_TZ= prefix"),
+    ({"BACKUP_SCHEDULE": "CRON_TZ=UTC 17 3 * * *"}, "BACKUP_SCHEDULE=", "no TZ=/CRON_TZ= prefix"),
+    ({"BACKUP_SCHEDULE": "@every 24h"}, "BACKUP_SCHEDULE=", "@every is not one of @yearly"),
+    ({"BACKUP_SCHEDULE": "nightly"}, "BACKUP_SCHEDULE=", "1 fields, not 5"),
+    ({"BACKUP_SCHEDULE": "17 3 * * 7"}, "BACKUP_SCHEDULE=", "day of week '7' is outside 0-6"),
+    ({"BACKUP_SCHEDULE": "0 0 30 2 *"}, "BACKUP_SCHEDULE=", "this one never runs"),
+    ({"BACKUP_KEEP": "0"}, "BACKUP_KEEP='0': expected a whole number from 1 to 100", ""),
+    ({"BACKUP_STORAGE": "0"}, "BACKUP_STORAGE='0': expected a volume size above zero", ""),
 ]
 
 
@@ -136,6 +150,9 @@ ACCEPTED = [
     {"REDIS_CPU_LIMIT": ".5", "REDIS_MEMORY_REQUEST": "64M", "REDIS_STORAGE": "1Ti"},
     {"SERVERS": "a.example.com,b.example.com,c.example.com", "AGENTS": "d.example.com"},
     {"WEBUI_ADMIN_PASSWORD": "p" * 72, "NETDATA_PASSWORD": "é" * 36},
+    {"BACKUP_SCHEDULE": "off", "BACKUP_KEEP": "1", "BACKUP_STORAGE": "100Mi"},
+    {"BACKUP_SCHEDULE": "@weekly"},
+    {"BACKUP_SCHEDULE": "30 2 * * MON-FRI"},
 ]
 
 

@@ -4,6 +4,7 @@ are a controller's by design, as pure functions."""
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,9 @@ def plan():
     return stack.make_plan(loaded, lambda namespace, name: None)
 
 
-def cluster(*apis: str, fields=V017, minor=(1, 31)) -> Cluster:
-    return Cluster(f"v{minor[0]}.{minor[1]}.0+k3s1", minor, frozenset({"v1", "helm.cattle.io/v1", *apis}), fields)
+def cluster(*apis: str, fields=V017, minor=(1, 31), batch=("batch/v1", "batch/v1beta1")) -> Cluster:
+    served = frozenset({"v1", "helm.cattle.io/v1", *batch, *apis})
+    return Cluster(f"v{minor[0]}.{minor[1]}.0+k3s1", minor, served, fields)
 
 
 def one(plan, kind: str) -> dict:
@@ -78,7 +80,7 @@ def test_no_traefik_is_one_line_naming_what_is_missing_and_the_fix(plan):
 
 
 def test_no_helm_controller_and_an_old_kubernetes_are_refused(plan):
-    no_helm = Cluster("v1.31.0+k3s1", (1, 31), frozenset({"v1", "traefik.io/v1alpha1"}), None)
+    no_helm = Cluster("v1.31.0+k3s1", (1, 31), frozenset({"v1", "batch/v1", "traefik.io/v1alpha1"}), None)
     with pytest.raises(stack.ClusterError, match=r"no helm.cattle.io/v1 .*--disable-helm-controller"):
         stack.for_cluster(plan, no_helm)
     with pytest.raises(stack.ClusterError, match=r"Kubernetes v1.19.0\+k3s1, older than the 1.20 k3stack supports"):
@@ -157,3 +159,177 @@ def test_deploy_admits_the_parents_port_from_every_node_address_and_nothing_else
 def test_without_readable_nodes_the_from_nodes_policy_admits_nothing(plan, sources):
     adapted = stack.for_cluster(plan, dataclasses.replace(cluster("traefik.io/v1alpha1"), node_sources=sources))
     assert from_nodes_policy(adapted)["spec"]["ingress"] == []
+
+
+# -- the scheduled backup's CronJob: batch/v1 from 1.21, batch/v1beta1 before (issue 17) ---------------
+@pytest.mark.parametrize(
+    ("minor", "expected"),
+    [
+        ((1, 20), "batch/v1beta1"),
+        ((1, 21), "batch/v1"),
+        ((1, 24), "batch/v1"),
+        ((1, 31), "batch/v1"),
+        ((2, 0), "batch/v1"),
+    ],
+)
+def test_the_cronjob_goes_to_the_batch_version_the_cluster_serves_it_in(plan, minor, expected):
+    adapted = stack.for_cluster(plan, cluster("traefik.io/v1alpha1", minor=minor))
+    assert [m.obj["apiVersion"] for m in adapted.manifests if m.kind == "CronJob"] == [expected]
+    assert one(plan, "CronJob")["apiVersion"] == "batch/v1"  # the plan itself is untouched
+    rest = [m.obj for m in adapted.manifests if m.kind not in ("CronJob", "Middleware", "HelmChart", "NetworkPolicy")]
+    assert rest == [
+        m.obj for m in plan.manifests if m.kind not in ("CronJob", "Middleware", "HelmChart", "NetworkPolicy")
+    ]
+    assert {m.obj["apiVersion"] for m in adapted.manifests if m.kind == "Job"} <= {"batch/v1"}
+
+
+def test_a_cluster_without_the_cronjob_api_is_refused_before_anything_is_written(plan):
+    with pytest.raises(stack.ClusterError) as refused:
+        stack.for_cluster(plan, cluster("traefik.io/v1alpha1", minor=(1, 20), batch=("batch/v1",)))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("the cluster serves no batch/v1beta1 (CronJob on Kubernetes v1.20.0+k3s1), needed for ")
+    assert "cronjob.batch/postgres-backup (k8s/llm-stack/backup.yaml) — fix: " in message
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"), [("1.20", "batch/v1beta1"), ("1.21", "batch/v1"), ("1.35", "batch/v1")]
+)
+def test_render_without_a_cluster_follows_k8s_version(version, expected):
+    loaded = settings.load(
+        env_dir=Path("/nonexistent"),
+        environ={"DOMAIN": "203.0.113.10.sslip.io", "ACME_EMAIL": "ops@example.com", "K8S_VERSION": version},
+    )
+    made = stack.make_plan(loaded, lambda namespace, name: None)
+    assert [m.obj["apiVersion"] for m in made.manifests if m.kind == "CronJob"] == [expected]
+    assert stack.cronjob_api((1, int(version.split(".")[1]))) == expected
+
+
+class Objects:
+    """Kube's get/list over a few objects: (apiVersion, kind, namespace, name) -> object; list by
+    kind and namespace (the label selector is recorded, not applied: every Job given is listed)."""
+
+    def __init__(self, *objects: dict):
+        self.objects = {
+            (o["apiVersion"], o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]): o for o in objects
+        }
+        self.asked: list[tuple] = []
+
+    def get(self, api_version, kind, name, namespace=None):
+        self.asked.append(("GET", api_version, kind, name))
+        return self.objects.get((api_version, kind, namespace or "", name))
+
+    def list(self, api_version, kind, namespace=None, *, label_selector="", field_selector=""):
+        self.asked.append(("LIST", api_version, kind, label_selector))
+        return [
+            o
+            for (a, k, ns, _), o in self.objects.items()
+            if (a, k) == (api_version, kind) and ns in ("", namespace or "")
+        ]
+
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def stamp(hours_ago: float) -> str:
+    return (NOW - timedelta(hours=hours_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def live_cronjob(api="batch/v1beta1", schedule="17 3 * * *", suspend=False, created=200.0, **status) -> dict:
+    return {
+        "apiVersion": api,
+        "kind": "CronJob",
+        "metadata": {
+            "name": "postgres-backup",
+            "namespace": "llm-stack",
+            "uid": "u1",
+            "creationTimestamp": stamp(created),
+        },
+        "spec": {"schedule": schedule, "suspend": suspend},
+        "status": status,
+    }
+
+
+def backup_job(name: str, hours_ago: float, ok: bool) -> dict:
+    status = (
+        {"succeeded": 1, "completionTime": stamp(hours_ago), "conditions": [{"type": "Complete", "status": "True"}]}
+        if ok
+        else {"failed": 3, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+    )
+    meta = {"name": name, "namespace": "llm-stack", "creationTimestamp": stamp(hours_ago + 0.1)}
+    meta["ownerReferences"] = [{"kind": "CronJob", "name": "postgres-backup", "uid": "u1"}]
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "status": status}
+
+
+CLAIM = {
+    "apiVersion": "v1",
+    "kind": "PersistentVolumeClaim",
+    "metadata": {"name": "postgres-backups", "namespace": "llm-stack"},
+    "status": {"phase": "Bound", "capacity": {"storage": "5Gi"}},
+}
+
+
+@pytest.mark.parametrize(
+    ("objects", "ready", "state"),
+    [
+        ([], "-", "missing"),
+        ([live_cronjob(created=3)], "never yet", "ready"),
+        ([live_cronjob(created=60)], "never yet", "not ready: no success yet, 2d after its creation (runs every 1d)"),
+        ([live_cronjob(suspend=True)], "suspended", "ready"),
+        ([live_cronjob(), backup_job("postgres-backup-1", 5, ok=True)], "5h ago", "ready"),
+        ([live_cronjob(api="batch/v1", lastSuccessfulTime=stamp(2))], "2h ago", "ready"),
+        (
+            [live_cronjob(), backup_job("postgres-backup-1", 50, ok=True)],
+            "2d ago",
+            "not ready: last success 2d ago, over twice its interval (every 1d)",
+        ),
+        (
+            [live_cronjob(schedule="0 * * * *"), backup_job("postgres-backup-1", 3, ok=True)],
+            "3h ago",
+            "not ready: last success 3h ago, over twice its interval (every 1h)",
+        ),
+        # a schedule status cannot read (edited by hand): stale after 48 h
+        ([live_cronjob(schedule="TZ=UTC 0 * * * *"), backup_job("postgres-backup-1", 47, ok=True)], "1d ago", "ready"),
+        (
+            [live_cronjob(schedule="TZ=UTC 0 * * * *"), backup_job("postgres-backup-1", 49, ok=True)],
+            "2d ago",
+            "not ready: last success 2d ago, over twice its interval (every 1d)",
+        ),
+        (
+            [
+                live_cronjob(),
+                backup_job("postgres-backup-1", 30, ok=True),
+                backup_job("postgres-backup-2", 6, ok=False),
+            ],
+            "1d ago",
+            "FAILED: its last job postgres-backup-2 failed (BackoffLimitExceeded); last success 1d ago",
+        ),
+    ],
+    ids=[
+        "missing",
+        "never",
+        "never-stale",
+        "suspended",
+        "fresh-v1beta1",
+        "fresh-v1",
+        "stale",
+        "stale-hourly",
+        "unreadable",
+        "unreadable-stale",
+        "failed",
+    ],
+)
+def test_status_shows_the_cronjob_with_its_last_backups_age(plan, objects, ready, state):
+    kube = Objects(CLAIM, *objects)
+    rows = stack.status_rows(
+        kube, stack.Plan(plan.settings, [m for m in plan.manifests if m.kind == "CronJob"], plan.secrets), NOW
+    )
+    api = objects[0]["apiVersion"] if objects else "batch/v1beta1"
+    group = "cronjob.batch/postgres-backup"
+    assert rows == [["llm-stack", group, ready, state, "17.6", "postgres-backups Bound 5Gi", "-"]]
+    assert stack.healthy(rows) is (state == "ready")
+    gets = [a for a in kube.asked if a[0] == "GET"]
+    # the manifest's version first, then the other one (a cluster older than the render)
+    assert [g[1] for g in gets] == (["batch/v1"] if api == "batch/v1" else ["batch/v1", "batch/v1beta1"])
+    if objects:
+        assert ("LIST", "batch/v1", "Job", "app.kubernetes.io/name=postgres-backup") in kube.asked

@@ -414,3 +414,18 @@ def test_one_discovery_pass_per_kube_even_when_asked_at_once():
     assert dict(kube.requests) == {"GET": 4}
     kube.discover()  # asked for explicitly: a fresh pass
     assert dict(kube.requests) == {"GET": 8}
+
+
+def test_a_cronjob_that_left_k8s_is_pruned_and_its_volume_kept(env_dir, monkeypatch):
+    """The backup CronJob is a prunable kind (both batch versions): taken out of k8s/, the next deploy
+    deletes it; its PVC (data) stays."""
+    assert {("batch/v1", "CronJob"), ("batch/v1beta1", "CronJob")} <= set(apply.PRUNABLE)
+    assert "CronJob" not in kinds.WAITED_KINDS  # no rollout to wait for
+    api = FakeApi()
+    deploy_run(api, monkeypatch)
+    render = mf.render
+    monkeypatch.setattr(mf, "render", lambda *a, **kw: [m for m in render(*a, **kw) if m.kind != "CronJob"])
+    pruning = deploy_run(api, monkeypatch)
+    assert [r.describe for r in pruning.outcome.report.pruned] == ["cronjob.batch/postgres-backup"]
+    assert ("/apis/batch/v1", "cronjobs", "llm-stack", "postgres-backup") not in api.objects
+    assert ("/api/v1", "persistentvolumeclaims", "llm-stack", "postgres-backups") in api.objects

@@ -1,5 +1,7 @@
 """kubectl's rollout rules, field by field (kubectl pkg/polymorphichelpers/rollout_status.go)."""
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from k3stack import readiness as r
@@ -315,3 +317,151 @@ def test_counts_a_status_leaves_out_are_zero():
     )
     partly = {"metadata": {"name": "db"}, "spec": {"replicas": 2}, "status": {"readyReplicas": 1}}
     assert r.statefulset_status(partly) == S(False, "1 of 2 pods are ready", ready=1, desired=2)
+
+
+# -- a CronJob by its Jobs (issue 17: `inv status` shows the last backup's age) --------------------
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+DAY = 86400
+
+
+def at(hours_ago: float) -> str:
+    return (NOW - timedelta(hours=hours_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cronjob(created=100.0, suspend=False, last_success=None, uid="cj-1"):
+    status = {"lastSuccessfulTime": at(last_success)} if last_success is not None else {}
+    return {
+        "metadata": {"name": "postgres-backup", "uid": uid, "creationTimestamp": at(created)},
+        "spec": {"schedule": "17 3 * * *", "suspend": suspend},
+        "status": status,
+    }
+
+
+def backup_job(name, started, *, complete=None, failed=None, owner="postgres-backup", uid="cj-1"):
+    """A Job of the CronJob: complete `complete` hours ago, or failed (a reason), or running."""
+    status, conditions = {}, []
+    if complete is not None:
+        status = {"succeeded": 1, "completionTime": at(complete)}
+        conditions.append({"type": "Complete", "status": "True"})
+    if failed is not None:
+        status = {"failed": 3}
+        conditions.append(
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": failed,
+                "message": "Job has reached the specified backoff limit",
+            }
+        )
+    return {
+        "metadata": {
+            "name": name,
+            "creationTimestamp": at(started),
+            "ownerReferences": [{"kind": "CronJob", "name": owner, "uid": uid}],
+        },
+        "status": {**status, "conditions": conditions},
+    }
+
+
+@pytest.mark.parametrize(
+    ("obj", "jobs", "last", "done", "failed", "message"),
+    [
+        # never yet: a new CronJob is fine until twice its interval has passed without a success
+        (cronjob(created=5), [], "never yet", True, False, "no run yet (runs every 1d)"),
+        (cronjob(created=49), [], "never yet", False, False, "no success yet, 2d after its creation (runs every 1d)"),
+        (cronjob(created=47), [], "never yet", True, False, "no run yet (runs every 1d)"),
+        # the last success: status.lastSuccessfulTime (1.21+), or a complete Job's completionTime (1.20)
+        (cronjob(last_success=5), [], "5h ago", True, False, "last success 5h ago"),
+        (cronjob(), [backup_job("b-1", 6, complete=5.5)], "5h ago", True, False, "last success 5h ago"),
+        (cronjob(last_success=30), [backup_job("b-2", 7, complete=6)], "6h ago", True, False, "last success 6h ago"),
+        # stale: older than twice the interval
+        (cronjob(last_success=47.9), [], "1d ago", True, False, "last success 1d ago"),
+        (
+            cronjob(last_success=49),
+            [],
+            "2d ago",
+            False,
+            False,
+            "last success 2d ago, over twice its interval (every 1d)",
+        ),
+        # the newest Job failed: FAILED whatever the age of the last success
+        (
+            cronjob(last_success=20),
+            [backup_job("b-1", 21, complete=20), backup_job("b-2", 2, failed="BackoffLimitExceeded")],
+            "20h ago",
+            False,
+            True,
+            "its last job b-2 failed (BackoffLimitExceeded: Job has reached the specified backoff limit); "
+            "last success 20h ago",
+        ),
+        # an older failure followed by a success is over; a running Job changes nothing yet
+        (
+            cronjob(),
+            [backup_job("b-1", 30, failed="DeadlineExceeded"), backup_job("b-2", 3, complete=2)],
+            "2h ago",
+            True,
+            False,
+            "last success 2h ago",
+        ),
+        (cronjob(last_success=20), [backup_job("b-3", 0.1)], "20h ago", True, False, "last success 20h ago"),
+        # suspended (BACKUP_SCHEDULE=off): shown as such, fine whatever its history
+        (
+            cronjob(suspend=True, created=500),
+            [backup_job("b-1", 400, failed="x")],
+            "suspended",
+            True,
+            False,
+            "suspended; last success never yet",
+        ),
+        (cronjob(suspend=True, last_success=100), [], "suspended", True, False, "suspended; last success 4d ago"),
+        # Jobs another CronJob (or an earlier CronJob of the same name) made are not its own
+        (
+            cronjob(created=60),
+            [backup_job("x-1", 1, complete=1, owner="other")],
+            "never yet",
+            False,
+            False,
+            "no success yet, 2d after its creation (runs every 1d)",
+        ),
+        (
+            cronjob(created=60),
+            [backup_job("x-1", 1, failed="x", uid="old")],
+            "never yet",
+            False,
+            False,
+            "no success yet, 2d after its creation (runs every 1d)",
+        ),
+    ],
+)
+def test_a_cronjob_is_judged_by_its_last_success_and_its_newest_job(obj, jobs, last, done, failed, message):
+    shown, status = r.cronjob_status(obj, jobs, NOW, DAY)
+    assert (shown, status.done, status.failed, status.message) == (last, done, failed, message)
+    assert (status.ready, status.desired) == (1 if done else 0, 1)
+
+
+def test_the_stale_limit_is_twice_the_interval_given():
+    assert r.cronjob_status(cronjob(last_success=3), [], NOW, 3600)[1].done is False  # hourly: 3 h is stale
+    assert r.cronjob_status(cronjob(last_success=3), [], NOW, 2 * 3600)[1].done is True
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (0, "0s"),
+        (59.9, "59s"),
+        (60, "1m"),
+        (3599, "59m"),
+        (3600, "1h"),
+        (86399, "23h"),
+        (86400, "1d"),
+        (-5, "0s"),
+    ],
+)
+def test_ages_are_shown_in_their_largest_whole_unit(seconds, shown):
+    assert r.age(seconds) == shown
+
+
+def test_timestamps_as_the_api_writes_them():
+    assert r.timestamp("2026-11-30T03:17:00Z") == datetime(2026, 11, 30, 3, 17, tzinfo=UTC)
+    assert r.timestamp(None) is None
+    assert r.timestamp("yesterday") is None

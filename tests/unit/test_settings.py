@@ -348,6 +348,95 @@ CHECKS = [
 ]
 
 
+# -- BACKUP_SCHEDULE: what Kubernetes' CronJob reads (robfig/cron's standard parser) ------------------
+GOOD_SCHEDULES = {
+    # schedule: the longest time between two runs (what `inv status` calls stale at twice)
+    "17 3 * * *": 86400,
+    "@daily": 86400,
+    "@midnight": 86400,
+    "@hourly": 3600,
+    "@weekly": 7 * 86400,
+    "@monthly": 31 * 86400,  # a 31-day month: the longest gap
+    "@yearly": 366 * 86400,
+    "@annually": 366 * 86400,
+    "*/15 * * * *": 900,
+    "5/10 * * * *": 600,  # N/STEP runs from N to the field's end: 5, 15, ..., 55
+    "0 */6 * * *": 6 * 3600,
+    "0 1,13 * * *": 12 * 3600,
+    "0 9-17 * * *": 16 * 3600,  # 17:00 -> 9:00 the next day
+    "30 2 * * MON-FRI": 3 * 86400,  # Friday -> Monday
+    "30 2 * * mon-fri": 3 * 86400,  # names in any case
+    "0 3 * * 0": 7 * 86400,
+    "0 3 * * sun,wed": 4 * 86400,
+    "0 3 1 * *": 31 * 86400,
+    "0 3 1 * mon": 7 * 86400,  # day of month OR day of week when both are restricted (robfig's rule)
+    "0 3 ? * ?": 86400,  # ? is *
+    "0 4 1 JAN,jul *": 184 * 86400,  # 1 July -> 1 January
+    "0 0 29 2 *": 1461 * 86400,  # leap days only
+    "  17   3 * * *  ": 86400,  # blanks between fields as Go's strings.Fields splits them
+}
+BAD_SCHEDULES = {
+    "0 17 3 * * *": "6 fields, not 5 (Kubernetes reads no seconds field)",
+    "17 3 * *": "4 fields, not 5",
+    "": "0 fields, not 5",
+    "TZ=UTC 17 3 * * *": "no TZ=/CRON_TZ= prefix",
+    "CRON_TZ=Europe/Berlin 17 3 * * *": "no TZ=/CRON_TZ= prefix",
+    "@every 1h": "@every is not one of @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly",
+    "@Daily": "@Daily is not one of",
+    "60 3 * * *": "minute '60' is outside 0-59",
+    "17 24 * * *": "hour '24' is outside 0-23",
+    "17 3 0 * *": "day of month '0' is outside 1-31",
+    "17 3 * 13 *": "month '13' is outside 1-12",
+    "17 3 * * 7": "day of week '7' is outside 0-6",
+    "17 3 * FOO *": "month 'FOO' is not a number or a name (JAN, FEB",
+    "17 3 * * SUNDAY": "day of week 'SUNDAY' is not a number or a name (SUN, MON",
+    "17 3 MON * *": "day of month 'MON' is not a number",
+    "*/0 3 * * *": "minute '*/0': the step after / must be a positive number",
+    "1/2/3 3 * * *": "minute '1/2/3' has two /",
+    "5-1 3 * * *": "minute '5-1' runs backwards",
+    "1,,2 3 * * *": "minute '' is not a number",
+    "-1 3 * * *": "minute '' is not a number",
+    "0 0 30 2 *": "this one never runs (no such date)",
+    "0 0 31 4,6,9,11 *": "this one never runs (no such date)",
+}
+
+
+@pytest.mark.parametrize(("schedule", "seconds"), GOOD_SCHEDULES.items(), ids=list(GOOD_SCHEDULES))
+def test_a_schedule_kubernetes_reads_is_taken_with_its_longest_gap(schedule, seconds):
+    assert settings.backup_schedule(schedule) is None
+    assert settings.cron_interval(schedule) == seconds
+
+
+@pytest.mark.parametrize(("schedule", "why"), BAD_SCHEDULES.items(), ids=list(BAD_SCHEDULES))
+def test_a_schedule_kubernetes_refuses_or_that_never_runs_is_refused_saying_why(schedule, why):
+    problem = settings.backup_schedule(schedule)
+    assert problem is not None
+    assert problem.startswith(settings.CRON_EXAMPLE + "; ")
+    assert why in problem
+    assert settings.cron_interval(schedule) is None
+
+
+def test_off_suspends_the_cronjob_on_the_default_schedule(tmp_path):
+    assert settings.backup_schedule("off") is None
+    assert settings.backup_schedule("OFF") is None
+    on = load(tmp_path, {**BASE, "BACKUP_SCHEDULE": "@weekly"}).render_vars()
+    assert (on["BACKUP_CRONJOB_SCHEDULE"], on["BACKUP_SUSPEND"]) == ("@weekly", "false")
+    off = load(tmp_path, {**BASE, "BACKUP_SCHEDULE": "off"}).render_vars()
+    assert (off["BACKUP_CRONJOB_SCHEDULE"], off["BACKUP_SUSPEND"]) == ("17 3 * * *", "true")
+    assert settings.BY_NAME["BACKUP_SCHEDULE"].default == "17 3 * * *"
+    assert "off suspends" in settings.BY_NAME["BACKUP_SCHEDULE"].doc
+
+
+def test_a_bad_schedule_is_one_problem_naming_the_setting_and_an_example(tmp_path):
+    with pytest.raises(SettingsError) as error:
+        load(tmp_path, {**BASE, "BACKUP_SCHEDULE": "0 17 3 * * *", "BACKUP_KEEP": "0"})
+    assert error.value.problems == [
+        "BACKUP_SCHEDULE='0 17 3 * * *': expected a cron schedule such as 17 3 * * * (minute hour day-of-month "
+        "month day-of-week), @daily or @weekly, or off; 6 fields, not 5 (Kubernetes reads no seconds field)",
+        "BACKUP_KEEP='0': expected a whole number from 1 to 100",
+    ]
+
+
 @pytest.mark.parametrize(("check", "good", "bad", "expected"), CHECKS, ids=[c[0].__name__ for c in CHECKS])
 def test_each_check_accepts_its_edges_and_refuses_with_its_exact_expectation(check, good, bad, expected):
     assert {v: check(v) for v in good} == dict.fromkeys(good)
