@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import re
+import sqlite3
 import threading
 import time
 
@@ -161,13 +162,17 @@ def test_an_upgrade_snapshots_first_then_goes_one_host_at_a_time_servers_first_d
     assert min(web for _, web in pod_samples) >= 1
     assert sorted(p["metadata"]["uid"] for p in ready_pods(kube, "logs")) == daemon_pods  # DaemonSet pods stayed
 
-    # The snapshot: K3s's etcd-snapshot file on the first server, saved before the first host restarted.
+    # The snapshot: a single server keeps its datastore in SQLite (db/state.db, WAL mode, written all the
+    # time): SQLite's online backup into the snapshots directory, one consistent file, saved before the
+    # first host restarted.
     listed = server.exec(f"ls {SNAPSHOTS}").split()
-    assert [re.sub(r"-\d+$", "", f) for f in listed] == [
+    assert [re.sub(r"-\d+\.db$", "", f) for f in listed] == [
         f"pre-upgrade-v1.35.8-k3s1-v1.36.4-k3s1-{node_name(server)}"
     ], listed
     saved = float(server.exec(f"date -r {SNAPSHOTS}/{listed[0]} +%s.%N"))
-    assert int(server.exec(f"stat -c %s {SNAPSHOTS}/{listed[0]}")) > 0
+    assert server.exec(f"stat -c %a {SNAPSHOTS}/{listed[0]}").strip() == "600"
+    consistent = "PRAGMA integrity_check; SELECT revisions = (SELECT COUNT(*) FROM kine) FROM standin_total;"
+    assert server.exec(f"sqlite3 {SNAPSHOTS}/{listed[0]} '{consistent}'").split() == ["ok", "1"]
     assert f"{server.ip}:{SNAPSHOTS}/{listed[0]}" in b.output.getvalue()
     server_up, agent_up = started_at(server, "k3s", B), started_at(agent, "k3s-agent", B)
     assert saved < server_up < agent_up  # snapshot, then the server, then the agent
@@ -279,11 +284,17 @@ def test_backup_cluster_brings_the_datastore_snapshot_home_private(bed, tmp_path
     remote = taken.remote.split(":", 1)[1]
     assert taken.path.parent == here
     assert taken.path.name == remote.rsplit("/", 1)[1]
-    assert re.fullmatch(rf"on-demand-{node_name(host)}-\d+", taken.path.name)
+    assert re.fullmatch(rf"on-demand-{node_name(host)}-\d+\.db", taken.path.name)
     assert oct(taken.path.stat().st_mode & 0o777) == "0o600"
     assert taken.sha256 == host.exec(f"sha256sum {remote}").split()[0]
     assert taken.size == taken.path.stat().st_size > 0
     assert "restoring it needs the cluster's token too" in b.output.getvalue()
+    with contextlib.closing(sqlite3.connect(taken.path)) as db:  # one consistent SQLite file
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert (
+            db.execute("SELECT revisions FROM standin_total").fetchone()[0]
+            == db.execute("SELECT COUNT(*) FROM kine").fetchone()[0]
+        )
     # through the task's face: --cluster --to FILE --json, SERVERS from the environment
     monkeypatch.setenv("K3STACK_ENV_DIR", str(tmp_path / "no-env-files"))
     for key, value in {**b.environ, "SERVERS": host.ip}.items():
@@ -326,3 +337,7 @@ def test_three_servers_upgrade_one_at_a_time_never_two_down_at_once(bed):
         assert ready < next_down, f"{server_names[i + 1]} went down before {server_names[i]} was back"
         assert started_at(servers[i], "k3s", B) < stopped_at(servers[i + 1], "k3s", B)
     assert all(first(samples, n, ready=True, version=B, unschedulable=False) for n in server_names)
+    # cluster-init: embedded etcd, so K3s's own `k3s etcd-snapshot save` on the first server
+    listed = servers[0].exec(f"ls {SNAPSHOTS}").split()
+    assert [re.sub(r"-\d+$", "", f) for f in listed] == [f"pre-upgrade-v1.35.8-k3s1-v1.36.4-k3s1-{server_names[0]}"]
+    assert int(servers[0].exec(f"stat -c %s {SNAPSHOTS}/{listed[0]}")) > 0

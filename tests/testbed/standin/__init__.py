@@ -15,11 +15,14 @@ with a REAL kube-apiserver (the bed's cached build) behind the host's IP.
 
 Simplifications against real K3s: one CA signs clients and serving certs; the token's secret is
 a bearer token of group system:masters (--token-auth-file); etcd is plain HTTP, runs on every
-server that does not join (cluster-init or not: no sqlite), and joining servers use the first
-server's etcd instead of becoming members; the bootstrap data joiners fetch with the token is the
-kube-system Secret k3s-standin-bootstrap; no kubelet, containers, CNI or service load balancer:
-nodes, pods, PVCs and helm-install Jobs are simulated (tests/testbed/nodesim.py); the API server
-is the bed's 1.20 build whatever INSTALL_K3S_VERSION says (nodes report that version).
+server that does not join, and joining servers use the first server's etcd instead of becoming
+members; with cluster-init it lives in db/etcd (`k3s etcd-snapshot save` snapshots it through
+etcd's v3 API), without it outside db/, while db/state.db is a real SQLite database in WAL mode
+that the stand-in keeps writing, as kine does (the API server does not read it); the bootstrap
+data joiners fetch with the token is the kube-system Secret k3s-standin-bootstrap; no kubelet,
+containers, CNI or service load balancer: nodes, pods, PVCs and helm-install Jobs are simulated
+(tests/testbed/nodesim.py); the API server is the bed's 1.20 build whatever INSTALL_K3S_VERSION
+says (nodes report that version).
 """
 
 from __future__ import annotations

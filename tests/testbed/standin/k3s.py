@@ -676,12 +676,18 @@ def server(cfg: dict) -> None:
     hostname = cfg.get("node-name") or socket.gethostname()
     if not join:
         (SERVER / "db").mkdir(parents=True, exist_ok=True)
+        # K3s: embedded etcd (db/etcd) with cluster-init, else kine on SQLite (db/state.db). The stand-in's
+        # API server always runs on etcd; without cluster-init that etcd lives outside db/ and db/state.db
+        # is a real SQLite database in WAL mode that kine_writer keeps writing to, as kine does.
+        etcd_dir = SERVER / "db" / "etcd" if cfg.get("cluster-init") else DATA / "standin-etcd"
+        if not cfg.get("cluster-init"):
+            threading.Thread(target=kine_writer, args=(sup.stop,), name="kine", daemon=True).start()
         sup.launch(
             "etcd",
             [
                 "etcd",
                 f"--name={hostname}",
-                f"--data-dir={SERVER / 'db' / 'etcd'}",
+                f"--data-dir={etcd_dir}",
                 f"--listen-client-urls=http://127.0.0.1:2379,http://{node_ip}:2379",
                 f"--advertise-client-urls=http://{node_ip}:2379",
                 f"--listen-peer-urls=http://{node_ip}:2380",
@@ -828,6 +834,37 @@ def agent(cfg: dict) -> None:
     finally:
         sim.stop()
         log("info", "k3s agent stopped")
+
+
+# -- kine (SQLite) ------------------------------------------------------------------------------------
+STATE_DB = SERVER / "db" / "state.db"
+
+
+def kine_writer(stop: threading.Event) -> None:
+    """db/state.db as kine keeps it: WAL mode (state.db-wal and -shm beside it while open), a `kine`
+    table of revisions, a row written every 0.2 s in a transaction that also rewrites the running
+    total -- so a copy taken file by file while it runs can tear, and SQLite's online backup cannot."""
+    import sqlite3
+
+    db = sqlite3.connect(STATE_DB, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS kine (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, created INTEGER,"
+        " deleted INTEGER, create_revision INTEGER, prev_revision INTEGER, lease INTEGER, value BLOB, old_value BLOB)"
+    )
+    db.execute("CREATE TABLE IF NOT EXISTS standin_total (revisions INTEGER)")
+    if db.execute("SELECT COUNT(*) FROM standin_total").fetchone()[0] == 0:
+        db.execute("INSERT INTO standin_total VALUES (0)")
+    while not stop.wait(0.2):
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(
+            "INSERT INTO kine (name, created, deleted, create_revision, prev_revision, lease, value, old_value)"
+            " VALUES ('/registry/standin/heartbeat', 0, 0, 0, 0, 0, ?, NULL)",
+            (os.urandom(512),),
+        )
+        db.execute("UPDATE standin_total SET revisions = revisions + 1")
+        db.execute("COMMIT")
+    db.close()
 
 
 # -- etcd-snapshot -----------------------------------------------------------------------------------
