@@ -109,9 +109,9 @@ def render(c, env=None, out=None, show_secrets=False, validate=False):
 
 
 @task(help=face.BACKUP_HELP)
-def backup(c, env=None, kubeconfig=None, context=None, to=None, json=False):
+def backup(c, env=None, kubeconfig=None, context=None, to=None, json=False, cluster=False):
     """Back the stack up into one archive: database, Open WebUI's volume, Secrets (encrypted), models, settings."""
-    face.run_backup(face.console(), env, kubeconfig, context, to=to, json=json)
+    face.run_backup(face.console(), env, kubeconfig, context, to=to, json=json, cluster=cluster)
 
 
 @task(help=face.RESTORE_HELP)

@@ -49,6 +49,8 @@ BACKUP_HELP = {
     **CLUSTER_HELP,
     "to": "directory (the archive gets a dated name) or file path for the archive (default: here); mode 0600",
     "json": "print a JSON summary (path, size, parts with sha256) for CI",
+    "cluster": "the K3s datastore instead: a snapshot on the first server over SSH (etcd-snapshot, or SQLite's "
+    "online backup), brought here (mode 0600)",
 }
 RESTORE_HELP = {
     **CLUSTER_HELP,
