@@ -815,7 +815,11 @@ def cluster_backup(settings: Settings, options: Options, console: Console, *, to
     finally:
         first.close()
     if data is None:
-        raise BootstrapError(f"{first.name}:{remote} vanished before it could be copied; run again")
+        raise BootstrapError(
+            f"{first.name}:{remote} vanished before it could be copied",
+            "run it again (something on the server removed the snapshot: K3s prunes old ones, see "
+            "etcd-snapshot-retention)",
+        )
     path = destination / Path(remote).name if destination.is_dir() else destination
     kcfg._atomic_write(path, data)  # kubeconfig's writer: mode 0600 from the start, never half-written
     result = ClusterBackup(path, f"{first.name}:{remote}", len(data), hashlib.sha256(data).hexdigest())
