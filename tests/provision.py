@@ -50,7 +50,11 @@ APT_PACKAGES = {
     "shellcheck": "tests/test_workflows.py: the workflows' run: scripts",
     "python3-venv": "the linters' venv",
 }
-NODE_PACKAGES = {"nodejs": "node", "npm": "npm"}  # package → program
+# Packages installed only where their program is missing (package → program or path): a machine
+# may carry its own Node, or a kubectl from another package (Google's SDK ships /usr/bin/kubectl),
+# which Debian's would shadow or clash with. The stand-in K3s runs /usr/bin/kubectl for
+# `k3s kubectl` (cordon and drain in the upgrade tests); Debian's kubernetes-client is the bed's release.
+IF_MISSING = {"nodejs": "node", "npm": "npm", "kubernetes-client": "/usr/bin/kubectl"}
 
 
 @dataclass
@@ -93,8 +97,8 @@ def _run(argv: list[str], *, env: dict | None = None) -> None:
 
 
 def missing_apt_packages() -> list[str]:
-    """Debian packages of APT_PACKAGES (and Node where no node/npm is on PATH) not installed."""
-    wanted = list(APT_PACKAGES) + [p for p, program in NODE_PACKAGES.items() if shutil.which(program) is None]
+    """Debian packages of APT_PACKAGES (and those of IF_MISSING whose program is missing) not installed."""
+    wanted = list(APT_PACKAGES) + [p for p, program in IF_MISSING.items() if shutil.which(program) is None]
     if shutil.which("dpkg-query") is None:
         return wanted
     done = subprocess.run(

@@ -57,3 +57,19 @@ def test_without_root_nothing_is_installed_and_what_is_missing_is_named(monkeypa
     monkeypatch.setattr(provision, "_run", lambda *a, **k: pytest.fail("installed without root"))
     outcome = provision.system_packages()
     assert (outcome.status, outcome.detail) == ("missing", "not root; missing: etcd-server shellcheck")
+
+
+def test_a_program_another_package_provides_is_not_installed_again(monkeypatch):
+    """kubectl from Google's SDK (this kind of machine) must not pull Debian's kubernetes-client,
+    whose /usr/bin/kubectl would clash; a fresh Debian without it gets it (the upgrade tests'
+    `k3s kubectl` runs /usr/bin/kubectl)."""
+    present = {"node", "npm"}
+    monkeypatch.setattr(
+        provision.shutil,
+        "which",
+        lambda program: None if program == "dpkg-query" else (program if program in present else None),
+    )
+    assert "kubernetes-client" in provision.missing_apt_packages()
+    present.add("/usr/bin/kubectl")
+    assert "kubernetes-client" not in provision.missing_apt_packages()
+    assert "nodejs" not in provision.missing_apt_packages()
