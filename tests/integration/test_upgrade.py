@@ -155,8 +155,10 @@ def test_an_upgrade_snapshots_first_then_goes_one_host_at_a_time_servers_first_d
         assert found, n.detail
         evicted.append(int(found.group(1)))
     # web's two pods: those on the server went to the agent, then the agent's drain evicted both (its
-    # own and the ones that came over); the budget held (never fewer than one web pod Ready).
-    assert evicted[1] == 2
+    # own and the ones that came over); the budget held (never fewer than one web pod Ready). At least
+    # two, not exactly: a replacement the scheduler placed before its cache saw the cordon lands on the
+    # agent and is evicted in turn (seen once, 3, on a fresh machine under load).
+    assert evicted[1] >= 2
     assert evicted[0] + evicted[1] >= 2
     assert len(ready_pods(kube, "web")) == 2
     assert min(web for _, web in pod_samples) >= 1
