@@ -47,6 +47,7 @@ APT_PACKAGES = {
     "util-linux": "bed: unshare, nsenter",
     "passwd": "bed: useradd/chpasswd in the test hosts",
     "curl": "bed: bootstrap's preflight wants a downloader on every host",
+    "sqlite3": "bed: the upgrade tests check the stand-in's SQLite datastore snapshot",
     "shellcheck": "tests/test_workflows.py: the workflows' run: scripts",
     "python3-venv": "the linters' venv",
 }
