@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import re
+import secrets
 import statistics
 import sys
 import time
@@ -67,9 +68,9 @@ class Clock(io.TextIOBase):
 def first_deploy(bed: KubeBed, overlapped: bool, pull_seconds: float) -> dict[str, float]:
     """One first deploy of the real stack in fresh namespaces; the phases' end times in seconds
     from its start (apply, each rollout, pulls start/end, all ready, models pulled, smoke-green)."""
-    real = RealStack.create(
-        bed, models=list(MODELS), WEBUI_ADMIN_PASSWORD="bench-admin-password", NETDATA_PASSWORD="bench-netdata-pw"
-    )
+    # The stand-in stack's own logins: generated per run, never a literal in the repo.
+    logins = {name: secrets.token_urlsafe(18) for name in ("WEBUI_ADMIN_PASSWORD", "NETDATA_PASSWORD")}
+    real = RealStack.create(bed, models=list(MODELS), **logins)
     try:
         real.ollama.reset()  # nothing on Ollama's volume: a first deploy pulls every model
         real.ollama.library = {ol.normalise(name): layers_for(name, sizes) for name, sizes in MODELS.items()}
