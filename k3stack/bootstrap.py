@@ -515,6 +515,7 @@ def bootstrap(
             s.host.name: k3s.plan(s, facts[s.host.name])
             for s in specs(settings, servers, agents, token, installer, manifests, airgap)
         }
+        check_upgrades(plan)  # a skipped minor or a downgrade is refused before any host changes
         if options.dry_run:
             return _dry_run(plan, report, console, started)
 
@@ -559,6 +560,16 @@ def bootstrap(
     )
     report.seconds = time.monotonic() - started
     return report
+
+
+def check_upgrades(plan: dict[str, k3s.NodePlan]) -> None:
+    """Raise BootstrapError naming the first host whose upgrade K3s does not support (a skipped minor
+    release or a downgrade; upgrade.skew_problem has the rules). Hosts are judged one by one: a cluster
+    left half-upgraded by an earlier run is judged per host."""
+    for name, node in plan.items():
+        problem = node.upgrade_from and upgrade.skew_problem(node.upgrade_from, node.spec.version)
+        if problem:
+            raise BootstrapError(f"{name}: {problem[0]}; nothing was changed", problem[1])
 
 
 def rolling(plan: dict[str, k3s.NodePlan]) -> bool:

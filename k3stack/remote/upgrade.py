@@ -22,12 +22,48 @@ import re
 import shlex
 import time
 
+from ..errors import command
 from .connection import Host, RemoteError
 
 KUBECTL = "k3s kubectl"
 DB_DIR = "/var/lib/rancher/k3s/server/db"
 SNAPSHOT_DIR = f"{DB_DIR}/snapshots"
 POLL_SECONDS = 2.0
+
+
+_RELEASE = re.compile(r"v(\d+)\.(\d+)\.(\d+)(-[0-9A-Za-z.-]+)?(?:\+k3s(\d+))?")
+
+
+def skew_problem(installed: str, wanted: str) -> tuple[str, str] | None:
+    """(problem, fix) when going from the K3s release `installed` to `wanted` is one K3s does not
+    support, else None. The rules: K3s's manual-upgrade page ("the Kubernetes version skew policy
+    applies. Ensure that your plan does not skip intermediate minor versions"), and no downgrade
+    (Kubernetes migrates stored objects forward only; going back is a restore of the snapshot taken
+    before the upgrade). Within one Kubernetes patch release, a K3s revision (+k3sN) or pre-release
+    change either way is allowed. Releases that do not parse (`v1.30.5+k3s1` is the shape) are not
+    judged: the installer refuses what does not exist."""
+    have, want = _RELEASE.fullmatch(installed), _RELEASE.fullmatch(wanted)
+    if not (have and want):
+        return None
+    (major, minor, patch), (to_major, to_minor, to_patch) = (
+        tuple(int(x) for x in have.groups()[:3]),
+        tuple(int(x) for x in want.groups()[:3]),
+    )
+    back = f"set K3S_VERSION={installed} (or a newer release of v{major}.{minor} or v{major}.{minor + 1})"
+    if (to_major, to_minor, to_patch) < (major, minor, patch):
+        return (
+            f"K3S_VERSION={wanted} is older than the {installed} this host runs: K3s does not support a"
+            " downgrade (Kubernetes migrates stored objects forward only)",
+            f"{back}; to go back, restore the datastore snapshot taken before the upgrade"
+            " (docs.k3s.io: Backup and Restore)",
+        )
+    if to_major != major or to_minor > minor + 1:
+        return (
+            f"K3S_VERSION={wanted} skips a minor release from the {installed} this host runs: K3s upgrades"
+            " one Kubernetes minor version at a time (the Kubernetes version skew policy)",
+            f"set K3S_VERSION to a v{major}.{minor + 1} release, run {command('bootstrap')}, then go on to {wanted}",
+        )
+    return None
 
 
 def snapshot_name(from_version: str, to_version: str) -> str:

@@ -252,6 +252,21 @@ def test_a_failed_snapshot_stops_the_upgrade_before_any_host(bed):
     assert host.exec("k3s --version").split()[2] == A
 
 
+def test_a_skipped_minor_is_refused_before_any_host_changes_dry_run_too(bed):
+    b = bed(1)
+    host = b.hosts[0]
+    b.run(K3S_VERSION=A)
+    skip = "v1.37.2+k3s1"
+    for dry_run in (True, False):
+        with pytest.raises(boot.BootstrapError) as caught:
+            b.run(K3S_VERSION=skip, options=boot.Options(timeout=120, dry_run=dry_run))
+        assert caught.value.what.startswith(f"root@{host.ip}: K3S_VERSION={skip} skips a minor release from the {A}")
+        assert caught.value.hint.startswith("set K3S_VERSION to a v1.36 release, run `inv bootstrap`, then go on")
+    assert host.exec("k3s --version").split()[2] == A
+    assert host.exec(f"ls {SNAPSHOTS} 2>/dev/null || true").split() == []  # no snapshot: the upgrade never began
+    assert [n.action for n in b.run(K3S_VERSION=A).nodes] == ["ok"]  # no lock left behind, nothing changed
+
+
 def test_a_drain_that_cannot_finish_stops_the_upgrade_naming_the_pod(bed):
     b = bed(2)
     server, agent = b.hosts

@@ -684,3 +684,71 @@ def test_a_node_not_ready_after_its_upgrade_says_to_uncordon_it_once_ready(monke
 
 def _never_ready(first, node, version, *, timeout):
     raise boot.RemoteError(f"node {node} is not Ready", "see its log")
+
+
+@pytest.mark.parametrize(
+    ("installed", "wanted"),
+    [
+        (A, B),  # the next minor
+        (A, "v1.35.9+k3s1"),  # a newer patch
+        ("v1.35.8+k3s1", "v1.35.8+k3s2"),  # a new K3s revision of the same Kubernetes release
+        ("v1.35.8+k3s2", "v1.35.8+k3s1"),  # and back: the same Kubernetes release
+        ("v1.35.8-rc1+k3s1", "v1.35.8+k3s1"),  # a pre-release to its release
+        ("v1.34.1+k3s1", "v1.35.8+k3s1"),
+        (A, "stable"),  # a channel: not judged (its release is known only once installed)
+    ],
+)
+def test_upgrades_k3s_supports_pass(installed, wanted):
+    assert boot.upgrade.skew_problem(installed, wanted) is None
+
+
+@pytest.mark.parametrize(
+    ("installed", "wanted", "problem", "fix"),
+    [
+        (
+            "v1.34.6+k3s1",
+            B,
+            f"K3S_VERSION={B} skips a minor release from the v1.34.6+k3s1 this host runs",
+            f"set K3S_VERSION to a v1.35 release, run `inv bootstrap`, then go on to {B}",
+        ),
+        (
+            A,
+            "v2.0.1+k3s1",
+            "K3S_VERSION=v2.0.1+k3s1 skips a minor release",
+            "set K3S_VERSION to a v1.36 release",
+        ),
+        (
+            B,
+            A,
+            f"K3S_VERSION={A} is older than the {B} this host runs: K3s does not support a downgrade",
+            f"set K3S_VERSION={B} (or a newer release of v1.36 or v1.37); to go back, restore the datastore snapshot",
+        ),
+        (
+            "v1.35.8+k3s1",
+            "v1.35.7+k3s3",
+            "K3S_VERSION=v1.35.7+k3s3 is older than the v1.35.8+k3s1 this host runs",
+            "set K3S_VERSION=v1.35.8+k3s1 (or a newer release of v1.35 or v1.36)",
+        ),
+    ],
+)
+def test_a_skipped_minor_or_a_downgrade_is_refused_with_the_release_to_go_through(installed, wanted, problem, fix):
+    found = boot.upgrade.skew_problem(installed, wanted)
+    assert found is not None
+    assert found[0].startswith(problem)
+    assert found[1].startswith(fix)
+
+
+def test_check_upgrades_names_the_host_whose_upgrade_is_refused_and_that_nothing_changed():
+    log: list = []
+    hosts = [FakeHost(f"root@10.0.0.{i}", f"10.0.0.{i}", "server", log) for i in (1, 2)]
+    fine = {h.name: upgrade_plan(host=h) for h in hosts}
+    boot.check_upgrades(fine)  # A → B on both: the next minor
+    # a cluster an earlier run left half-upgraded, then pointed two minors on: the host still at A is refused
+    mixed = {hosts[0].name: upgrade_plan(installed=B, wanted="v1.37.1+k3s1", host=hosts[0])}
+    mixed[hosts[1].name] = upgrade_plan(installed=A, wanted="v1.37.1+k3s1", host=hosts[1])
+    with pytest.raises(boot.BootstrapError) as caught:
+        boot.check_upgrades(mixed)
+    assert caught.value.what.startswith("root@10.0.0.2: K3S_VERSION=v1.37.1+k3s1 skips a minor release from the v1.35")
+    assert caught.value.what.endswith("; nothing was changed")
+    assert caught.value.hint.startswith("set K3S_VERSION to a v1.36 release")
+    assert not log  # judged from the plan alone: no host was asked anything
