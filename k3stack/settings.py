@@ -664,13 +664,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "OLLAMA_MODELS",
         "llama3.1:8b,mistral:7b,nomic-embed-text:v1.5",
-        "models pulled at deploy time (comma-separated); keep OLLAMA_EMBEDDING_MODEL among them",
+        "models pulled at deploy time (comma-separated); OLLAMA_EMBEDDING_MODEL is pulled too",
         models,
     ),
     Setting(
         "OLLAMA_EMBEDDING_MODEL",
         "nomic-embed-text:v1.5",
-        "Ollama model Open WebUI embeds documents with (RAG); nothing is downloaded from Hugging Face",
+        "Ollama model Open WebUI embeds documents with (RAG), pulled at deploy time; none from Hugging Face",
         models,
     ),
     Setting(
@@ -750,8 +750,17 @@ class Settings:
 
     @property
     def models(self) -> list[str]:
-        """OLLAMA_MODELS as a list of model names, in the order given."""
-        return split_list(self.values["OLLAMA_MODELS"])
+        """The models deploy pulls and smoke expects Ollama to list: OLLAMA_MODELS in the order given,
+        then OLLAMA_EMBEDDING_MODEL when OLLAMA_MODELS lacks it (by Ollama's name: `m` is `m:latest`).
+        Open WebUI embeds every uploaded document with that model (RAG_EMBEDDING_ENGINE=ollama), so
+        without it the first upload fails."""
+        from .ollama import normalise
+
+        listed = split_list(self.values["OLLAMA_MODELS"])
+        embedding = self.values["OLLAMA_EMBEDDING_MODEL"].strip()  # never empty: empty is unset, the default
+        if normalise(embedding) not in {normalise(m) for m in listed}:
+            listed.append(embedding)
+        return listed
 
     def render_vars(self) -> dict[str, str]:
         """What ${VARS} in k8s/ may use: every non-secret setting (secrets live in Secret objects),

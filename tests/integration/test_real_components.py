@@ -201,6 +201,7 @@ def test_a_changed_setting_reaches_the_real_open_webui_after_a_redeploy(real_sta
     assert (before["RAG_EMBEDDING_ENGINE"], before["RAG_EMBEDDING_MODEL"]) == ("ollama", "nomic-embed-text:v1.5")
     running = {name: c.process.popen for name, c in real_stack.components.items()}
 
+    real_stack.ollama.install("mxbai-embed-large:335m")  # what the pipeline's pulls would bring
     real_stack.deploy(OLLAMA_EMBEDDING_MODEL="mxbai-embed-large:335m")
 
     # Only Open WebUI's pod template changed: it alone rolled (a new process), nothing else.

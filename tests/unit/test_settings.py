@@ -45,8 +45,24 @@ def test_file_then_environment_override(tmp_path):
     (tmp_path / "prod.env").write_text("DOMAIN=file.example.com\nACME_EMAIL=a@example.com\nOLLAMA_MODELS=phi3:mini\n")
     s = load(tmp_path, {"OLLAMA_MODELS": "mistral:7b"}, env_name="prod")
     assert s["DOMAIN"] == "file.example.com"
-    assert s.models == ["mistral:7b"]
+    assert s.models == ["mistral:7b", "nomic-embed-text:v1.5"]  # the embedding model (default) is pulled too
     assert s.env_name == "prod"
+
+
+@pytest.mark.parametrize(
+    ("listed", "embedding", "models"),
+    [
+        ("mistral:7b", "nomic-embed-text:v1.5", ["mistral:7b", "nomic-embed-text:v1.5"]),
+        ("nomic-embed-text:v1.5,mistral:7b", "nomic-embed-text:v1.5", ["nomic-embed-text:v1.5", "mistral:7b"]),
+        ("all-minilm,mistral:7b", "all-minilm:latest", ["all-minilm", "mistral:7b"]),  # the same model by Ollama
+        ("registry.ollama.ai/library/bge-m3:567m", "bge-m3:567m", ["registry.ollama.ai/library/bge-m3:567m"]),
+        ("smollm2:135m", "smollm2:135m", ["smollm2:135m"]),
+        ("mistral:7b", "", ["mistral:7b", "nomic-embed-text:v1.5"]),  # empty is unset: the default
+    ],
+)
+def test_the_embedding_model_is_among_the_models_pulled_once(listed, embedding, models):
+    s = load(Path("/nonexistent"), {**BASE, "OLLAMA_MODELS": listed, "OLLAMA_EMBEDDING_MODEL": embedding})
+    assert s.models == models
 
 
 def test_env_name_comes_from_k3stack_env(tmp_path):
@@ -451,7 +467,7 @@ def test_load_reads_the_process_environment_and_k3stack_env_dir_when_given_none(
     loaded = settings.load()
     assert (loaded["DOMAIN"], loaded.models, loaded.source) == (
         "file.example.com",
-        ["phi3:mini"],
+        ["phi3:mini", "nomic-embed-text:v1.5"],
         str(tmp_path / "Prod_1.env"),
     )
 

@@ -108,7 +108,7 @@ def test_config_from_settings_takes_tag_hosts_models_and_keeps_secrets_out_of_re
     )
     assert (config.chat_host, config.monitor_host) == ("chat.example.com", "monitor.example.com")
     assert config.webui_version == "v0.11.0"
-    assert config.models == ("mistral", "llama3.1:8b")
+    assert config.models == ("mistral", "llama3.1:8b", "nomic-embed-text:v1.5")  # the embedding model too
     assert config.admin_email == "admin@example.com"
     assert config.insecure
     assert sorted(config.secrets()) == ["admin-pass-123456", "netdata-pass-123"]

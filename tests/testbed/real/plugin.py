@@ -12,7 +12,7 @@ from ..plugin import unavailable
 from . import missing
 from .stack import RealStack
 
-MODELS = ["llama3.1:8b", "mistral:7b"]
+MODELS = ["llama3.1:8b", "mistral:7b", "nomic-embed-text:v1.5"]  # the embedding model too, as deploy pulls it
 ADMIN_PASSWORD = "admin password with spaces & 'quotes'"
 NETDATA_PASSWORD = "netdata-password-for-smoke"
 REDIS_PASSWORD = 'redis "pass word" with \\ and # and spaces'
