@@ -366,7 +366,7 @@ def connect_and_check(
     if failed:
         f = failed[0]
         more = f" (and {len(failed) - 1} more problem(s) above)" if len(failed) > 1 else ""
-        raise BootstrapError(f"preflight failed on {f.host}: {f.check}: {f.detail}; fix: {f.fix}{more}")
+        raise BootstrapError(f"preflight failed on {f.host}: {f.check}: {f.detail}{more}", f.fix)
     return facts
 
 

@@ -69,26 +69,24 @@ def rewrite(text: str | bytes, *, server: str, name: str, source: str) -> dict:
     if isinstance(text, bytes):
         text = _decode(text, source)
     if not isinstance(name, str) or not name.strip() or name != name.strip():
-        raise KubeconfigError(
-            f"{source}: context name {name!r} is empty or has spaces; fix: set a name like my-cluster"
-        )
+        raise KubeconfigError(f"{source}: context name {name!r} is empty or has spaces", "set a name like my-cluster")
     config = _parse(text, source, fix=f"fetch {K3S_KUBECONFIG} again (the file is damaged)")
     if config is None:
-        raise KubeconfigError(f"{source}: file is empty; fix: check that K3s is running and wrote {K3S_KUBECONFIG}")
+        raise KubeconfigError(f"{source}: file is empty", f"check that K3s is running and wrote {K3S_KUBECONFIG}")
     entries = {}
     for section, key in SECTIONS:
         items = config.get(section)
         if not isinstance(items, list) or len(items) != 1:
             count = len(items) if isinstance(items, list) else 0
             raise KubeconfigError(
-                f"{source}: expected exactly one entry in {section}, found {count}; "
-                f"fix: fetch the kubeconfig K3s writes ({K3S_KUBECONFIG}), not a merged one"
+                f"{source}: expected exactly one entry in {section}, found {count}",
+                f"fetch the kubeconfig K3s writes ({K3S_KUBECONFIG}), not a merged one",
             )
         item = items[0]
         if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not isinstance(item.get(key), dict):
             raise KubeconfigError(
-                f"{source}: the entry in {section} needs a name and a {key} mapping; "
-                f"fix: fetch {K3S_KUBECONFIG} again (the file is damaged)"
+                f"{source}: the entry in {section} needs a name and a {key} mapping",
+                f"fetch {K3S_KUBECONFIG} again (the file is damaged)",
             )
         entries[key] = item
     context = entries["context"]["context"]
@@ -96,12 +94,13 @@ def rewrite(text: str | bytes, *, server: str, name: str, source: str) -> dict:
         if context.get(ref) != entries[ref]["name"]:
             raise KubeconfigError(
                 f"{source}: context {entries['context']['name']!r} refers to {ref} {context.get(ref)!r}, "
-                f"but the file's {ref} is {entries[ref]['name']!r}; fix: fetch {K3S_KUBECONFIG} again"
+                f"but the file's {ref} is {entries[ref]['name']!r}",
+                f"fetch {K3S_KUBECONFIG} again",
             )
     if not isinstance(entries["cluster"]["cluster"].get("certificate-authority-data"), str):
         raise KubeconfigError(
-            f"{source}: the cluster has no certificate-authority-data, so the API server cannot be verified; "
-            f"fix: fetch {K3S_KUBECONFIG} from the server (K3s always embeds its CA)"
+            f"{source}: the cluster has no certificate-authority-data, so the API server cannot be verified",
+            f"fetch {K3S_KUBECONFIG} from the server (K3s always embeds its CA)",
         )
 
     out = {k: copy.deepcopy(v) for k, v in config.items() if k not in ("clusters", "users", "contexts")}
@@ -119,11 +118,11 @@ def ca_pem(config: dict, *, source: str) -> bytes:
         pem = base64.b64decode(data, validate=True)
     except (KeyError, IndexError, TypeError, binascii.Error) as e:
         raise KubeconfigError(
-            f"{source}: certificate-authority-data is missing or not base64 ({e}); fix: fetch {K3S_KUBECONFIG} again"
+            f"{source}: certificate-authority-data is missing or not base64 ({e})", f"fetch {K3S_KUBECONFIG} again"
         ) from None
     if b"-----BEGIN CERTIFICATE-----" not in pem:
         raise KubeconfigError(
-            f"{source}: certificate-authority-data holds no PEM certificate; fix: fetch {K3S_KUBECONFIG} again"
+            f"{source}: certificate-authority-data holds no PEM certificate", f"fetch {K3S_KUBECONFIG} again"
         )
     return pem
 
@@ -141,8 +140,8 @@ def server_certificate(url: str, ca_pem: bytes, timeout: float = 10.0, *, source
         context.load_verify_locations(cadata=ca_pem.decode("ascii", errors="replace"))
     except ssl.SSLError as e:
         raise KubeconfigError(
-            f"{source}: certificate-authority-data is not a usable CA certificate ({e.reason or e}); "
-            f"fix: fetch {K3S_KUBECONFIG} again"
+            f"{source}: certificate-authority-data is not a usable CA certificate ({e.reason or e})",
+            f"fetch {K3S_KUBECONFIG} again",
         ) from None
 
     def handshake() -> bytes:
@@ -165,13 +164,14 @@ def server_certificate(url: str, ca_pem: bytes, timeout: float = 10.0, *, source
     except ssl.SSLCertVerificationError as e:
         raise KubeconfigError(
             f"{source}: the API server at {url} presents a certificate not signed by this kubeconfig's CA "
-            f"({e.verify_message}); fix: check that {host} is the server the kubeconfig came from "
-            "(a reinstalled K3s has a new CA: fetch the kubeconfig again)"
+            f"({e.verify_message})",
+            f"check that {host} is the server the kubeconfig came from "
+            "(a reinstalled K3s has a new CA: fetch the kubeconfig again)",
         ) from None
     except (OSError, ssl.SSLError) as e:  # refused, unreachable, timeout, TLS failure
         raise KubeconfigError(
-            f"{source}: cannot reach the API server at {url} ({e}); "
-            f"fix: check that K3s runs there and port {port} is open to this machine"
+            f"{source}: cannot reach the API server at {url} ({e})",
+            f"check that K3s runs there and port {port} is open to this machine",
         ) from None
     return x509.load_der_x509_certificate(der)
 
@@ -197,7 +197,7 @@ def check_sans(cert: x509.Certificate, address: str, *, source: str) -> None:
             return
     valid_for = ", ".join([*names, *(str(i) for i in ips)]) or "no names at all"
     raise KubeconfigError(
-        f"{source}: the API server certificate is not valid for {address} (it is valid for {valid_for}); fix: {SAN_FIX}"
+        f"{source}: the API server certificate is not valid for {address} (it is valid for {valid_for})", SAN_FIX
     )
 
 
@@ -210,14 +210,14 @@ def merge(existing: dict | None, new: dict) -> dict:
     if existing is None:
         existing = {}
     if not isinstance(existing, dict):
-        raise KubeconfigError("existing kubeconfig is not a mapping; fix: move it aside and run again")
+        raise KubeconfigError("existing kubeconfig is not a mapping", "move it aside and run again")
     merged = copy.deepcopy(existing)
     merged.setdefault("apiVersion", "v1")
     merged.setdefault("kind", "Config")
     for section, _ in SECTIONS:
         old = merged.get(section) or []
         if not isinstance(old, list):
-            raise KubeconfigError(f"existing kubeconfig: {section} is not a list; fix: repair or move the file aside")
+            raise KubeconfigError(f"existing kubeconfig: {section} is not a list", "repair or move the file aside")
         incoming = {e["name"]: copy.deepcopy(e) for e in new.get(section) or []}
         result = []
         for entry in old:
@@ -252,7 +252,7 @@ def _file_errors(path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         raise KubeconfigError(
-            f"{path}: {exc.strerror or exc}; fix: make it yours (e.g. sudo chown $USER {path}) or pass another path"
+            f"{path}: {exc.strerror or exc}", f"make it yours (e.g. sudo chown $USER {path}) or pass another path"
         ) from None
 
 
@@ -354,20 +354,18 @@ def _parse(text: str, source: str, *, existing_file: bool = False, fix: str | No
         "kind" in data or any(key in data for key in ("clusters", "contexts", "users", "current-context"))
     )
     if not shaped or data.get("kind", "Config") != "Config":
-        raise KubeconfigError(f"{source}: not a kubeconfig (expected kind: Config); fix: {fix}")
+        raise KubeconfigError(f"{source}: not a kubeconfig (expected kind: Config)", fix)
     for section, _ in SECTIONS:
         if data.get(section) is not None and not isinstance(data[section], list):
-            raise KubeconfigError(f"{source}: {section} is not a list; fix: {fix}")
+            raise KubeconfigError(f"{source}: {section} is not a list", fix)
         for index, entry in enumerate(data.get(section) or []):
             if not isinstance(entry, dict):  # `forget` and `merge` read entry names
-                raise KubeconfigError(f"{source}: {section}[{index}] is not a mapping; fix: {fix}")
+                raise KubeconfigError(f"{source}: {section}[{index}] is not a mapping", fix)
             if problem := _entry_problem(section, entry):
-                raise KubeconfigError(f"{source}: {section}[{index}] {problem}; fix: {fix}")
+                raise KubeconfigError(f"{source}: {section}[{index}] {problem}", fix)
     current = data.get("current-context")
     if current is not None and not isinstance(current, str):
-        raise KubeconfigError(
-            f"{source}: current-context is {type(current).__name__} {current!r}, not a name; fix: {fix}"
-        )
+        raise KubeconfigError(f"{source}: current-context is {type(current).__name__} {current!r}, not a name", fix)
     return data
 
 
@@ -424,7 +422,7 @@ def _check_server(url: str, *, source: str) -> tuple[str, int]:
         parts, port = None, 0
     if parts is None or parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
         raise KubeconfigError(
-            f"{source}: API server URL {url!r} is not https://<host>[:port]; fix: use e.g. https://203.0.113.10:6443"
+            f"{source}: API server URL {url!r} is not https://<host>[:port]", "use e.g. https://203.0.113.10:6443"
         )
     return parts.hostname, port
 

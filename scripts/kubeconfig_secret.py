@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from k3stack.errors import K3stackError
+
 INLINE = {
     "certificate-authority": "certificate-authority-data",
     "client-certificate": "client-certificate-data",
@@ -23,15 +25,15 @@ INLINE = {
 }
 
 
-class ScriptError(RuntimeError):
-    pass
+class ScriptError(K3stackError):
+    """A kubeconfig this script cannot export: `what` names the file and problem, `hint` the fix."""
 
 
 def _named(config: dict, section: str, name: str, path: Path) -> dict:
     for entry in config.get(section) or []:
         if entry.get("name") == name:
             return entry
-    raise ScriptError(f"{path}: no {section[:-1]} named {name!r}; fix: check `kubectl config get-contexts`")
+    raise ScriptError(f"{path}: no {section[:-1]} named {name!r}", "check `kubectl config get-contexts`")
 
 
 def _inline(body: dict, base: Path) -> dict:
@@ -44,7 +46,7 @@ def _inline(body: dict, base: Path) -> dict:
                 body[data_key] = base64.b64encode(file.read_bytes()).decode()
             except OSError as exc:
                 raise ScriptError(
-                    f"{file}: cannot read ({exc.strerror}); fix: the kubeconfig points at a missing file"
+                    f"{file}: cannot read ({exc.strerror})", "the kubeconfig points at a missing file"
                 ) from None
     return body
 
@@ -54,12 +56,12 @@ def minified(path: Path, context: str | None) -> dict:
     try:
         config = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
-        raise ScriptError(f"{path}: cannot read ({exc.strerror}); fix: pass --kubeconfig") from None
+        raise ScriptError(f"{path}: cannot read ({exc.strerror})", "pass --kubeconfig") from None
     except yaml.YAMLError:
-        raise ScriptError(f"{path}: not valid YAML; fix: pass the right --kubeconfig") from None
+        raise ScriptError(f"{path}: not valid YAML", "pass the right --kubeconfig") from None
     name = context or config.get("current-context")
     if not name:
-        raise ScriptError(f"{path}: no current context; fix: pass --context NAME")
+        raise ScriptError(f"{path}: no current context", "pass --context NAME")
     ctx = _named(config, "contexts", name, path)
     cluster = _named(config, "clusters", ctx["context"]["cluster"], path)
     user = _named(config, "users", ctx["context"]["user"], path)

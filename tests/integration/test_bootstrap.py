@@ -141,16 +141,16 @@ def test_wrong_key_unreachable_host_and_sudo_problems_are_one_line_each(bed, bed
     host = b.hosts[0]
     stranger = b.tmp / "stranger"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
-    with pytest.raises(boot.BootstrapError, match=r"SSH login refused for user root; fix: check SSH_USER/SSH_KEY"):
+    with pytest.raises(boot.BootstrapError, match=r"SSH login refused for user root — fix: check SSH_USER/SSH_KEY"):
         b.run(SSH_KEY=str(stranger))
     nobody = str(bed_slot.allocate_ip())
     with pytest.raises(boot.BootstrapError, match=rf"root@{nobody}: .*cannot connect on port 22 .* after 3 attempts"):
         b.run(SERVERS=nobody)
     user = host.sudo_user
-    refused = rf"{user} is not root and `sudo -n true` fails .*; fix: connect as root .* or set SUDO_PASSWORD"
+    refused = rf"{user} is not root and `sudo -n true` fails .* — fix: connect as root .* or set SUDO_PASSWORD"
     with pytest.raises(boot.BootstrapError, match=refused):
         b.run(SSH_USER=user)
-    with pytest.raises(boot.BootstrapError, match=r"sudo refused the password for deploy; fix: correct SUDO_PASSWORD"):
+    with pytest.raises(boot.BootstrapError, match=r"sudo refused the password for deploy — fix: correct SUDO_PASSWORD"):
         b.run(SSH_USER=user, SUDO_PASSWORD="not-the-password")
     assert untouched(host)
     assert "not-the-password" not in b.output.getvalue()
@@ -186,12 +186,12 @@ def test_an_encrypted_key_is_named_with_the_way_to_open_it_and_never_retried(bed
     with pytest.raises(
         boot.BootstrapError,
         match=rf"preflight failed on root@{host.ip}: connect: SSH_KEY_PASSPHRASE does not open the SSH key "
-        rf"{default} \(.*\); fix: set SSH_KEY_PASSPHRASE to that key's passphrase",
+        rf"{default} \(.*\) — fix: set SSH_KEY_PASSPHRASE to that key's passphrase",
     ):
         b.run(SSH_KEY="", SSH_KEY_PASSPHRASE="not the passphrase")
     assert time.monotonic() - started < 10
     with pytest.raises(
-        boot.BootstrapError, match=rf"connect: the SSH key {default} is encrypted .*; fix: load it into ssh-agent"
+        boot.BootstrapError, match=rf"connect: the SSH key {default} is encrypted .* — fix: load it into ssh-agent"
     ):
         b.run(SSH_KEY="")
     assert "a passphrase" not in b.output.getvalue()
@@ -225,7 +225,10 @@ def test_preflight_reports_every_problem_and_stops_before_changing_anything(bed)
     unprepared.exec("rm -rf /run/systemd")  # no systemd, no openrc
     odd.exec("sed -i 's/^ID=.*/ID=plan9/; s/^ID_LIKE=.*//; s/^PRETTY_NAME=.*/PRETTY_NAME=\"Plan 9\"/' /etc/os-release")
     odd.exec("(setsid python3 -m http.server 80 --bind 0.0.0.0 >/dev/null 2>&1 &) ; sleep 1")
-    with pytest.raises(boot.BootstrapError, match=r"preflight failed on root@.*: init: none; fix: K3s needs systemd"):
+    with pytest.raises(
+        boot.BootstrapError,
+        match=r"preflight failed on root@.*: init: none \(and \d+ more problem\(s\) above\) — fix: K3s needs systemd",
+    ):
         b.run(servers=[unprepared], agents=[odd])
     out = b.output.getvalue()
     assert "os" in out
@@ -295,7 +298,7 @@ def test_a_kubeconfig_target_bootstrap_could_not_write_stops_it_before_any_host(
     locked = b.tmp / "readonly"
     locked.mkdir()
     cases = [
-        (values, None, r"values\.yaml: not a kubeconfig \(expected kind: Config\); fix: point KUBECONFIG_PATH at"),
+        (values, None, r"values\.yaml: not a kubeconfig \(expected kind: Config\) — fix: point KUBECONFIG_PATH at"),
         (broken, None, r"broken:\d+: not valid YAML .* — fix: point KUBECONFIG_PATH at your kubeconfig"),
         (b.kubeconfig, str(b.tmp), r"^--kubeconfig=\S+: is a directory, not a file — fix: name the file itself"),
         (
@@ -321,7 +324,7 @@ def test_reset_refuses_a_kubeconfig_it_could_not_edit_before_uninstalling_anythi
     host.exec("mkdir -p /var/lib/k3stack && echo kept > /var/lib/k3stack/marker")  # reset removes the directory
     values = b.tmp / "values.yaml"
     values.write_text("replicaCount: 1\n")
-    with pytest.raises(KubeconfigError, match=r"values\.yaml: not a kubeconfig .*; fix: point KUBECONFIG_PATH at"):
+    with pytest.raises(KubeconfigError, match=r"values\.yaml: not a kubeconfig .* — fix: point KUBECONFIG_PATH at"):
         boot.reset(b.settings(SERVERS=host.ip, KUBECONFIG_PATH=str(values)), boot.Options(), b.console)
     assert host.exec("cat /var/lib/k3stack/marker").strip() == "kept"
 

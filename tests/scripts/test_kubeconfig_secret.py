@@ -61,11 +61,40 @@ def test_problems_are_one_line_with_the_fix(tmp_path, monkeypatch, capsys):
     path = write_config(tmp_path)
     monkeypatch.setattr(sys, "stdout", io.StringIO())
     assert ks.main(["--kubeconfig", str(path), "--context", "nope"]) == 1
-    assert "no context named 'nope'; fix: check `kubectl config get-contexts`" in capsys.readouterr().err
+    assert (
+        capsys.readouterr().err
+        == f"error: {path}: no context named 'nope' — fix: check `kubectl config get-contexts`\n"
+    )
     (tmp_path / "ca.crt").unlink()
     assert ks.main(["--kubeconfig", str(path), "--context", "k3stack"]) == 1
     assert "ca.crt: cannot read" in capsys.readouterr().err
     assert ks.main(["--kubeconfig", str(tmp_path / "absent")]) == 1
+
+
+def test_each_problem_is_the_house_error_shape(tmp_path):
+    """ScriptError is a K3stackError: the problem in `.what`, the fix in `.hint`, apart."""
+    path = write_config(tmp_path)
+    (tmp_path / "broken").write_text("clusters: [\n")
+    (tmp_path / "no-current").write_text("kind: Config\n")
+    (tmp_path / "ca.crt").unlink()
+    problems = {
+        (path, "nope"): (f"{path}: no context named 'nope'", "check `kubectl config get-contexts`"),
+        (path, "k3stack"): (
+            f"{tmp_path / 'ca.crt'}: cannot read (No such file or directory)",
+            "the kubeconfig points at a missing file",
+        ),
+        (tmp_path / "absent", None): (
+            f"{tmp_path / 'absent'}: cannot read (No such file or directory)",
+            "pass --kubeconfig",
+        ),
+        (tmp_path / "broken", None): (f"{tmp_path / 'broken'}: not valid YAML", "pass the right --kubeconfig"),
+        (tmp_path / "no-current", None): (f"{tmp_path / 'no-current'}: no current context", "pass --context NAME"),
+    }
+    for (file, context), expected in problems.items():
+        with pytest.raises(ks.ScriptError) as err:
+            ks.minified(file, context)
+        assert (err.value.what, err.value.hint) == expected
+        assert str(err.value) == f"{expected[0]} — fix: {expected[1]}"
 
 
 def test_refuses_to_print_credentials_to_a_terminal(tmp_path):

@@ -289,6 +289,35 @@ def test_a_host_that_cannot_be_reached_never_has_an_empty_fix():
     assert plain.fix.startswith("check that the host is reachable")
 
 
+def test_a_failed_preflight_is_its_first_problem_and_that_problem_s_fix_apart():
+    """The BootstrapError of a failed preflight is the house shape: the problem (and how many
+    more the table shows) in `.what`, the first failure's fix in `.hint`, never "; fix:" inside."""
+    from types import SimpleNamespace
+
+    from k3stack.errors import RemoteError
+
+    def unreachable(address: str, exc: Exception):
+        def connect():
+            raise exc
+
+        target = Target(address, "root", 22)
+        return SimpleNamespace(name=target.name, target=target, connect=connect, trusted_key=None)
+
+    hosts = [
+        unreachable("203.0.113.10", RemoteError("root@203.0.113.10: SSH login refused for user root", "check SSH_KEY")),
+        unreachable("203.0.113.11", OSError("root@203.0.113.11: no route to host")),
+    ]
+    console, resolver = quiet_console(), lambda name: ["203.0.113.10"]
+    for count, expected_more in ((2, " (and 1 more problem(s) above)"), (1, "")):
+        with pytest.raises(boot.BootstrapError) as caught:
+            boot.connect_and_check(load(), hosts[:count], boot.Options(), console, boot.Report(), resolver)
+        assert caught.value.what == (
+            f"preflight failed on root@203.0.113.10: connect: SSH login refused for user root{expected_more}"
+        )
+        assert caught.value.hint == "check SSH_KEY"
+        assert str(caught.value) == f"{caught.value.what} — fix: check SSH_KEY"
+
+
 def test_a_channel_is_refused_in_ci_only_and_the_face_reads_ci(monkeypatch):
     """K3s channels move: a CI run must pin a release. The library takes `ci` as a flag; the face
     sets it from CI=true|1."""
@@ -325,7 +354,7 @@ def bad_targets(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     loop = tmp_path / "loop"
     loop.symlink_to(loop)
     return {
-        "values.yaml": (values, r"values\.yaml: not a kubeconfig \(expected kind: Config\); fix: point {setting} at"),
+        "values.yaml": (values, r"values\.yaml: not a kubeconfig \(expected kind: Config\) — fix: point {setting} at"),
         "invalid YAML": (broken, r"broken:\d+: not valid YAML .*point {setting} at your kubeconfig"),
         "a directory": (directory, r"{setting}=\S+/kube: is a directory, not a file — fix: name the file itself"),
         "under a file": (not_a_dir / "config", r"{setting}=\S+: \S+/plain-file is a file, not a directory — fix:"),
@@ -345,6 +374,8 @@ def test_a_kubeconfig_target_that_cannot_be_written_is_refused_naming_file_and_s
     with pytest.raises(boot.KubeconfigError, match=message.format(setting=setting)) as caught:
         boot.check_kubeconfig_target(loaded, options)
     assert "\n" not in str(caught.value)
+    assert caught.value.hint
+    assert "fix:" not in caught.value.what  # the fix is the hint, never folded into the problem
     assert (path.read_bytes() if path.is_file() else None) == before  # never written, never "repaired"
 
 

@@ -173,7 +173,7 @@ def test_rewrite_error_for_two_clusters_says_how_many():
 
 @pytest.mark.parametrize("server", ["http://203.0.113.10:6443", "203.0.113.10:6443", "https://", "https://h:99999"])
 def test_rewrite_refuses_a_bad_server_url(server):
-    with pytest.raises(KubeconfigError, match=r"API endpoint: .*not https://<host>\[:port\]; fix: use e.g."):
+    with pytest.raises(KubeconfigError, match=r"API endpoint: .*not https://<host>\[:port\] — fix: use e.g."):
         kubeconfig.rewrite(k3s_yaml(), server=server, name="prod", source="k3s.yaml")
 
 
@@ -260,7 +260,7 @@ def test_check_sans_does_not_match_an_ip_against_dns_names(ca):
 
 def test_check_sans_with_no_san_extension(ca):
     cert, _ = make_leaf(*ca, None)
-    with pytest.raises(KubeconfigError, match=r"it is valid for no names at all\); fix: add it to K3S_TLS_SAN"):
+    with pytest.raises(KubeconfigError, match=r"it is valid for no names at all\) — fix: add it to K3S_TLS_SAN"):
         kubeconfig.check_sans(cert, "203.0.113.10", source="web-1")
 
 
@@ -515,8 +515,11 @@ def test_a_kubeconfig_path_that_cannot_be_written_is_one_line(tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where a directory should be")
     config = kubeconfig.rewrite(k3s_yaml(), server=SERVER, name="k3stack", source="k3s.yaml")
-    with pytest.raises(KubeconfigError, match=r"not-a-dir/config: Not a directory; fix: make it yours"):
-        kubeconfig.write(blocker / "config", config, merge_into_existing=True)
+    target = blocker / "config"
+    assert _split(lambda: kubeconfig.write(target, config, merge_into_existing=True)) == (
+        f"{target}: Not a directory",
+        f"make it yours (e.g. sudo chown $USER {target}) or pass another path",
+    )
     (tmp_path / "dir" / "config").mkdir(parents=True)  # a directory where the file should be
     with pytest.raises(KubeconfigError, match=r"fix: make it yours"):
         kubeconfig.forget(tmp_path / "dir" / "config", "k3stack")
@@ -527,6 +530,13 @@ def _refusal(call) -> str:
     with pytest.raises(KubeconfigError) as err:
         call()
     return str(err.value)
+
+
+def _split(call) -> tuple[str, str]:
+    """(what, hint) of the KubeconfigError `call` raises: the problem and its fix, apart."""
+    with pytest.raises(KubeconfigError) as err:
+        call()
+    return err.value.what, err.value.hint
 
 
 def _k3s_doc(**changes) -> str:
@@ -541,43 +551,50 @@ def test_rewrite_refusals_as_written():
     def rewrite(text, name="p"):
         return lambda: kubeconfig.rewrite(text, server=SERVER, name=name, source="s")
 
-    fix = "fix: fetch /etc/rancher/k3s/k3s.yaml again"
+    fix = "fetch /etc/rancher/k3s/k3s.yaml again"
+    assert _split(rewrite(k3s_yaml(), " p")) == (
+        "s: context name ' p' is empty or has spaces",
+        "set a name like my-cluster",
+    )
+    assert _split(rewrite(k3s_yaml(), None)) == (
+        "s: context name None is empty or has spaces",
+        "set a name like my-cluster",
+    )
+    assert _split(rewrite(k3s_yaml().replace("users:\n- name: default", "x:\n- name: default"))) == (
+        "s: expected exactly one entry in users, found 0",
+        "fetch the kubeconfig K3s writes (/etc/rancher/k3s/k3s.yaml), not a merged one",
+    )
+    assert _split(rewrite(_k3s_doc(contexts__context={"cluster": "default", "user": "u2"}))) == (
+        "s: context 'default' refers to user 'u2', but the file's user is 'default'",
+        fix,
+    )
+    assert _split(rewrite(_k3s_doc(clusters__cluster="x"))) == (
+        "s: clusters[0] (default): cluster is str 'x', not a mapping",
+        f"{fix} (the file is damaged)",
+    )
+    assert _split(rewrite(_k3s_doc(users__name=3))) == (
+        "s: users[0] has name 3, not a name",
+        f"{fix} (the file is damaged)",
+    )
+    assert _split(rewrite("")) == ("s: file is empty", "check that K3s is running and wrote /etc/rancher/k3s/k3s.yaml")
+    # printed as every k3stack error is: `<what> — fix: <hint>`
     assert (
-        _refusal(rewrite(k3s_yaml(), " p"))
-        == "s: context name ' p' is empty or has spaces; fix: set a name like my-cluster"
-    )
-    assert (
-        _refusal(rewrite(k3s_yaml(), None))
-        == "s: context name None is empty or has spaces; fix: set a name like my-cluster"
-    )
-    assert _refusal(rewrite(k3s_yaml().replace("users:\n- name: default", "x:\n- name: default"))) == (
-        "s: expected exactly one entry in users, found 0; fix: fetch the kubeconfig K3s writes "
-        "(/etc/rancher/k3s/k3s.yaml), not a merged one"
-    )
-    assert _refusal(rewrite(_k3s_doc(contexts__context={"cluster": "default", "user": "u2"}))) == (
-        f"s: context 'default' refers to user 'u2', but the file's user is 'default'; {fix}"
-    )
-    assert _refusal(rewrite(_k3s_doc(clusters__cluster="x"))) == (
-        f"s: clusters[0] (default): cluster is str 'x', not a mapping; {fix} (the file is damaged)"
-    )
-    assert _refusal(rewrite(_k3s_doc(users__name=3))) == (
-        f"s: users[0] has name 3, not a name; {fix} (the file is damaged)"
-    )
-    assert (
-        _refusal(rewrite("")) == "s: file is empty; fix: check that K3s is running and wrote /etc/rancher/k3s/k3s.yaml"
+        _refusal(rewrite("")) == "s: file is empty — fix: check that K3s is running and wrote /etc/rancher/k3s/k3s.yaml"
     )
     assert _refusal(rewrite(b"ok\n\xff")) == "s:2: not UTF-8 text (byte 0xff) — fix: fetch it again"
     assert kubeconfig.rewrite(k3s_yaml().encode(), server=SERVER, name="p", source="s")["current-context"] == "p"
 
 
 def test_ca_pem_refusals_as_written():
-    fix = "fix: fetch /etc/rancher/k3s/k3s.yaml again"
-    assert _refusal(lambda: kubeconfig.ca_pem({"clusters": []}, source="s")) == (
-        f"s: certificate-authority-data is missing or not base64 (list index out of range); {fix}"
+    fix = "fetch /etc/rancher/k3s/k3s.yaml again"
+    assert _split(lambda: kubeconfig.ca_pem({"clusters": []}, source="s")) == (
+        "s: certificate-authority-data is missing or not base64 (list index out of range)",
+        fix,
     )
     not_pem = {"clusters": [{"cluster": {"certificate-authority-data": "aGVsbG8="}}]}
-    assert _refusal(lambda: kubeconfig.ca_pem(not_pem, source="s")) == (
-        f"s: certificate-authority-data holds no PEM certificate; {fix}"
+    assert _split(lambda: kubeconfig.ca_pem(not_pem, source="s")) == (
+        "s: certificate-authority-data holds no PEM certificate",
+        fix,
     )
     for bad in ({}, {"clusters": [{"cluster": {"certificate-authority-data": None}}]}):
         assert "certificate-authority-data is missing or not base64" in _refusal(
@@ -601,8 +618,9 @@ def test_the_api_server_url_is_https_host_and_port(url, expected):
     if expected:
         assert kubeconfig._check_server(url, source="s") == expected
     else:
-        assert _refusal(lambda: kubeconfig._check_server(url, source="s")) == (
-            f"s: API server URL {url!r} is not https://<host>[:port]; fix: use e.g. https://203.0.113.10:6443"
+        assert _split(lambda: kubeconfig._check_server(url, source="s")) == (
+            f"s: API server URL {url!r} is not https://<host>[:port]",
+            "use e.g. https://203.0.113.10:6443",
         )
 
 
@@ -620,18 +638,20 @@ def test_addresses_and_wildcards():
 def test_check_sans_lists_what_the_certificate_is_valid_for(ca):
     cert, _ = make_leaf(*ca, [x509.DNSName("API.example.com."), x509.IPAddress(ipaddress.ip_address("10.0.0.1"))])
     kubeconfig.check_sans(cert, "api.example.com", source="s")  # names compared without case and final dot
-    assert _refusal(lambda: kubeconfig.check_sans(cert, "10.0.0.2", source="s")) == (
-        f"s: the API server certificate is not valid for 10.0.0.2 (it is valid for api.example.com, 10.0.0.1); "
-        f"fix: {kubeconfig.SAN_FIX}"
+    assert _split(lambda: kubeconfig.check_sans(cert, "10.0.0.2", source="s")) == (
+        "s: the API server certificate is not valid for 10.0.0.2 (it is valid for api.example.com, 10.0.0.1)",
+        kubeconfig.SAN_FIX,
     )
 
 
 def test_merge_refusals_and_what_it_leaves_alone():
-    assert _refusal(lambda: kubeconfig.merge([], {})) == (
-        "existing kubeconfig is not a mapping; fix: move it aside and run again"
+    assert _split(lambda: kubeconfig.merge([], {})) == (
+        "existing kubeconfig is not a mapping",
+        "move it aside and run again",
     )
-    assert _refusal(lambda: kubeconfig.merge({"users": "x"}, {})) == (
-        "existing kubeconfig: users is not a list; fix: repair or move the file aside"
+    assert _split(lambda: kubeconfig.merge({"users": "x"}, {})) == (
+        "existing kubeconfig: users is not a list",
+        "repair or move the file aside",
     )
     # an entry without a name is kept; a new config without a current context keeps the old one
     merged = kubeconfig.merge({"clusters": ["junk"], "current-context": "a", "kind": "Config", "apiVersion": "v1"}, {})
@@ -650,28 +670,34 @@ def test_merge_refusals_and_what_it_leaves_alone():
 @pytest.mark.parametrize(
     ("text", "existing_file", "expected"),
     [
-        ("a: 1\n", False, "s: not a kubeconfig (expected kind: Config); fix: fetch it again"),
-        ("- a\n", False, "s: not a kubeconfig (expected kind: Config); fix: fetch it again"),
+        ("a: 1\n", False, ("s: not a kubeconfig (expected kind: Config)", "fetch it again")),
+        ("- a\n", False, ("s: not a kubeconfig (expected kind: Config)", "fetch it again")),
         (
             "kind: Other\n",
             True,
-            "s: not a kubeconfig (expected kind: Config); fix: move it aside (k3stack does not overwrite it) "
-            "and run again",
+            (
+                "s: not a kubeconfig (expected kind: Config)",
+                "move it aside (k3stack does not overwrite it) and run again",
+            ),
         ),
-        ("kind: Config\nusers:\n- x\n", False, "s: users[0] is not a mapping; fix: fetch it again"),
-        ("kind: Config\ncontexts: 3\n", False, "s: contexts is not a list; fix: fetch it again"),
+        ("kind: Config\nusers:\n- x\n", False, ("s: users[0] is not a mapping", "fetch it again")),
+        ("kind: Config\ncontexts: 3\n", False, ("s: contexts is not a list", "fetch it again")),
+        ("current-context: 3\n", False, ("s: current-context is int 3, not a name", "fetch it again")),
         (
             "clusters: [\n",
             True,
-            "s:2: not valid YAML (did not find expected node content) — fix: move it aside (k3stack does not "
-            "overwrite it) and run again",
+            (
+                "s:2: not valid YAML (did not find expected node content)",
+                "move it aside (k3stack does not overwrite it) and run again",
+            ),
         ),
     ],
 )
 def test_a_file_that_is_not_a_kubeconfig_is_refused_with_the_fix_for_its_origin(text, existing_file, expected):
-    message = _refusal(lambda: kubeconfig._parse(text, "s", existing_file=existing_file))
-    assert message.replace("did not find expected node content", "") == expected.replace(
-        "did not find expected node content", ""
+    what, hint = _split(lambda: kubeconfig._parse(text, "s", existing_file=existing_file))
+    assert (what.replace("did not find expected node content", ""), hint) == (
+        expected[0].replace("did not find expected node content", ""),
+        expected[1],
     )
 
 
@@ -697,7 +723,60 @@ def test_the_fix_depends_on_whose_file_it_is():
         "s:1: not UTF-8 text (byte 0xff) — fix: move it aside (k3stack does not overwrite it) and run again"
     )
     assert kubeconfig._decode("é\n".encode(), "s") == "é\n"
-    assert _refusal(lambda: kubeconfig._parse("users: 3\n", "s", fix="F")) == "s: users is not a list; fix: F"
+    assert _split(lambda: kubeconfig._parse("users: 3\n", "s", fix="F")) == ("s: users is not a list", "F")
+
+
+def test_every_kubeconfig_problem_is_a_what_and_a_fix_apart(tmp_path, ca):
+    """The house shape (k3stack.errors): the problem in `.what`, the fix in `.hint`, printed as
+    `<what> — fix: <hint>`; never a fix folded into the problem's own text ("...; fix: ...")."""
+
+    def rewrite(text, name="p", server=SERVER):
+        return lambda: kubeconfig.rewrite(text, server=server, name=name, source="s")
+
+    not_a_dir = tmp_path / "plain-file"
+    not_a_dir.write_text("x")
+    stray = tmp_path / "values.yaml"
+    stray.write_text("replicaCount: 1\n")
+    good = kubeconfig.rewrite(k3s_yaml(), server=SERVER, name="p", source="s")
+    cert, _ = make_leaf(*ca, None)
+    problems = {
+        "bad server": rewrite(k3s_yaml(), server="http://h:6443"),
+        "bad name": rewrite(k3s_yaml(), name=" p"),
+        "empty file": rewrite(""),
+        "not UTF-8": rewrite(b"\xff"),
+        "not YAML": rewrite("clusters: [\n"),
+        "not a kubeconfig": rewrite("a: 1\n"),
+        "two users": rewrite(
+            k3s_yaml().replace("users:\n- name: default", "users:\n- name: x\n  user: {}\n- name: default")
+        ),
+        "no user": rewrite(k3s_yaml().replace("users:\n- name: default", "x:\n- name: default")),
+        "damaged entry": rewrite(_k3s_doc(clusters__cluster="x")),
+        "entry without its mapping": rewrite(_k3s_doc(users__user=None)),
+        "dangling reference": rewrite(_k3s_doc(contexts__context={"cluster": "default", "user": "u2"})),
+        "no CA": rewrite(k3s_yaml().replace("    certificate-authority-data:", "    insecure: true\n    x:")),
+        "CA not base64": lambda: kubeconfig.ca_pem({"clusters": []}, source="s"),
+        "CA not PEM": lambda: kubeconfig.ca_pem(
+            {"clusters": [{"cluster": {"certificate-authority-data": "aGk="}}]}, source="s"
+        ),
+        "CA unusable": lambda: kubeconfig.server_certificate("https://127.0.0.1:1", b"garbage", 1, source="s"),
+        "address not in the certificate": lambda: kubeconfig.check_sans(cert, "203.0.113.10", source="s"),
+        "existing not a mapping": lambda: kubeconfig.merge([], good),
+        "existing section not a list": lambda: kubeconfig.merge({"users": "x"}, good),
+        "current-context not a name": lambda: kubeconfig._parse("current-context: [a]\n", "s"),
+        "path under a file": lambda: kubeconfig.write(not_a_dir / "config", good, merge_into_existing=True),
+        "stray file": lambda: kubeconfig.write(stray, good, merge_into_existing=True),
+        "missing file": lambda: kubeconfig.check_file(tmp_path / "absent"),
+    }
+    for problem, call in problems.items():
+        with pytest.raises(KubeconfigError) as err:
+            call()
+        what, hint = err.value.what, err.value.hint
+        assert hint.strip(), f"{problem}: no fix: {what!r}"
+        assert "; fix:" not in what, f"{problem}: the fix is inside .what: {what!r}"
+        assert "fix:" not in what, f"{problem}: a fix inside .what: {what!r}"
+        assert "fix:" not in hint, f"{problem}: printed as '— fix: fix: ...': {hint!r}"
+        assert str(err.value) == f"{what} — fix: {hint}", problem
+        assert "\n" not in str(err.value), problem
 
 
 def test_server_certificate_tries_again_after_a_dropped_handshake(tmp_path, ca):
