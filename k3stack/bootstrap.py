@@ -469,11 +469,15 @@ def load_airgap(settings: Settings) -> Airgap | None:
         try:
             return Path(path).expanduser().read_bytes()
         except OSError as exc:
-            raise BootstrapError(f"{name}={path}: cannot read it ({exc.strerror}); fix the path or unset it") from None
+            what = f"{name}={path}: cannot read it ({exc.strerror})"
+            raise BootstrapError(what, "fix the path or unset it") from None
 
     binary, images = read("K3S_AIRGAP_BINARY"), read("K3S_AIRGAP_IMAGES")
     if images is not None and binary is None:
-        raise BootstrapError("K3S_AIRGAP_IMAGES is set without K3S_AIRGAP_BINARY: an airgap install needs both")
+        raise BootstrapError(
+            "K3S_AIRGAP_IMAGES is set without K3S_AIRGAP_BINARY: an airgap install needs both",
+            "set K3S_AIRGAP_BINARY to the k3s binary of K3S_VERSION, or unset K3S_AIRGAP_IMAGES",
+        )
     if binary is None:
         return None
     return Airgap(binary, (Path(settings["K3S_AIRGAP_IMAGES"]).name, images) if images is not None else None)

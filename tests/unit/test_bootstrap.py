@@ -783,3 +783,15 @@ def test_check_upgrades_names_the_host_whose_upgrade_is_refused_and_that_nothing
     assert caught.value.what.endswith("; nothing was changed")
     assert caught.value.hint.startswith("set K3S_VERSION to a v1.36 release")
     assert not log  # judged from the plan alone: no host was asked anything
+
+
+def test_airgap_files_that_cannot_be_used_are_refused_with_the_setting_and_a_fix(tmp_path):
+    with pytest.raises(boot.BootstrapError) as caught:
+        boot.load_airgap(load(K3S_AIRGAP_BINARY=str(tmp_path / "k3s")))
+    assert caught.value.what == f"K3S_AIRGAP_BINARY={tmp_path / 'k3s'}: cannot read it (No such file or directory)"
+    assert caught.value.hint == "fix the path or unset it"
+    (tmp_path / "images.tar").write_bytes(b"x")
+    with pytest.raises(boot.BootstrapError) as caught:
+        boot.load_airgap(load(K3S_AIRGAP_IMAGES=str(tmp_path / "images.tar")))
+    assert caught.value.what == "K3S_AIRGAP_IMAGES is set without K3S_AIRGAP_BINARY: an airgap install needs both"
+    assert caught.value.hint.startswith("set K3S_AIRGAP_BINARY to the k3s binary of K3S_VERSION")
