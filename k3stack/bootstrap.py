@@ -66,12 +66,15 @@ class Report:
     nodes: list[k3s.NodeResult] = field(default_factory=list)
     kubeconfig: kcfg.WriteResult | None = None
     seconds: float = 0.0
+    uncordoned: list[str] = field(default_factory=list)  # Nodes an earlier, stopped upgrade left cordoned
 
     @property
     def changed(self) -> bool:
-        """Something was (or, in a dry run, would be) changed on a host or in the kubeconfig."""
-        return any(n.action in ("changed", "would change") for n in self.nodes) or bool(
-            self.kubeconfig and self.kubeconfig.changed
+        """Something was (or, in a dry run, would be) changed on a host, a Node or in the kubeconfig."""
+        return (
+            any(n.action in ("changed", "would change") for n in self.nodes)
+            or bool(self.uncordoned)
+            or bool(self.kubeconfig and self.kubeconfig.changed)
         )
 
 
@@ -553,6 +556,7 @@ def bootstrap(
             raise _host_error(
                 name, exc, f"fix that, then run {command('bootstrap')} again (hosts that are done are not redone)"
             )
+        report.uncordoned = _release_marked(servers[0], console)
         report.kubeconfig = fetch_kubeconfig(settings, servers[0], options, console)
     finally:
         for host in locked:
@@ -624,25 +628,47 @@ def _upgrade_step(
         name = _node_name(host.target)
         drained = bool(node.upgrade_from) and not single
         evicted: list[str] = []
+        ours = False  # cordoned by this run (a node someone cordoned on purpose stays so)
         if drained:
-            upgrade.cordon(first, name)
+            ours = upgrade.cordon(first, name)
             evicted = upgrade.drain(first, name, timeout=options.timeout)
         result = k3s.act(node, facts[host.name], timeout=options.timeout)
         try:
             upgrade.wait_ready(first, name, node.spec.version, timeout=options.timeout)
         except RemoteError as exc:
-            if not drained:
+            if not ours:
                 raise
-            # The host is at the release now: a re-run finds it `ok` and would not uncordon it.
-            raise RemoteError(exc.what, f"{exc.hint}; once it is Ready, kubectl uncordon {name}") from None
-        if drained:
+            # The host is at the release now: a re-run finds it `ok`; the cordon's label tells it to uncordon.
+            raise RemoteError(
+                exc.what, f"{exc.hint}; once it is Ready, a run of {command('bootstrap')} uncordons node {name}"
+            ) from None
+        if ours:
             upgrade.uncordon(first, name)
-        how = f"drained ({len(evicted)} pod(s) evicted), Ready, uncordoned" if drained else "Ready"
+        after = "Ready, uncordoned" if ours else "Ready, left cordoned as it was before the upgrade"
+        how = f"drained ({len(evicted)} pod(s) evicted), {after}" if drained else "Ready"
         detail = f"{result.detail} ({how}; {time.monotonic() - started:.0f}s)"
         console.result(host.name, result.action, detail)
         return dataclasses.replace(result, detail=detail)
 
     return step
+
+
+def _release_marked(first: Host, console: Console) -> list[str]:
+    """Uncordon the Nodes an earlier upgrade run cordoned and left (it stopped before they were Ready:
+    upgrade.release_marked) now that they are Ready; warn about those still not Ready. Returns the
+    Nodes uncordoned."""
+    try:
+        released, waiting = upgrade.release_marked(first)
+    except RemoteError as exc:
+        raise _host_error(first.name, exc, f"fix that, then run {command('bootstrap')} again") from None
+    for name in released:
+        console.result(f"node {name}", "changed", "uncordoned: Ready now (an earlier upgrade run stopped before)")
+    for name in waiting:
+        console.warn(
+            f"node {name} stays cordoned: an earlier upgrade run cordoned it and it is not Ready yet; "
+            f"see kubectl describe node {name}, then run {command('bootstrap')} again"
+        )
+    return released
 
 
 def _lock(hosts: list[Host], console: Console) -> list[Host]:

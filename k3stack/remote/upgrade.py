@@ -29,6 +29,8 @@ KUBECTL = "k3s kubectl"
 DB_DIR = "/var/lib/rancher/k3s/server/db"
 SNAPSHOT_DIR = f"{DB_DIR}/snapshots"
 POLL_SECONDS = 2.0
+# The label on a Node k3stack cordoned for its upgrade: only a cordon so marked is undone by k3stack.
+MARK = "k3stack.dev/cordoned-for-upgrade"
 
 
 _RELEASE = re.compile(r"v(\d+)\.(\d+)\.(\d+)(-[0-9A-Za-z.-]+)?(?:\+k3s(\d+))?")
@@ -143,12 +145,55 @@ def blocking_pods(pods: list[dict]) -> list[str]:
     return sorted(left)
 
 
-def cordon(first: Host, node: str) -> None:
-    first.run(f"{KUBECTL} cordon {shlex.quote(node)}", what=f"cordoning node {node}")
+def _json(result, what: str) -> dict:
+    """The JSON object `k3s kubectl … -o json` printed; RemoteError when it printed something else."""
+    try:
+        found = json.loads(result.stdout)
+    except ValueError:
+        found = None
+    if not isinstance(found, dict):
+        raise RemoteError(
+            f"k3s kubectl answered no JSON object for {what} ({result.stdout.strip()[:80]!r})",
+            "check that K3s runs on the first server (systemctl status k3s), then run again",
+        )
+    return found
+
+
+def cordon(first: Host, node: str) -> bool:
+    """Cordon `node` for its upgrade, labelled MARK first (so a later run knows the cordon is ours
+    to undo). Returns False and changes nothing when the node is already unschedulable without
+    that label: someone cordoned it on purpose, and it stays cordoned after the upgrade too."""
+    quoted = shlex.quote(node)
+    found = _json(first.run(f"{KUBECTL} get node {quoted} -o json", what=f"reading node {node}"), f"node {node}")
+    if node_state(found)[2] and MARK not in (found.get("metadata", {}).get("labels") or {}):
+        return False
+    first.run(f"{KUBECTL} label node {quoted} {MARK}=true --overwrite", what=f"marking node {node}")
+    first.run(f"{KUBECTL} cordon {quoted}", what=f"cordoning node {node}")
+    return True
 
 
 def uncordon(first: Host, node: str) -> None:
-    first.run(f"{KUBECTL} uncordon {shlex.quote(node)}", what=f"uncordoning node {node}")
+    """Undo `cordon`: schedulable again, then the label dropped (in that order: an interrupted run
+    leaves the label, and the next run finishes the job)."""
+    quoted = shlex.quote(node)
+    first.run(f"{KUBECTL} uncordon {quoted}", what=f"uncordoning node {node}")
+    first.run(f"{KUBECTL} label node {quoted} {MARK}-", what=f"unmarking node {node}")
+
+
+def release_marked(first: Host) -> tuple[list[str], list[str]]:
+    """Nodes an earlier run cordoned for its upgrade (labelled MARK) and did not give back, because
+    it stopped before the node was Ready at its new release: the Ready ones are uncordoned now.
+    Returns (uncordoned, still not Ready). One `get nodes -l` when there are none."""
+    listed = first.run(f"{KUBECTL} get nodes -l {MARK} -o json", what="listing nodes cordoned for an upgrade")
+    released, waiting = [], []
+    for item in _json(listed, "the nodes cordoned for an upgrade").get("items", []):
+        name = item["metadata"]["name"]
+        if node_state(item)[0]:
+            uncordon(first, name)
+            released.append(name)
+        else:
+            waiting.append(name)
+    return released, waiting
 
 
 def drain(first: Host, node: str, *, timeout: float) -> list[str]:

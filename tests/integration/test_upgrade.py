@@ -267,6 +267,42 @@ def test_a_skipped_minor_is_refused_before_any_host_changes_dry_run_too(bed):
     assert [n.action for n in b.run(K3S_VERSION=A).nodes] == ["ok"]  # no lock left behind, nothing changed
 
 
+def test_a_cordon_someone_made_stays_and_one_a_stopped_upgrade_left_is_given_back(bed):
+    b = bed(2)
+    server, agent = b.hosts
+    b.run([server], [agent], K3S_VERSION=A)
+    kube = Kube(str(b.kubeconfig), "k3stack")
+
+    def cordon(node: str, labels: dict | None = None) -> None:
+        body = {"spec": {"unschedulable": True}, "metadata": {"labels": labels or {}}}
+        kube.request("PATCH", f"/api/v1/nodes/{node}", body=body, content_type="application/merge-patch+json")
+
+    def state(node: str) -> tuple[bool, dict]:
+        found = kube.get("v1", "Node", node)
+        return bool(found.get("spec", {}).get("unschedulable")), found["metadata"].get("labels") or {}
+
+    # Someone cordoned the agent on purpose: the upgrade drains it and leaves it cordoned, unmarked.
+    cordon(node_name(agent))
+    report = b.run([server], [agent], K3S_VERSION=B)
+    assert "left cordoned as it was before the upgrade" in report.nodes[1].detail
+    assert state(node_name(agent))[0] is True
+    assert boot.upgrade.MARK not in state(node_name(agent))[1]
+    assert state(node_name(server))[0] is False
+    assert boot.upgrade.MARK not in state(node_name(server))[1]
+
+    # A run that stopped after the server's upgrade but before it was Ready (here: marked and cordoned
+    # as that run leaves it): the next run, with nothing to upgrade, gives it back; the agent stays.
+    cordon(node_name(server), {boot.upgrade.MARK: "true"})
+    again = b.run([server], [agent], K3S_VERSION=B)
+    assert [n.action for n in again.nodes] == ["ok", "ok"]
+    assert again.uncordoned == [node_name(server)]
+    assert again.changed
+    assert state(node_name(server))[0] is False
+    assert boot.upgrade.MARK not in state(node_name(server))[1]
+    assert state(node_name(agent))[0] is True
+    assert not b.run([server], [agent], K3S_VERSION=B).changed
+
+
 def test_a_drain_that_cannot_finish_stops_the_upgrade_naming_the_pod(bed):
     b = bed(2)
     server, agent = b.hosts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -601,12 +602,15 @@ def test_an_upgrade_snapshots_first_then_drains_installs_waits_for_ready_at_the_
     log.clear()
     result = step(hosts[1])
     kinds = [
-        c if c == "act" else next(k for k in ("cordon", "drain", "get node", "uncordon") if f"kubectl {k}" in c)
+        c if c == "act" else next(k for k in ("cordon", "drain", "get node", "uncordon", "label") if f"l {k}" in c)
         for _, c in log
     ]
-    assert kinds == ["cordon", "drain", "act", "get node", "uncordon"]
+    # read the node (not cordoned by someone else), mark it ours, cordon, drain, install, Ready, uncordon, unmark
+    assert kinds == ["get node", "label", "cordon", "drain", "act", "get node", "uncordon", "label"]
+    assert log[1][1].endswith("label node 10-0-0-2 k3stack.dev/cordoned-for-upgrade=true --overwrite")
+    assert log[-1][1].endswith("label node 10-0-0-2 k3stack.dev/cordoned-for-upgrade-")
     assert all(name == "root@10.0.0.1" for name, c in log if c != "act")  # everything through the first server
-    assert "drain 10-0-0-2 --ignore-daemonsets --delete-emptydir-data --timeout=5s" in log[1][1]
+    assert "drain 10-0-0-2 --ignore-daemonsets --delete-emptydir-data --timeout=5s" in log[3][1]
     assert result.detail.startswith(f"upgraded {A} → {B} (drained (0 pod(s) evicted), Ready, uncordoned; ")
 
 
@@ -709,8 +713,61 @@ def test_a_node_not_ready_after_its_upgrade_says_to_uncordon_it_once_ready(monke
     with pytest.raises(boot.RemoteError) as caught:
         step(hosts[1])
     assert caught.value.what == "node 10-0-0-2 is not Ready"
-    assert caught.value.hint == "see its log; once it is Ready, kubectl uncordon 10-0-0-2"
+    assert caught.value.hint == "see its log; once it is Ready, a run of `inv bootstrap` uncordons node 10-0-0-2"
     assert not [c for _, c in log if "uncordon" in c]
+    assert [c for _, c in log if "cordoned-for-upgrade=true" in c]  # marked: the next run knows the cordon is ours
+
+
+def test_a_node_someone_cordoned_before_the_upgrade_stays_cordoned(monkeypatch):
+    log, step, hosts, _ = upgrade_run(monkeypatch, 2)
+    monkeypatch.setattr(boot.upgrade, "wait_ready", lambda *a, **k: None)
+    cordoned = json.loads(node_json(True, A))
+    cordoned["spec"] = {"unschedulable": True}
+    hosts[0].answers["get node"] = lambda: json.dumps(cordoned)
+    log.clear()
+    result = step(hosts[1])
+    assert not [c for _, c in log if "kubectl label" in c or "cordon" in c]  # neither marked nor undone
+    assert "drained (0 pod(s) evicted), Ready, left cordoned as it was before the upgrade" in result.detail
+    # cordoned by an earlier upgrade run (marked): ours, so cordoned again and given back
+    cordoned["metadata"] = {"labels": {boot.upgrade.MARK: "true"}}
+    log.clear()
+    result = step(hosts[1])
+    assert [c.split()[2] for _, c in log if "kubectl uncordon" in c] == ["uncordon"]
+    assert "Ready, uncordoned" in result.detail
+
+
+def test_nodes_a_stopped_upgrade_left_cordoned_are_given_back_once_ready():
+    log: list = []
+    items = {"items": [
+        {"metadata": {"name": "n1"}, **json.loads(node_json(True, B))},
+        {"metadata": {"name": "n2"}, **json.loads(node_json(False, B))},
+    ]}  # fmt: skip
+    first = FakeHost("root@10.0.0.1", "10.0.0.1", "server", log, {"get nodes -l": json.dumps(items)})
+    assert boot.upgrade.release_marked(first) == (["n1"], ["n2"])
+    assert [c.split(maxsplit=2)[2] for _, c in log] == [
+        "get nodes -l k3stack.dev/cordoned-for-upgrade -o json",
+        "uncordon n1",
+        "label node n1 k3stack.dev/cordoned-for-upgrade-",
+    ]
+    import io
+
+    from k3stack.console import Console
+
+    out = io.StringIO()
+    assert boot._release_marked(first, Console(stream=out, interactive=False)) == ["n1"]
+    assert "node n2 stays cordoned: an earlier upgrade run cordoned it and it is not Ready yet" in out.getvalue()
+    assert boot.Report(uncordoned=["n1"]).changed
+    assert not boot.Report().changed
+    # none marked: one read, nothing else
+    log.clear()
+    none = FakeHost("root@10.0.0.1", "10.0.0.1", "server", log, {"get nodes -l": '{"items": []}'})
+    assert boot.upgrade.release_marked(none) == ([], [])
+    assert len(log) == 1
+    # an answer that is not JSON (K3s not running): the host and what to check, not a traceback
+    broken = FakeHost("root@10.0.0.1", "10.0.0.1", "server", log, {"get nodes -l": "The connection was refused"})
+    with pytest.raises(boot.BootstrapError) as caught:
+        boot._release_marked(broken, Console(stream=out, interactive=False))
+    assert caught.value.what.startswith("root@10.0.0.1: k3s kubectl answered no JSON object for the nodes cordoned")
 
 
 def _never_ready(first, node, version, *, timeout):
