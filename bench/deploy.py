@@ -31,6 +31,7 @@ from k3stack import manifests as mf
 from k3stack import settings
 from k3stack.console import Console
 from k3stack.kube import Kube
+from tests.testbed import nodesim
 from tests.testbed.cluster import KubeBed
 from tests.testbed.slot import Slot
 
@@ -109,7 +110,8 @@ def measure(kubeconfig: str, context: str | None, work: Path, copies: int, runs:
                 **SMALL,
             },
         )
-        plans.append(stack.make_plan(theirs, stack.read_secret_from(kube)))
+        # rendered for this cluster as `inv deploy` does (a CronJob under the batch version it serves)
+        plans.append(stack.for_cluster(stack.make_plan(theirs, stack.read_secret_from(kube)), kube.discovered()))
     manifests = [m for plan in plans for m in plan.manifests]
     rendered = work / f"rendered-{copies}"
     rendered.mkdir()
@@ -121,7 +123,7 @@ def measure(kubeconfig: str, context: str | None, work: Path, copies: int, runs:
         for m in manifests
         if m.kind in ("Deployment", "StatefulSet", "DaemonSet", "HelmChart")
     ]
-    subprocess.run([*kubectl, "apply", "--server-side", "-f", str(rendered)], env=env, check=True, capture_output=True)
+    timed([*kubectl, "apply", "--server-side", "-f", str(rendered)], env)  # fails naming kubectl's own words
     stack.wait_for_rollouts(kube, manifests, Console(stream=io.StringIO(), interactive=False), 300)
     kubectl_round(kubectl, rendered, workloads, env)  # warms kubectl's discovery cache
 
@@ -154,6 +156,27 @@ def cleanup(kubeconfig: str, context: str | None) -> None:
             kube.delete("v1", "Namespace", name)
 
 
+def show(n: int, f: dict) -> None:
+    """One size's rows: both pairs, requests per object, the ratios."""
+    label = "the stack as shipped" if n == 1 else f"the stack in {n} namespaces"
+    print(f"  {label} ({f['objects']} objects of {f['kinds']} kinds, {f['workloads']} workloads)")
+    rows = [
+        ("inv deploy --no-pull --no-wait", "ours"),
+        ("kubectl apply --server-side", "theirs"),
+        ("inv deploy --no-pull", "ours_wait"),
+        ("kubectl apply --server-side + a rollout wait per workload", "theirs_wait"),
+    ]
+    for text, key in rows:
+        reqs = f[f"{key}_requests"]
+        print(f"    {text:58}{f[key]:>8.2f}{reqs:>10}{reqs / f['objects']:>12.2f}")
+    target = "0.7x" if n == 1 else "0.35x"  # issue 16's targets: one stack, and 10 stacks in one run
+    print(
+        f"    ratio inv/kubectl without waits: {f['ours'] / f['theirs']:.2f}x (target <= 1.5x); with waits: "
+        f"{f['ours_wait'] / f['theirs_wait']:.2f}x (target <= {target}); writes: one server-side apply (PATCH) "
+        "per object each, 0 objects changed"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -170,11 +193,16 @@ def main() -> int:
         if args.kubeconfig:
             kubeconfig, where = args.kubeconfig, f"{args.kubeconfig}" + (f" ({args.context})" if args.context else "")
         else:
+            # 10 stacks twice (ours and kubectl's) are ~140 pods: more than a kubelet's default 110
+            nodesim.CAPACITY["pods"] = "300"
             slot = Slot.claim()
             bed = KubeBed.start(slot)
             kubeconfig, where = str(bed.kubeconfig), "the test bed's kube-apiserver"
         server = Kube(kubeconfig, args.context).discover().version
-        figures = [(n, measure(kubeconfig, args.context, work, n, args.runs)) for n in copies]
+        print(f"no-op redeploy (everything applied and ready), median of {args.runs}, on {where} ({server}):")
+        print(f"  {'':62}{'wall s':>8}{'requests':>10}{'per object':>12}")
+        for n in copies:  # each size printed as soon as it is measured
+            show(n, measure(kubeconfig, args.context, work, n, args.runs))
     finally:
         if args.kubeconfig:
             cleanup(args.kubeconfig, args.context)
@@ -184,25 +212,6 @@ def main() -> int:
             slot.release()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"no-op redeploy (everything applied and ready), median of {args.runs}, on {where} ({server}):")
-    print(f"  {'':62}{'wall s':>8}{'requests':>10}{'per object':>12}")
-    for n, f in figures:
-        label = "the stack as shipped" if n == 1 else f"the stack in {n} namespaces"
-        print(f"  {label} ({f['objects']} objects of {f['kinds']} kinds, {f['workloads']} workloads)")
-        rows = [
-            ("inv deploy --no-pull --no-wait", "ours"),
-            ("kubectl apply --server-side", "theirs"),
-            ("inv deploy --no-pull", "ours_wait"),
-            ("kubectl apply --server-side + a rollout wait per workload", "theirs_wait"),
-        ]
-        for text, key in rows:
-            reqs = f[f"{key}_requests"]
-            print(f"    {text:58}{f[key]:>8.2f}{reqs:>10}{reqs / f['objects']:>12.2f}")
-        print(
-            f"    ratio inv/kubectl without waits: {f['ours'] / f['theirs']:.2f}x; with waits: "
-            f"{f['ours_wait'] / f['theirs_wait']:.2f}x (target <= 0.7x); writes: one server-side apply (PATCH) "
-            "per object each, 0 objects changed"
-        )
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import secrets
 import shutil
 import sys
 import tempfile
@@ -82,9 +83,10 @@ def main() -> int:
     slot = Slot.claim()
     try:
         bed = KubeBed.start(slot)
-        fake = RealStack.create(
-            bed, models=MODELS, WEBUI_ADMIN_PASSWORD="bench-admin-password", NETDATA_PASSWORD="bench-netdata-pw"
-        )
+        # The stand-in stack's own logins, generated per run; the embedding model is one of the two
+        # (deploy pulls it too, so smoke expects it among the models).
+        logins = {name: secrets.token_urlsafe(18) for name in ("WEBUI_ADMIN_PASSWORD", "NETDATA_PASSWORD")}
+        fake = RealStack.create(bed, models=MODELS, OLLAMA_EMBEDDING_MODEL=MODELS[1], **logins)
         fake.deploy()
         inject_latency(fake, args.latency)
         bench_smoke(fake)

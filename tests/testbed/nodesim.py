@@ -38,6 +38,10 @@ MANAGED_BY_ANNOTATION = "helmcharts.cattle.io/managed-by"
 HELM_DELETE_SECONDS = 3.0
 
 
+# The simulated node's capacity (a kubelet's default 110 pods); bench.deploy raises "pods" for its 20 stacks.
+CAPACITY = {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"}
+
+
 @dataclass(frozen=True)
 class HelmControllerVersion:
     """How one helm-controller release behaves where k3stack can tell."""
@@ -183,7 +187,7 @@ class NodeSimulator:
                 "lastTransitionTime": now,
             }
         ]
-        capacity = {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"}
+        capacity = dict(CAPACITY)
         status = {
             "status": {
                 "capacity": capacity,
