@@ -529,7 +529,10 @@ def bootstrap(
         def run(host: Host) -> k3s.NodeResult:
             return k3s.act(plan[host.name], facts[host.name], timeout=options.timeout)
 
-        locked = _lock(servers + agents, console)  # after preflight: a refused run leaves nothing behind
+        # After preflight (a refused run leaves nothing behind), and only when some host changes: a
+        # run that writes nothing needs no lock, and a no-op re-run saves a write and a delete per host.
+        if any(node.changed for node in plan.values()):
+            locked = _lock(servers + agents, console)
 
         waves = install_waves(servers, agents, plan)
         if rolling(plan):
@@ -556,14 +559,12 @@ def bootstrap(
             raise _host_error(
                 name, exc, f"fix that, then run {command('bootstrap')} again (hosts that are done are not redone)"
             )
-        report.uncordoned = _release_marked(servers[0], console)
         report.kubeconfig = fetch_kubeconfig(settings, servers[0], options, console)
     finally:
-        for host in locked:
-            with contextlib.suppress(Exception):  # a host that is gone keeps its lock until it goes stale
-                k3s.unlock(host)
+        # At once; a host that is gone keeps its lock until it goes stale (_parallel returns its error).
+        _parallel(locked, k3s.unlock)
         _close(servers + agents)
-    wait_for_cluster(
+    report.uncordoned = wait_for_cluster(
         report.kubeconfig.path, settings["KUBECONFIG_CONTEXT"], len(servers) + len(agents), options.timeout, console
     )
     report.seconds = time.monotonic() - started
@@ -653,24 +654,6 @@ def _upgrade_step(
     return step
 
 
-def _release_marked(first: Host, console: Console) -> list[str]:
-    """Uncordon the Nodes an earlier upgrade run cordoned and left (it stopped before they were Ready:
-    upgrade.release_marked) now that they are Ready; warn about those still not Ready. Returns the
-    Nodes uncordoned."""
-    try:
-        released, waiting = upgrade.release_marked(first)
-    except RemoteError as exc:
-        raise _host_error(first.name, exc, f"fix that, then run {command('bootstrap')} again") from None
-    for name in released:
-        console.result(f"node {name}", "changed", "uncordoned: Ready now (an earlier upgrade run stopped before)")
-    for name in waiting:
-        console.warn(
-            f"node {name} stays cordoned: an earlier upgrade run cordoned it and it is not Ready yet; "
-            f"see kubectl describe node {name}, then run {command('bootstrap')} again"
-        )
-    return released
-
-
 def _lock(hosts: list[Host], console: Console) -> list[Host]:
     """One bootstrap at a time per host: take every host's lock, or release what was taken and
     stop naming the holder. Returns the hosts locked (all of them)."""
@@ -730,8 +713,32 @@ def fetch_kubeconfig(settings: Settings, first: Host, options: Options, console:
     return written
 
 
-def wait_for_cluster(kubeconfig: Path, context: str, nodes: int, timeout: float, console: Console) -> None:
-    """Every node Ready and Traefik's chart installed (its helm-install job done)."""
+def release_marked(kube, listed: list[dict], console: Console) -> list[str]:
+    """Uncordon the Nodes in `listed` that an earlier upgrade run cordoned (labelled upgrade.MARK)
+    and left, because it stopped before they were Ready at their new release, now that they are
+    Ready: one merge PATCH each (unschedulable and the label dropped), as `kubectl uncordon` does.
+    Warns about marked Nodes still not Ready. Returns the Nodes uncordoned; no request when none is marked."""
+    released = []
+    for node in listed:
+        name = node["metadata"]["name"]
+        if upgrade.MARK not in (node["metadata"].get("labels") or {}):
+            continue
+        if not upgrade.node_state(node)[0]:
+            console.warn(
+                f"node {name} stays cordoned: an earlier upgrade run cordoned it and it is not Ready yet; "
+                f"see kubectl describe node {name}, then run {command('bootstrap')} again"
+            )
+            continue
+        body = {"spec": {"unschedulable": None}, "metadata": {"labels": {upgrade.MARK: None}}}
+        kube.request("PATCH", f"/api/v1/nodes/{name}", body=body, content_type="application/merge-patch+json")
+        console.result(f"node {name}", "changed", "uncordoned: Ready now (an earlier upgrade run stopped before)")
+        released.append(name)
+    return released
+
+
+def wait_for_cluster(kubeconfig: Path, context: str, nodes: int, timeout: float, console: Console) -> list[str]:
+    """Every node Ready and Traefik's chart installed (its helm-install job done); Nodes a stopped
+    upgrade left cordoned are given back once Ready (release_marked). Returns those Nodes."""
     from .kube import ApiError, Kube, KubeError
     from .rollout import RolloutError, Waiter
     from .rollout import Target as Workload
@@ -747,7 +754,7 @@ def wait_for_cluster(kubeconfig: Path, context: str, nodes: int, timeout: float,
         # Installed and checked through the first server itself; the endpoint (a DNS name or a
         # balancer) may simply not be reachable from here yet.
         console.warn(f"K3s is installed, but not reachable through the kubeconfig yet: {exc}")
-        return
+        return []
     ready: list[str] = []
     while True:
         listed = kube.list("v1", "Node")
@@ -771,6 +778,7 @@ def wait_for_cluster(kubeconfig: Path, context: str, nodes: int, timeout: float,
             )
         time.sleep(1)
     console.result(f"{len(ready)} node(s)", "ready")
+    released = release_marked(kube, listed, console)
     # K3s's own workloads (coredns, local-path-provisioner, metrics-server, traefik once its
     # chart is in) and the Traefik chart's install job.
     core = [
@@ -784,6 +792,7 @@ def wait_for_cluster(kubeconfig: Path, context: str, nodes: int, timeout: float,
         raise BootstrapError(f"the cluster did not become ready: {exc}") from None
     for workload in [traefik, *core]:
         console.result(workload.describe(), "ready")
+    return released
 
 
 def _host_error(name: str, exc: Exception, otherwise: str) -> BootstrapError:

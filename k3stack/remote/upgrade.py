@@ -180,22 +180,6 @@ def uncordon(first: Host, node: str) -> None:
     first.run(f"{KUBECTL} label node {quoted} {MARK}-", what=f"unmarking node {node}")
 
 
-def release_marked(first: Host) -> tuple[list[str], list[str]]:
-    """Nodes an earlier run cordoned for its upgrade (labelled MARK) and did not give back, because
-    it stopped before the node was Ready at its new release: the Ready ones are uncordoned now.
-    Returns (uncordoned, still not Ready). One `get nodes -l` when there are none."""
-    listed = first.run(f"{KUBECTL} get nodes -l {MARK} -o json", what="listing nodes cordoned for an upgrade")
-    released, waiting = [], []
-    for item in _json(listed, "the nodes cordoned for an upgrade").get("items", []):
-        name = item["metadata"]["name"]
-        if node_state(item)[0]:
-            uncordon(first, name)
-            released.append(name)
-        else:
-            waiting.append(name)
-    return released, waiting
-
-
 def drain(first: Host, node: str, *, timeout: float) -> list[str]:
     """Evict the node's pods (kubectl drain's rules, see the module's doc) within `timeout` seconds;
     returns the pods evicted (`pod/<name>` as kubectl names them). A drain that cannot finish raises

@@ -737,37 +737,42 @@ def test_a_node_someone_cordoned_before_the_upgrade_stays_cordoned(monkeypatch):
 
 
 def test_nodes_a_stopped_upgrade_left_cordoned_are_given_back_once_ready():
-    log: list = []
-    items = {"items": [
-        {"metadata": {"name": "n1"}, **json.loads(node_json(True, B))},
-        {"metadata": {"name": "n2"}, **json.loads(node_json(False, B))},
-    ]}  # fmt: skip
-    first = FakeHost("root@10.0.0.1", "10.0.0.1", "server", log, {"get nodes -l": json.dumps(items)})
-    assert boot.upgrade.release_marked(first) == (["n1"], ["n2"])
-    assert [c.split(maxsplit=2)[2] for _, c in log] == [
-        "get nodes -l k3stack.dev/cordoned-for-upgrade -o json",
-        "uncordon n1",
-        "label node n1 k3stack.dev/cordoned-for-upgrade-",
-    ]
     import io
 
     from k3stack.console import Console
 
-    out = io.StringIO()
-    assert boot._release_marked(first, Console(stream=out, interactive=False)) == ["n1"]
+    class Recorder:
+        def __init__(self):
+            self.sent = []
+
+        def request(self, method, path, *, body=None, content_type="application/json"):
+            self.sent.append((method, path, body, content_type))
+            return {}
+
+    mark = {"labels": {boot.upgrade.MARK: "true", "kubernetes.io/os": "linux"}}
+    listed = [
+        {**json.loads(node_json(True, B)), "metadata": {"name": "n1", **mark}},
+        {**json.loads(node_json(False, B)), "metadata": {"name": "n2", **mark}},
+        {**json.loads(node_json(True, B)), "metadata": {"name": "n3", "labels": {}}, "spec": {"unschedulable": True}},
+    ]
+    kube, out = Recorder(), io.StringIO()
+    assert boot.release_marked(kube, listed, Console(stream=out, interactive=False)) == ["n1"]
+    # n1 only: Ready and marked; n2 is not Ready yet; n3 was cordoned by someone else (no mark)
+    assert kube.sent == [
+        (
+            "PATCH",
+            "/api/v1/nodes/n1",
+            {"spec": {"unschedulable": None}, "metadata": {"labels": {boot.upgrade.MARK: None}}},
+            "application/merge-patch+json",
+        )
+    ]
     assert "node n2 stays cordoned: an earlier upgrade run cordoned it and it is not Ready yet" in out.getvalue()
     assert boot.Report(uncordoned=["n1"]).changed
     assert not boot.Report().changed
-    # none marked: one read, nothing else
-    log.clear()
-    none = FakeHost("root@10.0.0.1", "10.0.0.1", "server", log, {"get nodes -l": '{"items": []}'})
-    assert boot.upgrade.release_marked(none) == ([], [])
-    assert len(log) == 1
-    # an answer that is not JSON (K3s not running): the host and what to check, not a traceback
-    broken = FakeHost("root@10.0.0.1", "10.0.0.1", "server", log, {"get nodes -l": "The connection was refused"})
-    with pytest.raises(boot.BootstrapError) as caught:
-        boot._release_marked(broken, Console(stream=out, interactive=False))
-    assert caught.value.what.startswith("root@10.0.0.1: k3s kubectl answered no JSON object for the nodes cordoned")
+    # none marked: no request at all
+    kube.sent.clear()
+    assert boot.release_marked(kube, listed[2:], Console(stream=out, interactive=False)) == []
+    assert kube.sent == []
 
 
 def _never_ready(first, node, version, *, timeout):
