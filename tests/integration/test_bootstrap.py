@@ -366,11 +366,14 @@ def test_single_server_installs_then_a_rerun_changes_nothing(bed):
     assert "--certificatesresolvers.letsencrypt.acme.email=ops@example.com" in values["additionalArguments"]
     assert "--entrypoints.web.http.redirections.entrypoint.to=websecure" in values["additionalArguments"]
 
+    state_dir = "stat -c '%y' /var/lib/k3stack"  # a lock taken and released changes the directory's mtime
+    before = host.exec(state_dir)
     again = b.run()
     assert [n.action for n in again.nodes] == ["ok"]
     assert not again.changed
     assert not again.kubeconfig.changed
     assert standin.restarts(host, "k3s") == 1
+    assert host.exec(state_dir) == before  # nothing to change: nothing written on the host, not even the lock
 
 
 def test_a_config_change_restarts_exactly_once_and_says_what_changed(bed):
