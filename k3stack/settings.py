@@ -601,7 +601,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SSH_JUMP_HOST", "", "bastion to connect through, [user@]host[:port]", host_list),
     Setting("SSH_TIMEOUT", "10", "seconds to wait for an SSH connection", seconds),
     Setting(
-        "K3S_VERSION", "v1.35.8+k3s1", "K3s release to install (pinned; channels are refused under CI)", k3s_version
+        "K3S_VERSION",
+        "v1.35.8+k3s1",
+        "K3s release (pinned; channels refused under CI); upgrades go one minor at a time",
+        k3s_version,
     ),
     Setting(
         "K3S_INSTALL_URL",
