@@ -21,6 +21,7 @@ from k3stack import smoke as sm
 from k3stack.rollout import RolloutError
 from k3stack.secrets import SecretsError
 from tests.testbed import real
+from tests.testbed.fake_ollama import layers_for
 from tests.testbed.plugin import unavailable
 from tests.testbed.real.components import wait_for, webui_api
 from tests.testbed.real.plugin import ADMIN_PASSWORD, REDIS_PASSWORD
@@ -201,7 +202,9 @@ def test_a_changed_setting_reaches_the_real_open_webui_after_a_redeploy(real_sta
     assert (before["RAG_EMBEDDING_ENGINE"], before["RAG_EMBEDDING_MODEL"]) == ("ollama", "nomic-embed-text:v1.5")
     running = {name: c.process.popen for name, c in real_stack.components.items()}
 
-    real_stack.ollama.install("mxbai-embed-large:335m")  # what the pipeline's pulls would bring
+    new = "mxbai-embed-large:335m"
+    real_stack.ollama.library[new] = layers_for(new, [1000, 10])
+    real_stack.ollama.install(new)  # what the pipeline's pulls would bring (deploy pulls the embedding model)
     real_stack.deploy(OLLAMA_EMBEDDING_MODEL="mxbai-embed-large:335m")
 
     # Only Open WebUI's pod template changed: it alone rolled (a new process), nothing else.
