@@ -758,14 +758,7 @@ def wait_for_cluster(kubeconfig: Path, context: str, nodes: int, timeout: float,
     ready: list[str] = []
     while True:
         listed = kube.list("v1", "Node")
-        ready = [
-            n["metadata"]["name"]
-            for n in listed
-            if any(
-                c.get("type") == "Ready" and c.get("status") == "True"
-                for c in n.get("status", {}).get("conditions", [])
-            )
-        ]
+        ready = [n["metadata"]["name"] for n in listed if upgrade.node_state(n)[0]]
         if len(ready) >= nodes:
             break
         if time.monotonic() > deadline:
